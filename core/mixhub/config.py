@@ -1,0 +1,299 @@
+"""Run configuration: YAML plus dotted CLI overrides, validated with pydantic.
+
+The core's sections are fixed models; each active plugin validates its own section with its
+``PluginSpec.options`` schema; other core modules (continual, test-time) add sections with
+``register_section``. Every error names the key, what was expected and the closest valid key.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ._util import did_you_mean
+from .errors import ConfigError
+
+__all__ = [
+    "Section",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "OptimizerConfig",
+    "Config",
+    "RunConfig",
+    "register_section",
+    "load_config",
+    "parse_overrides",
+    "apply_overrides",
+    "format_validation_error",
+]
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class DataConfig(Section):
+    name: str = Field("digits", description="dataset name (see `mixhub.data.list_datasets()`), `imagefolder:PATH`, `csv:PATH` or `torchvision:NAME`")
+    root: str | None = Field(None, description="local folder of a torchvision dataset (never downloaded)")
+    target: str | None = Field(None, description="target column of a CSV table (default: the last column)")
+    task: Literal["auto", "classification", "regression"] = Field("auto", description="task kind of a CSV table")
+    val_frac: float = Field(0.15, ge=0.0, lt=1.0, description="share of the data kept for validation")
+    test_frac: float = Field(0.2, ge=0.0, lt=1.0, description="share of the data kept for testing (datasets without a fixed test split)")
+    train_frac: float = Field(1.0, gt=0.0, le=1.0, description="stratified share of the training split kept (low-data runs)")
+    label_noise: float = Field(0.0, ge=0.0, lt=1.0, description="share of training labels replaced by random classes")
+    image_size: int = Field(32, ge=8, description="side of square images")
+    augment: str = Field("none", description="augmentation pipeline: none, light (shift-scale-rotate), flip-crop")
+    options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options")
+    num_workers: int = Field(0, ge=0)
+    split_seed: int | None = Field(None, description="seed of the train/val/test split (default: `seed`)")
+
+
+class ModelConfig(Section):
+    name: str = Field("smallcnn", description="`smallcnn`, `mlp` or any timm model name")
+    pretrained: bool = Field(False, description="load timm pretrained weights (must be cached locally)")
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    small_input: bool = Field(True, description="adapt timm CNN stems to small (32x32) inputs")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the model factory")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    sched: Literal["cosine", "step", "none"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    min_lr: float = Field(0.0, ge=0.0)
+    step_decay_epochs: int = Field(30, ge=1, description="step schedule: decay every N epochs")
+    step_decay_rate: float = Field(0.1, gt=0.0, le=1.0)
+    clip_grad_norm: float | None = Field(None, gt=0.0, description="clip the global gradient norm (None: off)")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    amp: bool = Field(True, description="mixed precision (bfloat16/float16) on CUDA; ignored on CPU")
+    compile: bool = Field(False, description="torch.compile the model")
+    ema: bool = Field(False, description="keep an EMA of the weights and evaluate it")
+    ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
+    drop_last: bool = True
+    shuffle: Literal["epoch", "once", "none"] = Field("epoch", description="reshuffle every epoch, once at start, or never")
+    select: str = Field("auto", description="validation metric that picks best.pt (auto: accuracy / rmse)")
+    nan_policy: Literal["stop", "skip"] = Field("stop", description="non-finite inputs, targets or loss: stop the run or skip the batch")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    eval_every: int = Field(1, ge=1)
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    checkpoint: bool = True
+    plots: bool = True
+
+
+class OptimizerConfig(Section):
+    name: str = Field("adamw", description="any timm optimizer name, or one a plugin provides")
+    momentum: float = Field(0.9, ge=0.0, le=1.0)
+    betas: tuple[float, float] | None = None
+    eps: float | None = Field(None, gt=0.0)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class Config(Section):
+    seed: int = 0
+    out: str | None = Field(None, description="run folder (default runs/<data>-<model>-<plugins>-s<seed>)")
+    plugins: list[str] = Field(default_factory=list)
+    slots: dict[str, str] = Field(default_factory=dict, description="explicit slot owners, e.g. {compute_loss: decoupled}")
+    losses: dict[str, float] = Field(default_factory=dict, description="weights of aux losses by name")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _split_plugins(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return [] if v is None else v
+
+
+#: Sections other core modules add (name -> model class).
+_SECTIONS: dict[str, type[Section]] = {}
+
+
+def register_section(name: str, model: type[Section]) -> None:
+    """Add a core config section (e.g. ``continual``, ``testtime``)."""
+    _SECTIONS[name] = model
+
+
+def core_sections() -> dict[str, type[Section]]:
+    from . import data  # noqa: F401  (registers dataset-driven sections)
+
+    return dict(_SECTIONS)
+
+
+class RunConfig:
+    """The resolved configuration of a run: core ``Config``, extra core sections and plugin options."""
+
+    def __init__(self, core: Config, sections: dict[str, Section], options: dict[str, Any]) -> None:
+        self.core = core
+        self.sections = sections
+        self.options = options
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("core", "sections", "options"):
+            raise AttributeError(name)
+        if name in self.sections:
+            return self.sections[name]
+        return getattr(self.core, name)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.core.model_dump(mode="json")
+        for name, sec in self.sections.items():
+            d[name] = sec.model_dump(mode="json")
+        for name, opts in self.options.items():
+            d[name] = opts.model_dump(mode="json")
+        return d
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    cur: Any = model
+    for part in loc[:-1]:
+        field = getattr(cur, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        cur = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if cur is None:
+            return []
+    return list(getattr(cur, "model_fields", {}))
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = prefix + ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            hint = did_you_mean(str(loc[-1]), _fields_at(model, loc))
+            lines.append(f"unknown key {key!r}{hint}")
+        else:
+            got = err.get("input")
+            got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{key}: {err['msg']}{got_s}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.lr=0.1", "plugins=mixup,cmixup"]`` -> nested dict."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=0.01)")
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        value: Any = parse_value(raw)
+        if key == "plugins" and isinstance(value, str):
+            value = [p.strip() for p in value.split(",") if p.strip()]
+        set_dotted(out, key, value)
+    return out
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = d
+    for part in parts[:-1]:
+        nxt = cur.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``overrides`` into a copy of ``base``."""
+    out = copy.deepcopy(base)
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = apply_overrides(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at top level")
+    return data
+
+
+def load_config(raw: dict[str, Any], plugin_specs: dict[str, Any] | None = None) -> RunConfig:
+    """Validate a raw config dict.
+
+    ``plugin_specs`` maps active plugin names to their ``PluginSpec`` (the caller resolves
+    ``plugins`` first with ``plugin_names``). Unknown top-level keys are errors naming the
+    closest core key or plugin.
+    """
+    plugin_specs = plugin_specs or {}
+    sections = core_sections()
+    core_keys = set(Config.model_fields)
+    core_raw = {k: v for k, v in raw.items() if k in core_keys}
+    try:
+        core = Config.model_validate(core_raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, Config)) from None
+    extra_sections: dict[str, Section] = {}
+    for name, model in sections.items():
+        try:
+            extra_sections[name] = model.model_validate(raw.get(name) or {})
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, model, prefix=name + ".")) from None
+    options: dict[str, Any] = {}
+    for name in core.plugins:
+        spec = plugin_specs.get(name)
+        if spec is None:
+            continue
+        section = raw.get(name) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{name}: the plugin's section must be a mapping, got {section!r}")
+        try:
+            options[name] = spec.options.model_validate(section)
+        except ValidationError as exc:
+            raise ConfigError(
+                format_validation_error(exc, spec.options, prefix=name + ".") + f" (options of plugin {name!r})"
+            ) from None
+    known = core_keys | set(sections) | set(core.plugins)
+    for key in raw:
+        if key not in known:
+            from .plugins import discover
+
+            installed = set(discover())
+            if key in installed or key in plugin_specs:
+                raise ConfigError(f"section {key!r} configures plugin {key!r}, which is not in `plugins`; add it there")
+            raise ConfigError(f"unknown key {key!r}{did_you_mean(key, known | installed)}")
+    return RunConfig(core, extra_sections, options)
+
+
+def plugin_names(raw: dict[str, Any]) -> list[str]:
+    v = raw.get("plugins") or []
+    if isinstance(v, str):
+        v = [p.strip() for p in v.split(",") if p.strip()]
+    if not isinstance(v, list) or not all(isinstance(p, str) for p in v):
+        raise ConfigError(f"plugins: expected a list of plugin names, got {v!r}")
+    return v

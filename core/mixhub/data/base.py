@@ -1,0 +1,153 @@
+"""Dataset containers shared by the builders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+
+__all__ = ["ArrayDataset", "IndexedDataset", "DataBundle", "TaskStream", "stratified_split"]
+
+
+class ArrayDataset(Dataset):
+    """In-memory samples. Images are stored HWC uint8/float (albumentations) or as ready tensors.
+
+    Args:
+        inputs: ``[N, ...]`` array; images as ``[N, H, W, C]`` float32 in [0, 1].
+        targets: ``[N]`` ints (classification) or ``[N]``/``[N, d]`` floats (regression).
+        transform: an albumentations ``Compose`` (or any ``fn(image=...) -> {"image": ...}``).
+        image: whether inputs are HWC images to be returned CHW and normalised.
+        mean, std: per-channel normalisation applied after the transform.
+    """
+
+    def __init__(
+        self,
+        inputs: np.ndarray,
+        targets: np.ndarray,
+        transform: Callable[..., dict[str, Any]] | None = None,
+        image: bool = False,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+    ) -> None:
+        if len(inputs) != len(targets):
+            raise DataError(f"inputs ({len(inputs)}) and targets ({len(targets)}) differ in length")
+        self.inputs = inputs
+        self.targets = targets
+        self.transform = transform
+        self.image = image
+        self.mean = None if mean is None else np.asarray(mean, dtype=np.float32)
+        self.std = None if std is None else np.asarray(std, dtype=np.float32)
+        is_cls = np.issubdtype(np.asarray(targets).dtype, np.integer)
+        self._targets_t = torch.as_tensor(np.asarray(targets), dtype=torch.long if is_cls else torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def target_tensor(self) -> Tensor:
+        return self._targets_t
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        x = self.inputs[i]
+        if self.transform is not None:
+            x = self.transform(image=x)["image"]
+        x = np.asarray(x, dtype=np.float32)
+        if self.image:
+            if self.mean is not None:
+                x = (x - self.mean) / self.std
+            xt = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+        else:
+            xt = torch.from_numpy(np.ascontiguousarray(x))
+        return xt, self._targets_t[i]
+
+
+class IndexedDataset(Dataset):
+    """Wraps a dataset so items are ``(x, y, index)``."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
+        x, y = self.base[i]
+        return x, torch.as_tensor(y), i
+
+
+@dataclass
+class TaskStream:
+    """A continual-learning stream: per task, its training set and its classes.
+
+    ``tasks[t]`` is a dataset of task t; ``task_classes[t]`` its classes; ``test[t]`` the test
+    set of task t's classes.
+    """
+
+    tasks: list[Dataset]
+    task_classes: list[list[int]]
+    test: list[Dataset]
+    val: list[Dataset] | None = None
+
+
+@dataclass
+class DataBundle:
+    """What a dataset builder returns.
+
+    Attributes:
+        train, val, test: datasets whose items are ``(x, y)`` tensors.
+        task: ``"classification"``, ``"regression"`` or ``"continual"``.
+        num_classes: classes of a classification task (``None`` for regression).
+        input_shape: shape of one input (``(C, H, W)`` or ``(F,)``).
+        train_targets: every training target by training-set index (label bank).
+        extra_splits: further evaluation splits by name (e.g. ``"test_ood"``).
+        stream: the task stream of a continual dataset.
+        info: free-form description (sizes, options) written to the run folder.
+    """
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    task: str
+    num_classes: int | None
+    input_shape: tuple[int, ...]
+    train_targets: Tensor
+    extra_splits: dict[str, Dataset] = field(default_factory=dict)
+    stream: TaskStream | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def target_dim(self) -> int:
+        t = self.train_targets
+        return 1 if t.dim() == 1 else int(t.shape[1])
+
+
+def stratified_split(
+    targets: np.ndarray, fractions: tuple[float, ...], seed: int, stratify: bool = True
+) -> list[np.ndarray]:
+    """Split indices into parts of the given fractions (the last part takes the rest).
+
+    Classification targets are split per class (stratified); others uniformly.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(targets)
+    targets = np.asarray(targets)
+    groups = [np.arange(n)]
+    if stratify and np.issubdtype(targets.dtype, np.integer) and targets.ndim == 1:
+        groups = [np.flatnonzero(targets == c) for c in np.unique(targets)]
+    parts: list[list[np.ndarray]] = [[] for _ in range(len(fractions) + 1)]
+    for g in groups:
+        g = rng.permutation(g)
+        start = 0
+        for k, frac in enumerate(fractions):
+            cnt = int(round(frac * len(g)))
+            parts[k].append(g[start : start + cnt])
+            start += cnt
+        parts[-1].append(g[start:])
+    return [np.sort(np.concatenate(p)) if p else np.zeros(0, dtype=np.int64) for p in parts]

@@ -1,0 +1,232 @@
+"""Every mixhub hook, in its place in the loop.
+
+The training loop, as the core runs it (``trainer.py``)::
+
+    with mixhub_fit(state):                                   # wrappers, around the whole run
+        mixhub_configure_model(model, state)                  # collectors: model surgery, plugin modules
+        groups = core groups + mixhub_param_groups(model, state)
+        optimizer = mixhub_create_optimizer(groups, config, state)          # slot
+        for epoch:
+            mixhub_epoch_start(state)
+            for batch in loader:                                # (continual: one task at a time,
+                                                                #  mixhub_task_start/end around it)
+                plan = mixhub_sample_pairs(batch, state)                    # slot, outside autocast
+                (core fetches dataset partners when plan.partner_source == "dataset")
+                mixed = mixhub_mix_batch(batch, plan, state)                # slot, outside autocast
+                with autocast:
+                    outputs = mixhub_forward(model, mixed, plan, state)     # slot
+                    loss = mixhub_compute_loss(outputs, mixed, plan, state) # slot
+                    loss += sum(w * v for v in mixhub_aux_losses(...))      # collectors
+                backward; clip; optimizer.step(); scheduler.step()
+                mixhub_after_step(state)                                     # collectors
+            mixhub_epoch_end(state)
+            with mixhub_evaluate(model, state):                # wrappers, around each eval pass
+                for batch in val:
+                    outputs = mixhub_eval_forward(model, batch, state)      # slot
+            metrics |= mixhub_metrics("val", state)                         # collectors
+            checkpoint: model, optimizer, ... + mixhub_state_dict(state)    # collectors
+
+Three kinds of hook:
+
+* **Slots** (``firstresult``): one owner per run. The core's own default implementation is a
+  plugin registered last; an owner may return ``None`` to fall through to the default. Two
+  active plugins claiming one slot is a startup error unless the config names the owner
+  (``slots: {sample_pairs: cmixup}``).
+* **Collectors**: every active plugin contributes, in config order.
+* **Wrappers** (``wrapper=True``): generator functions that ``yield`` once; code after the
+  ``yield`` runs even when the wrapped work raises (use ``try/finally``).
+
+Plugins receive ``state`` (``mixhub.State``): the model, optimizer, step counters, device,
+config, their own options (``state.options(name)``) and a scratch namespace
+(``state.scratch(name)``). They never reach into the trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+    from .batch import Batch
+    from .plan import MixPlan
+    from .state import State
+
+hookspec = pluggy.HookspecMarker("mixhub")
+hookimpl = pluggy.HookimplMarker("mixhub")
+
+#: Hooks with a single owner per run (``firstresult``), by short name.
+SLOTS: dict[str, str] = {
+    "sample_pairs": "mixhub_sample_pairs",
+    "mix_batch": "mixhub_mix_batch",
+    "forward": "mixhub_forward",
+    "compute_loss": "mixhub_compute_loss",
+    "create_optimizer": "mixhub_create_optimizer",
+    "eval_forward": "mixhub_eval_forward",
+    "replay_update": "mixhub_replay_update",
+    "replay_retrieve": "mixhub_replay_retrieve",
+}
+
+
+# =============================================================================== slots
+@hookspec(firstresult=True)
+def mixhub_sample_pairs(batch: Batch, state: State) -> MixPlan | None:
+    """Decide who mixes with whom, and with which weights. Runs outside autocast.
+
+    Receives the (device-resident) training batch. Returns a ``MixPlan``. Default: the
+    identity plan (no mixing); the ``mixup`` plugin draws a permutation and Beta(alpha, alpha).
+    A plan with ``partner_source="dataset"`` makes the core fetch ``plan.index`` from the
+    training set (same transforms) into ``plan.partner`` before ``mixhub_mix_batch``.
+    """
+
+
+@hookspec(firstresult=True)
+def mixhub_mix_batch(batch: Batch, plan: MixPlan, state: State) -> Batch | None:
+    """Build the mixed batch from ``batch`` and ``plan``. Runs outside autocast.
+
+    Default: linear interpolation of the inputs with ``plan.lam`` (and ``plan.mask`` per
+    pixel, or ``plan.sources`` for N sources). Targets stay unmixed; losses read
+    ``plan.y_a``, ``plan.y_b`` and ``plan.lam``.
+    """
+
+
+@hookspec(firstresult=True)
+def mixhub_forward(model: nn.Module, batch: Batch, plan: MixPlan, state: State) -> dict[str, Any] | None:
+    """Run the model in train mode, inside autocast. Returns a dict of outputs.
+
+    Default: ``{"logits": model(batch.inputs)}``. Plugins may run several calls (all
+    gradients flow to one backward).
+    """
+
+
+@hookspec(firstresult=True)
+def mixhub_compute_loss(outputs: dict[str, Any], batch: Batch, plan: MixPlan, state: State) -> Tensor | None:
+    """The primary loss, a scalar tensor, inside autocast (cast logits to float32).
+
+    Default: classification ``sum_k w_k * CE(logits, y_k)`` over the plan's sources (with
+    ``train.label_smoothing``); regression MSE against ``lam * y_a + (1 - lam) * y_b``.
+    """
+
+
+@hookspec(firstresult=True)
+def mixhub_create_optimizer(param_groups: list[dict[str, Any]], config: Any, state: State) -> torch.optim.Optimizer | None:
+    """Build the optimizer from parameter groups (core groups first, then plugin groups).
+
+    Default: ``timm.optim.create_optimizer_v2(param_groups, opt=config.optimizer.name, ...)``.
+    Each group may carry ``lr``, ``weight_decay`` and ``min_lr`` (the schedule's floor).
+    """
+
+
+@hookspec(firstresult=True)
+def mixhub_eval_forward(model: nn.Module, batch: Batch, state: State) -> dict[str, Any] | None:
+    """Predict one evaluation batch; runs under ``torch.no_grad()`` (never inference mode).
+
+    Default: ``{"logits": model(batch.inputs)}`` with the model in eval mode. Test-time
+    adaptation plugins may adapt here (``torch.enable_grad()`` inside).
+    """
+
+
+@hookspec(firstresult=True)
+def mixhub_replay_update(buffer: Any, batch: Batch, state: State) -> bool | None:
+    """Continual runs: put the raw stream batch into the replay buffer after the step.
+
+    Default: reservoir sampling. Return ``True`` when handled.
+    """
+
+
+@hookspec(firstresult=True)
+def mixhub_replay_retrieve(buffer: Any, batch: Batch, state: State) -> Batch | None:
+    """Continual runs: the memory batch for this step (``None`` when the buffer is empty).
+
+    Default: uniform random retrieval of ``continual.retrieve_size`` samples. The result
+    reaches every later hook as ``batch.extras["memory"]``.
+    """
+
+
+# =============================================================================== collectors
+@hookspec
+def mixhub_configure_model(model: nn.Module, state: State) -> None:
+    """Model surgery before the optimizer, EMA, compile and DDP are built.
+
+    Plugin-owned modules (a generator, a teacher, an extra head) are registered here with
+    ``state.register_module(...)`` so the core moves, saves, trains and wraps them.
+    """
+
+
+@hookspec
+def mixhub_param_groups(model: nn.Module, state: State) -> list[dict[str, Any]] | None:
+    """Extra parameter groups (``{"params": [...], "lr": ..., "weight_decay": ..., "min_lr": ...}``)."""
+
+
+@hookspec
+def mixhub_aux_losses(outputs: dict[str, Any], batch: Batch, plan: MixPlan, state: State) -> dict[str, Tensor] | None:
+    """Extra loss terms, each added to the primary loss with its weight and logged by name.
+
+    Weights come from ``losses.<name>`` in the config, else the plugin's declared default
+    (``PluginSpec.aux_loss_weights``), else 1.
+    """
+
+
+@hookspec
+def mixhub_after_step(state: State) -> None:
+    """After each optimizer step (``state.step`` is the number of steps done): EMA, schedules."""
+
+
+@hookspec
+def mixhub_epoch_start(state: State) -> None:
+    """At the start of each epoch (``state.epoch``, 0-based)."""
+
+
+@hookspec
+def mixhub_epoch_end(state: State) -> None:
+    """At the end of each epoch's training, before evaluation."""
+
+
+@hookspec
+def mixhub_task_start(state: State) -> None:
+    """Continual runs: before the first batch of task ``state.task``."""
+
+
+@hookspec
+def mixhub_task_end(state: State) -> None:
+    """Continual runs: after the last batch of task ``state.task``."""
+
+
+@hookspec
+def mixhub_metrics(stage: str, state: State) -> dict[str, float] | None:
+    """Extra metrics for ``stage`` (``"train"``, ``"val"``, ``"test"``, ``"test-time"``), prefixed ``<plugin>/``."""
+
+
+@hookspec
+def mixhub_state_dict(state: State) -> dict[str, Any] | None:
+    """Plugin state for checkpoints: tensors and plain Python types only (``weights_only`` loadable).
+
+    Keyed by the plugin's name by the core; modules registered with ``state.register_module``
+    are saved by the core and need not be returned here.
+    """
+
+
+@hookspec
+def mixhub_load_state_dict(state_dict: dict[str, Any], state: State) -> None:
+    """Restore what ``mixhub_state_dict`` returned (the plugin's own entry)."""
+
+
+@hookspec
+def mixhub_bench_suites() -> list[Any] | None:
+    """Proxy benchmark suites (``mixhub.bench.Suite``) this plugin brings."""
+
+
+# =============================================================================== wrappers
+@hookspec
+def mixhub_fit(state: State) -> Generator[None, Any, Any]:
+    """Wrapper around a whole run (training and final test)."""
+
+
+@hookspec
+def mixhub_evaluate(model: nn.Module, state: State) -> Generator[None, Any, Any]:
+    """Wrapper around one evaluation pass (``state.stage``), e.g. to swap norm layers and
+    restore them afterwards, even on error."""

@@ -1,0 +1,117 @@
+"""Metrics: accuracy, NLL, calibration (ECE, AdaECE, Brier, temperature scaling), RMSE/MAE.
+
+All functions take logits/probabilities and targets as tensors and return Python floats.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "accuracy",
+    "nll",
+    "ece",
+    "adaptive_ece",
+    "brier",
+    "reliability_bins",
+    "fit_temperature",
+    "classification_metrics",
+    "regression_metrics",
+]
+
+
+def accuracy(logits: Tensor, targets: Tensor) -> float:
+    return float((logits.argmax(1) == targets).float().mean())
+
+
+def nll(logits: Tensor, targets: Tensor) -> float:
+    return float(F.cross_entropy(logits.float(), targets))
+
+
+def brier(logits: Tensor, targets: Tensor) -> float:
+    """Mean over samples of the squared error between the probability vector and the one-hot label."""
+    p = logits.float().softmax(1)
+    onehot = F.one_hot(targets, p.shape[1]).float()
+    return float(((p - onehot) ** 2).sum(1).mean())
+
+
+def reliability_bins(logits: Tensor, targets: Tensor, n_bins: int = 15) -> tuple[Tensor, Tensor, Tensor]:
+    """Equal-width confidence bins ``(lo, hi]``: (mean confidence, accuracy, count) per bin."""
+    p = logits.float().softmax(1)
+    conf, pred = p.max(1)
+    correct = (pred == targets).float()
+    edges = torch.linspace(0, 1, n_bins + 1)
+    idx = torch.bucketize(conf, edges[1:-1], right=False)  # bin b holds (edges[b], edges[b+1]]
+    counts = torch.bincount(idx, minlength=n_bins).float()
+    conf_sum = torch.bincount(idx, weights=conf, minlength=n_bins)
+    acc_sum = torch.bincount(idx, weights=correct, minlength=n_bins)
+    safe = counts.clamp_min(1)
+    return conf_sum / safe, acc_sum / safe, counts
+
+
+def ece(logits: Tensor, targets: Tensor, n_bins: int = 15) -> float:
+    """Expected calibration error with equal-width bins: sum_b |B_b|/n * |acc_b - conf_b|."""
+    conf, acc, counts = reliability_bins(logits, targets, n_bins)
+    n = counts.sum().clamp_min(1)
+    return float(((counts / n) * (acc - conf).abs()).sum())
+
+
+def adaptive_ece(logits: Tensor, targets: Tensor, n_bins: int = 15) -> float:
+    """ECE with equal-mass bins (sorted confidences split into ``n_bins`` near-equal groups)."""
+    p = logits.float().softmax(1)
+    conf, pred = p.max(1)
+    correct = (pred == targets).float()
+    order = conf.argsort()
+    n = conf.numel()
+    total = 0.0
+    for chunk in torch.tensor_split(order, min(n_bins, max(n, 1))):
+        if chunk.numel():
+            total += chunk.numel() / n * float((correct[chunk].mean() - conf[chunk].mean()).abs())
+    return total
+
+
+def fit_temperature(logits: Tensor, targets: Tensor, max_iter: int = 100) -> float:
+    """Temperature T > 0 minimising the NLL of ``logits / T`` (LBFGS on log T)."""
+    logits = logits.detach().float()
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), targets)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    t = float(log_t.exp())
+    return t if torch.isfinite(torch.tensor(t)) else 1.0
+
+
+def classification_metrics(logits: Tensor, targets: Tensor, n_bins: int = 15, temperature: float | None = None) -> dict[str, float]:
+    """acc, nll, ece, adaece, brier; with ``temperature`` also the same after scaling (``*_ts``)."""
+    logits = logits.float()
+    out = {
+        "acc": accuracy(logits, targets),
+        "nll": nll(logits, targets),
+        "ece": ece(logits, targets, n_bins),
+        "adaece": adaptive_ece(logits, targets, n_bins),
+        "brier": brier(logits, targets),
+    }
+    if temperature is not None:
+        scaled = logits / temperature
+        out.update(
+            temperature=temperature,
+            nll_ts=nll(scaled, targets),
+            ece_ts=ece(scaled, targets, n_bins),
+            adaece_ts=adaptive_ece(scaled, targets, n_bins),
+        )
+    return out
+
+
+def regression_metrics(pred: Tensor, targets: Tensor) -> dict[str, float]:
+    pred = pred.float().reshape(targets.shape)
+    err = pred - targets.float()
+    return {"rmse": float(err.pow(2).mean().sqrt()), "mae": float(err.abs().mean()), "mse": float(err.pow(2).mean())}

@@ -1,0 +1,176 @@
+"""Models by name: any timm model (adapted to small inputs), ``mlp`` and ``smallcnn``.
+
+Every model built here exposes timm's interface: ``forward_features``, ``forward_head``,
+``get_classifier()``, ``num_features`` and ``feature_info`` (for the core models too).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
+
+__all__ = ["MLP", "SmallCNN", "build_model", "num_params"]
+
+
+class MLP(nn.Module):
+    """Tabular MLP: ``in -> hidden -> ... -> out`` with LeakyReLU(0.1).
+
+    ``blocks[0]`` is the first Linear + activation (the manifold-mixing point C-Mixup uses);
+    ``forward_features`` runs every block, ``forward_head`` the final Linear.
+    """
+
+    def __init__(self, in_features: int, num_outputs: int, hidden: tuple[int, ...] = (128, 128), drop_rate: float = 0.0) -> None:
+        super().__init__()
+        dims = (in_features, *hidden)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(a, b), nn.LeakyReLU(0.1), nn.Dropout(drop_rate) if drop_rate else nn.Identity())
+            for a, b in zip(dims[:-1], dims[1:])
+        )
+        self.num_features = dims[-1]
+        self.head = nn.Linear(self.num_features, num_outputs)
+        self.num_classes = num_outputs
+        self.feature_info = [{"num_chs": d, "reduction": 1, "module": f"blocks.{i}"} for i, d in enumerate(hidden)]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return x if pre_logits else self.head(x)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x.flatten(1)))
+
+
+class SmallCNN(nn.Module):
+    """A small BatchNorm CNN for fast proxies: 3 stages of conv-BN-ReLU (x2) + pool, GAP, linear."""
+
+    def __init__(self, in_chans: int = 3, num_classes: int = 10, widths: tuple[int, ...] = (32, 64, 128), drop_rate: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_chans
+        self.feature_info = []
+        for i, w in enumerate(widths):
+            stage = nn.Sequential(
+                nn.Conv2d(c, w, 3, padding=1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(w, w, 3, padding=1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+            )
+            if i < len(widths) - 1:
+                stage.append(nn.MaxPool2d(2))
+            layers.append(stage)
+            self.feature_info.append({"num_chs": w, "reduction": 2 ** min(i + 1, len(widths) - 1), "module": f"stages.{i}"})
+            c = w
+        self.stages = nn.Sequential(*layers)
+        self.num_features = c
+        self.num_classes = num_classes
+        self.drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(c, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.stages(x)
+
+    def forward_intermediates(self, x: Tensor, indices: list[int] | int | None = None) -> tuple[Tensor, list[Tensor]]:
+        """timm-style: ``(final_features, [stage outputs at indices])``."""
+        n = len(self.stages)
+        if indices is None:
+            want = list(range(n))
+        elif isinstance(indices, int):
+            want = list(range(n - indices, n))
+        else:
+            want = [i % n for i in indices]
+        inter = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in want:
+                inter.append(x)
+        return x, inter
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.drop(x.mean((2, 3)))
+        return x if pre_logits else self.head(x)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.head = nn.Linear(self.num_features, num_classes)
+        self.num_classes = num_classes
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _adapt_small_input(model: nn.Module) -> None:
+    """Make a timm CNN's stem keep resolution on 32x32 inputs (3x3 stride-1 conv, no max-pool)."""
+    conv1 = getattr(model, "conv1", None)
+    if isinstance(conv1, nn.Conv2d) and conv1.stride != (1, 1):
+        model.conv1 = nn.Conv2d(conv1.in_channels, conv1.out_channels, 3, 1, 1, bias=conv1.bias is not None)
+        if hasattr(model, "maxpool"):
+            model.maxpool = nn.Identity()
+
+
+def build_model(cfg: Any, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
+    """Build ``cfg.name`` for inputs of ``input_shape`` with ``num_outputs`` outputs."""
+    name = cfg.name
+    kwargs = dict(cfg.kwargs)
+    if name == "mlp":
+        if len(input_shape) != 1:
+            kwargs.setdefault("in_features", int(torch.tensor(input_shape).prod()))
+        hidden = tuple(kwargs.pop("hidden", (128, 128)))
+        in_features = kwargs.pop("in_features", input_shape[0])
+        if kwargs:
+            raise ConfigError(f"model.kwargs: unknown option(s) {sorted(kwargs)} for mlp (known: hidden, in_features)")
+        return MLP(in_features, num_outputs, hidden, cfg.drop_rate)
+    if name == "smallcnn":
+        widths = tuple(kwargs.pop("widths", (32, 64, 128)))
+        if kwargs:
+            raise ConfigError(f"model.kwargs: unknown option(s) {sorted(kwargs)} for smallcnn (known: widths)")
+        return SmallCNN(input_shape[0], num_outputs, widths, cfg.drop_rate)
+    import timm
+
+    if not timm.is_model(name):
+        from ._util import did_you_mean
+
+        raise ConfigError(f"model.name: unknown model {name!r}{did_you_mean(name, ['mlp', 'smallcnn', *timm.list_models()])}")
+    if len(input_shape) != 3:
+        raise ConfigError(f"model.name: timm model {name!r} needs image inputs, but the data has input shape {input_shape}")
+    try:
+        model = timm.create_model(
+            name, pretrained=cfg.pretrained, num_classes=num_outputs, in_chans=input_shape[0], drop_rate=cfg.drop_rate, **_size_kwargs(name, input_shape, kwargs)
+        )
+    except Exception as exc:
+        if cfg.pretrained:
+            raise ConfigError(
+                f"model.pretrained: could not load pretrained weights for {name!r} ({type(exc).__name__}: {exc}); "
+                "mixhub never downloads: place the weights in the local cache or set model.pretrained=false"
+            ) from exc
+        raise ConfigError(f"model: could not build timm model {name!r}: {exc}") from exc
+    if cfg.small_input:
+        _adapt_small_input(model)
+    return model
+
+
+def _size_kwargs(name: str, input_shape: tuple[int, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    import timm
+
+    out = dict(kwargs)
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is not None and "img_size" not in out and ("vit" in name or "deit" in name or "swin" in name):
+        out["img_size"] = input_shape[1]
+    return out
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

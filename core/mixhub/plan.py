@@ -1,0 +1,162 @@
+"""`MixPlan`: who mixes with whom, and with which weights.
+
+A plan says, for every sample ``i`` of a batch, which *sources* its mixed sample is built
+from and with which weights. The common case has two sources, the sample itself with
+weight ``lam[i]`` and a partner ``index[i]`` with weight ``1 - lam[i]``::
+
+    x_mixed[i] = lam[i] * x[i] + (1 - lam[i]) * x[index[i]]
+    y_a, y_b   = y, y[index]
+
+Partners are positions inside the batch (``partner_source="batch"``) or dataset indices
+(``partner_source="dataset"``), in which case the core fetches those samples through the
+training dataset before ``mixhub_mix_batch`` and stores them in ``plan.partner``.
+
+A plan may also carry N sources (``sources``: a list of ``(index [B], weight [B])`` whose
+weights sum to one per sample), a per-pixel ``mask`` (the anchor's weight per pixel, e.g.
+CutMix or a learned generator; ``lam`` is then the anchor's area share), and ``extras`` for
+anything method-specific (e.g. several mixed copies). ``y_a``, ``y_b``, ``lam`` (and
+``source_targets()``) are what any loss needs; no method hides them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .batch import Batch
+
+__all__ = ["MixPlan"]
+
+PartnerSource = Literal["batch", "dataset"]
+
+
+@dataclass
+class MixPlan:
+    """Sources and weights of each mixed sample.
+
+    Attributes:
+        index: partner of each sample, ``[B]`` long (batch positions or dataset indices).
+        lam: the anchor's weight, ``[B]`` float (one value repeated for per-batch lam).
+        partner_source: ``"batch"`` or ``"dataset"`` (what ``index`` refers to).
+        sources: optional N-source form ``[(index_k [B], weight_k [B]), ...]``; when set it
+            supersedes ``index``/``lam`` for mixing and the default loss.
+        mask: optional per-pixel anchor weight ``[B, 1, H, W]`` in ``[0, 1]``.
+        extras: method-specific data (e.g. ``extras["views"]``).
+        y_a, y_b: targets of anchor and partner, filled in by the core (``resolve``).
+        partner: the fetched partner ``Batch`` when ``partner_source == "dataset"``.
+    """
+
+    index: Tensor
+    lam: Tensor
+    partner_source: PartnerSource = "batch"
+    sources: list[tuple[Tensor, Tensor]] | None = None
+    mask: Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    y_a: Tensor | None = None
+    y_b: Tensor | None = None
+    partner: Batch | None = None
+
+    # ----------------------------------------------------------------- constructors
+    @classmethod
+    def identity(cls, batch_size: int, device: torch.device | str | None = None) -> MixPlan:
+        """No mixing: every sample is its own partner with weight one."""
+        return cls(
+            index=torch.arange(batch_size, device=device),
+            lam=torch.ones(batch_size, device=device),
+        )
+
+    @classmethod
+    def pairs(
+        cls,
+        index: Tensor,
+        lam: float | Tensor,
+        partner_source: PartnerSource = "batch",
+        **kwargs: Any,
+    ) -> MixPlan:
+        """Two-source plan; ``lam`` may be a float, a 0-d tensor or a ``[B]`` tensor."""
+        index = index.long()
+        lam_t = torch.as_tensor(lam, dtype=torch.float32, device=index.device)
+        if lam_t.dim() == 0:
+            lam_t = lam_t.expand(index.shape[0]).clone()
+        return cls(index=index, lam=lam_t, partner_source=partner_source, **kwargs)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def batch_size(self) -> int:
+        return int(self.lam.shape[0])
+
+    @property
+    def is_identity(self) -> bool:
+        if self.sources is not None or self.mask is not None or self.partner_source != "batch":
+            return False
+        return bool(
+            torch.all(self.lam == 1)
+            and torch.equal(self.index, torch.arange(self.batch_size, device=self.index.device))
+        )
+
+    @property
+    def batch_lam(self) -> float | None:
+        """The single lam of a per-batch plan, or ``None`` when lam varies across samples."""
+        if self.lam.numel() == 0:
+            return None
+        first = self.lam.reshape(-1)[0]
+        return float(first) if bool(torch.all(self.lam == first)) else None
+
+    def validate(self, batch_size: int, dataset_size: int | None = None, owner: str = "sampler") -> None:
+        """Check shapes and ranges; raises ``ValueError`` naming ``owner``."""
+        if not isinstance(self.lam, Tensor) or not isinstance(self.index, Tensor):
+            raise TypeError(f"{owner}: MixPlan.index and MixPlan.lam must be tensors")
+        if self.index.shape != (batch_size,) or self.lam.shape != (batch_size,):
+            raise ValueError(
+                f"{owner}: MixPlan.index and MixPlan.lam must have shape [{batch_size}], got "
+                f"{tuple(self.index.shape)} and {tuple(self.lam.shape)}"
+            )
+        if not torch.isfinite(self.lam).all() or (self.lam < 0).any() or (self.lam > 1).any():
+            raise ValueError(f"{owner}: MixPlan.lam must lie in [0, 1]")
+        limit = batch_size if self.partner_source == "batch" else dataset_size
+        if limit is not None and self.index.numel() and (
+            int(self.index.min()) < 0 or int(self.index.max()) >= limit
+        ):
+            raise ValueError(
+                f"{owner}: MixPlan.index out of range for partner_source={self.partner_source!r} "
+                f"(must be in [0, {limit}))"
+            )
+        if self.sources is not None:
+            total = sum(w for _, w in self.sources)
+            if not torch.allclose(torch.as_tensor(total), torch.ones(()), atol=1e-4):
+                raise ValueError(f"{owner}: MixPlan.sources weights must sum to 1 per sample")
+
+    # ----------------------------------------------------------------- targets
+    def resolve(self, batch: Batch) -> MixPlan:
+        """Fill ``y_a`` and ``y_b`` from the batch (and the fetched partner)."""
+        self.y_a = batch.targets
+        if self.partner_source == "dataset":
+            if self.partner is None:
+                raise RuntimeError("MixPlan: dataset partners have not been fetched")
+            self.y_b = self.partner.targets
+        else:
+            self.y_b = batch.targets[self.index]
+        return self
+
+    def source_targets(self, targets: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """``[(targets_k [B], weight_k [B]), ...]`` for any plan (two or N sources)."""
+        if self.sources is not None:
+            return [(targets[idx], w) for idx, w in self.sources]
+        y_b = self.y_b if self.y_b is not None else targets[self.index]
+        return [(targets, self.lam), (y_b, 1 - self.lam)]
+
+    def lam_as(self, like: Tensor) -> Tensor:
+        """``lam`` reshaped to broadcast over ``like`` (``[B, 1, ...]``) in its dtype."""
+        return self.lam.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+    def mixed_regression_target(self) -> Tensor:
+        """``lam * y_a + (1 - lam) * y_b`` for real-valued targets."""
+        if self.y_a is None or self.y_b is None:
+            raise RuntimeError("MixPlan.resolve(batch) must run before the targets are read")
+        y_a = self.y_a.float()
+        lam = self.lam_as(y_a)
+        return lam * y_a + (1 - lam) * self.y_b.float()

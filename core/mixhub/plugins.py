@@ -1,0 +1,401 @@
+"""Plugin discovery, activation, slot ownership and error context.
+
+Discovery is not activation: ``discover()`` reads entry points (group ``mixhub``) without
+importing anything; a run activates only the plugins its config names.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from types import ModuleType
+from typing import Any
+
+import pluggy
+from pydantic import BaseModel, ConfigDict
+
+from . import hookspecs
+from ._util import did_you_mean
+from .errors import PluginHookError, PluginLoadError, SlotConflictError
+
+__all__ = [
+    "PluginSpec",
+    "PluginOptions",
+    "EntryPointInfo",
+    "LoadedPlugin",
+    "discover",
+    "load_plugin",
+    "PluginHost",
+    "TASK_KINDS",
+]
+
+log = logging.getLogger("mixhub.plugins")
+GROUP = "mixhub"
+TASK_KINDS = ("classification", "regression", "continual", "test-time")
+
+
+class PluginOptions(BaseModel):
+    """Base class of plugin option schemas: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """What a plugin declares, as ``PLUGIN = PluginSpec(...)`` in its plugin module.
+
+    Attributes:
+        name: the plugin's name (= its entry-point name and config section).
+        options: a ``PluginOptions`` subclass: the schema of its config section.
+        slots: the slots it claims (short names, see ``hookspecs.SLOTS``).
+        claims: optional ``claims(options) -> slots`` when the claimed slots depend on the
+            options (e.g. a forward slot only in manifold mode); overrides ``slots``.
+        task_kinds: the task kinds it supports.
+        conflicts: plugins it cannot run with.
+        aux_loss_weights: default weights of the aux losses it returns.
+        description: one line for listings.
+        validate: optional ``validate(options, config) -> list[str]`` of warnings; raise
+            ``ConfigError`` for incompatible settings.
+    """
+
+    name: str
+    options: type[PluginOptions] = PluginOptions
+    slots: tuple[str, ...] = ()
+    claims: Callable[[Any], Iterable[str]] | None = None
+    task_kinds: tuple[str, ...] = ("classification", "regression")
+    conflicts: tuple[str, ...] = ()
+    aux_loss_weights: dict[str, float] = field(default_factory=dict)
+    description: str = ""
+    validate: Callable[[Any, Any], list[str] | None] | None = None
+
+    def claimed_slots(self, options: Any) -> tuple[str, ...]:
+        slots = tuple(self.claims(options)) if self.claims is not None else self.slots
+        for slot in slots:
+            if slot not in hookspecs.SLOTS:
+                raise PluginLoadError(
+                    f"plugin {self.name!r} claims unknown slot {slot!r}{did_you_mean(slot, hookspecs.SLOTS)}"
+                )
+        return slots
+
+
+@dataclass(frozen=True)
+class EntryPointInfo:
+    name: str
+    value: str
+    distribution: str
+    version: str
+
+
+@dataclass
+class LoadedPlugin:
+    name: str
+    obj: Any  # module or object holding hookimpls
+    spec: PluginSpec
+    distribution: str = "<in-process>"
+    version: str = "0"
+
+    @property
+    def label(self) -> str:
+        return f"plugin {self.name!r} ({self.distribution} {self.version})"
+
+
+def discover() -> dict[str, EntryPointInfo]:
+    """Installed plugins by name, from entry-point metadata only (nothing is imported)."""
+    found: dict[str, EntryPointInfo] = {}
+    for ep in metadata.entry_points(group=GROUP):
+        dist = getattr(ep, "dist", None)
+        found[ep.name] = EntryPointInfo(
+            name=ep.name,
+            value=ep.value,
+            distribution=dist.metadata["Name"] if dist is not None else "?",
+            version=dist.version if dist is not None else "?",
+        )
+    return found
+
+
+def spec_of(obj: Any, name: str, where: str) -> PluginSpec:
+    spec = getattr(obj, "PLUGIN", None)
+    if not isinstance(spec, PluginSpec):
+        raise PluginLoadError(f"{where} has no `PLUGIN = mixhub.PluginSpec(...)` declaration")
+    if spec.name != name:
+        raise PluginLoadError(f"{where} declares name {spec.name!r} but is registered as {name!r}")
+    return spec
+
+
+def load_plugin(info: EntryPointInfo) -> LoadedPlugin:
+    """Import one discovered plugin; any failure becomes a ``PluginLoadError`` naming it."""
+    where = f"plugin {info.name!r} ({info.distribution} {info.version}, entry point {info.value!r})"
+    try:
+        module_name, _, attr = info.value.partition(":")
+        obj: Any = importlib.import_module(module_name)
+        for part in filter(None, attr.split(".")):
+            obj = getattr(obj, part)
+    except BaseException as exc:  # noqa: BLE001 - a plugin must never take the host down
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise PluginLoadError(f"{where} failed to import: {type(exc).__name__}: {exc}") from exc
+    spec = spec_of(obj, info.name, where)
+    return LoadedPlugin(info.name, obj, spec, info.distribution, info.version)
+
+
+def _hook_codes(obj: Any) -> set[Any]:
+    codes = set()
+    for attr in dir(obj):
+        if attr.startswith("mixhub_"):
+            fn = getattr(obj, attr, None)
+            fn = getattr(fn, "__func__", fn)
+            code = getattr(fn, "__code__", None)
+            if code is not None:
+                codes.add(code)
+    return codes
+
+
+class PluginHost:
+    """The typed facade over pluggy for one run: active plugins, slot owners, error context.
+
+    The core's defaults are a plugin too (``mixhub.defaults``), registered like any other and
+    called last.
+    """
+
+    def __init__(self, plugins: list[LoadedPlugin], slot_owners: dict[str, str] | None = None) -> None:
+        from . import defaults
+
+        self.pm = pluggy.PluginManager(GROUP)
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: dict[str, LoadedPlugin] = {}
+        self.core = LoadedPlugin("core", defaults, defaults.PLUGIN, "mixhub", _core_version())
+        self.pm.register(defaults, name="core")
+        # Collectors run in reverse registration order; register reversed to run in config order.
+        for plugin in reversed(plugins):
+            try:
+                self.pm.register(plugin.obj, name=plugin.name)
+            except Exception as exc:
+                raise PluginLoadError(f"{plugin.label} has invalid hooks: {exc}") from exc
+            self.plugins[plugin.name] = plugin
+        self.plugins = {p.name: self.plugins[p.name] for p in plugins}
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise PluginLoadError(f"{exc.plugin!r}: {exc}") from exc
+        self._codes = {name: _hook_codes(p.obj) for name, p in self.plugins.items()}
+        self._codes["core"] = _hook_codes(defaults)
+        self.slot_owners: dict[str, str] = dict(slot_owners or {})
+        self._slot_callers: dict[str, Any] = {}
+        for slot, hookname in hookspecs.SLOTS.items():
+            owner = self.slot_owners.get(slot)
+            others = [p.obj for n, p in self.plugins.items() if n != owner]
+            self._slot_callers[slot] = (
+                self.pm.subset_hook_caller(hookname, remove_plugins=others) if others else getattr(self.pm.hook, hookname)
+            )
+        if os.environ.get("MIXHUB_TRACE_HOOKS", "") not in ("", "0"):
+            self._enable_trace()
+
+    # ------------------------------------------------------------------ tracing
+    def _enable_trace(self) -> None:
+        def before(hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+            names = [i.plugin_name for i in impls]
+            print(f"[mixhub trace] {hook_name} -> {', '.join(reversed(names))}", file=sys.stderr)
+
+        def after(outcome: Any, hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+            exc = outcome.exception
+            if exc is not None:
+                print(f"[mixhub trace] {hook_name} raised {type(exc).__name__}: {exc}", file=sys.stderr)
+
+        self.pm.add_hookcall_monitoring(before, after)
+
+    # ------------------------------------------------------------------ error context
+    def _culprit(self, exc: BaseException) -> str:
+        culprit = "core"
+        for frame, _ in traceback.walk_tb(exc.__traceback__):
+            for name, codes in self._codes.items():
+                if frame.f_code in codes:
+                    culprit = name
+        return culprit
+
+    def _label(self, name: str) -> str:
+        plugin = self.plugins.get(name, self.core)
+        return plugin.label if name != "core" else f"mixhub core ({self.core.version})"
+
+    @contextmanager
+    def context(self, hook: str) -> Iterator[None]:
+        try:
+            yield
+        except PluginHookError:
+            raise
+        except Exception as exc:
+            name = self._culprit(exc)
+            if name == "core":
+                raise
+            raise PluginHookError(
+                f"{self._label(name)} raised in hook {hook}: {type(exc).__name__}: {exc}", plugin=name, hook=hook
+            ) from exc
+
+    # ------------------------------------------------------------------ calls
+    def owner(self, slot: str) -> str:
+        return self.slot_owners.get(slot, "core")
+
+    def slot(self, slot: str, expected: type | tuple[type, ...] | None = None, **kwargs: Any) -> Any:
+        hookname = hookspecs.SLOTS[slot]
+        with self.context(hookname):
+            result = self._slot_callers[slot](**kwargs)
+        if result is None:
+            raise PluginHookError(f"no implementation of {hookname} returned a value", plugin="core", hook=hookname)
+        if expected is not None and not isinstance(result, expected):
+            names = expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)
+            owner = self.owner(slot)
+            raise PluginHookError(
+                f"{self._label(owner)} returned {type(result).__name__} from {hookname}; expected {names}",
+                plugin=owner,
+                hook=hookname,
+            )
+        return result
+
+    def collect(self, hookname: str, **kwargs: Any) -> list[Any]:
+        """Call a collector; results in config order (core default last), ``None`` dropped."""
+        with self.context(hookname):
+            results = getattr(self.pm.hook, hookname)(**kwargs)
+        return [r for r in results if r is not None]
+
+    def per_plugin(self, hookname: str, **kwargs: Any) -> dict[str, Any]:
+        """Call a collector plugin by plugin; ``{plugin: result}`` (for state dicts)."""
+        out: dict[str, Any] = {}
+        for name, plugin in self.plugins.items():
+            fn = getattr(plugin.obj, hookname, None)
+            if fn is None or not hasattr(fn, "mixhub_impl"):
+                continue
+            with self.context(hookname):
+                result = fn(**kwargs)
+            if result is not None:
+                out[name] = result
+        return out
+
+    def call_plugin(self, name: str, hookname: str, **kwargs: Any) -> Any:
+        fn = getattr(self.plugins[name].obj, hookname, None)
+        if fn is None or not hasattr(fn, "mixhub_impl"):
+            return None
+        with self.context(hookname):
+            return fn(**kwargs)
+
+    @contextmanager
+    def wrap(self, hookname: str, **kwargs: Any) -> Iterator[None]:
+        """Run the ``wrapper=True`` implementations of ``hookname`` around a block.
+
+        Outermost first (``tryfirst`` wrappers are outermost, as in pluggy); teardown runs in
+        reverse order even when the block (or another wrapper) raises.
+        """
+        impls = [i for i in getattr(self.pm.hook, hookname).get_hookimpls() if i.wrapper]
+        entered: list[tuple[Any, Any]] = []
+        try:
+            for impl in reversed(impls):
+                with self.context(hookname):
+                    gen = impl.function(*[kwargs[a] for a in impl.argnames])
+                    next(gen)
+                entered.append((impl, gen))
+        except BaseException:
+            self._unwind(entered, sys.exc_info()[1], hookname)
+            raise
+        error: BaseException | None = None
+        try:
+            yield
+        except BaseException as exc:  # noqa: BLE001 - handed to the wrappers, then re-raised
+            error = exc
+        final = self._unwind(entered, error, hookname)
+        if final is not None:
+            raise final
+
+    def _unwind(self, entered: list[tuple[Any, Any]], error: BaseException | None, hookname: str) -> BaseException | None:
+        for _impl, gen in reversed(entered):
+            try:
+                with self.context(hookname):
+                    try:
+                        if error is None:
+                            gen.send(None)
+                        else:
+                            gen.throw(error)
+                    except StopIteration:
+                        continue  # a wrapper cannot swallow the error: it propagates on
+                    raise RuntimeError(f"a {hookname} wrapper yielded more than once")
+            except BaseException as exc:  # noqa: BLE001
+                error = exc
+        return error
+
+
+def _core_version() -> str:
+    try:
+        return metadata.version("mixhub")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def resolve_plugins(
+    names: list[str],
+    extra: dict[str, Any] | None = None,
+    registry: dict[str, dict[str, Any]] | None = None,
+) -> list[LoadedPlugin]:
+    """Load the named plugins: in-process ones from ``extra`` first, then entry points.
+
+    An unknown name is an error naming it, the closest installed plugin and, when the
+    registry knows it, its ``pip install`` line.
+    """
+    extra = extra or {}
+    installed = discover()
+    out: list[LoadedPlugin] = []
+    for name in names:
+        if name in extra:
+            obj = extra[name]
+            spec = spec_of(obj, name, f"in-process plugin {name!r}")
+            out.append(LoadedPlugin(name, obj, spec, "<in-process>", "0"))
+        elif name in installed:
+            out.append(load_plugin(installed[name]))
+        else:
+            hint = ""
+            if registry and name in registry:
+                hint = f"; it is not installed: {registry[name].get('install', 'pip install ' + registry[name]['distribution'])}"
+            else:
+                hint = did_you_mean(name, list(installed) + list(extra))
+            raise PluginLoadError(f"unknown plugin {name!r} in `plugins`{hint}")
+    return out
+
+
+def check_compatibility(plugins: list[LoadedPlugin], options: dict[str, Any], task_kind: str, explicit: dict[str, str]) -> dict[str, str]:
+    """Task kinds, conflicts and slot ownership; returns ``{slot: owner}``."""
+    names = [p.name for p in plugins]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise PluginLoadError(f"plugin(s) {dup} listed twice in `plugins`")
+    for p in plugins:
+        if task_kind not in p.spec.task_kinds:
+            raise PluginLoadError(
+                f"{p.label} does not support {task_kind} runs (it supports: {', '.join(p.spec.task_kinds)})"
+            )
+        for other in p.spec.conflicts:
+            if other in names:
+                raise PluginLoadError(f"{p.label} conflicts with plugin {other!r}; activate only one")
+    claims: dict[str, list[str]] = {}
+    for p in plugins:
+        for slot in p.spec.claimed_slots(options[p.name]):
+            claims.setdefault(slot, []).append(p.name)
+    owners: dict[str, str] = {}
+    for slot, who in explicit.items():
+        if slot not in hookspecs.SLOTS:
+            raise SlotConflictError(f"`slots.{slot}`: unknown slot{did_you_mean(slot, hookspecs.SLOTS)}")
+        if who != "core" and who not in names:
+            raise SlotConflictError(f"`slots.{slot}` names {who!r}, which is not an active plugin")
+        owners[slot] = who
+    for slot, who in claims.items():
+        if slot in owners:
+            continue
+        if len(who) > 1:
+            raise SlotConflictError(
+                f"plugins {' and '.join(repr(w) for w in who)} both claim the slot {slot!r} "
+                f"({hookspecs.SLOTS[slot]}); name the owner with `slots.{slot}=<plugin>` or drop one"
+            )
+        owners[slot] = who[0]
+    return owners
