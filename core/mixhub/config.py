@@ -126,9 +126,17 @@ def register_section(name: str, model: type[Section]) -> None:
     _SECTIONS[name] = model
 
 
-def core_sections() -> dict[str, type[Section]]:
-    from . import data  # noqa: F401  (registers dataset-driven sections)
+#: Core modules that register their own config sections on import.
+SECTION_MODULES = ("mixhub.continual", "mixhub.testtime")
 
+
+def core_sections() -> dict[str, type[Section]]:
+    import importlib
+    import importlib.util
+
+    for mod in SECTION_MODULES:
+        if importlib.util.find_spec(mod) is not None:
+            importlib.import_module(mod)
     return dict(_SECTIONS)
 
 

@@ -86,7 +86,7 @@ def fit_temperature(logits: Tensor, targets: Tensor, max_iter: int = 100) -> flo
 
     with torch.enable_grad():
         opt.step(closure)
-    t = float(log_t.exp())
+    t = float(log_t.detach().exp())
     return t if torch.isfinite(torch.tensor(t)) else 1.0
 
 

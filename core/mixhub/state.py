@@ -48,6 +48,7 @@ class State:
         generator: a seeded ``torch.Generator`` (on CPU) for plugins' random draws.
         world_size, rank: distributed layout.
         domain: test-time runs: the current domain name(s).
+        data: the run's ``DataBundle`` (read-only: train/val/test datasets).
         log: per-step scalars a plugin wants logged (``state.log["name"] = value``).
     """
 
@@ -76,6 +77,7 @@ class State:
     domain: str | None = None
     batch_size: int = 0
     amp_dtype: torch.dtype | None = None
+    data: Any = None
     log: dict[str, float] = field(default_factory=dict)
     modules: dict[str, ModuleSpec] = field(default_factory=dict)
     _scratch: dict[str, SimpleNamespace] = field(default_factory=dict, repr=False)

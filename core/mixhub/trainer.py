@@ -1,0 +1,676 @@
+"""The training loop, structured by the hooks (see ``hookspecs`` for the loop as pseudocode).
+
+``Trainer`` runs supervised classification and regression; continual task streams go to
+``mixhub.continual``, test-time streams to ``mixhub.testtime``. ``train(raw_config)`` is the
+one-call API used by the CLI, the bench harness and tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .batch import Batch
+from .config import RunConfig, load_config, plugin_names
+from .data import DataBundle, IndexedDataset, build_data
+from .errors import CheckpointError, ConfigError, DataError, MixhubError
+from .metrics import classification_metrics, fit_temperature, regression_metrics, reliability_bins
+from .models import build_model
+from .plan import MixPlan
+from .plugins import PluginHost, check_compatibility, resolve_plugins
+from .runio import RunFolder, plot_curves, plot_reliability
+from .schedule import GroupScheduler
+from .state import State
+
+__all__ = ["Trainer", "train", "RunResult", "RunInterrupted", "NonFiniteError", "seed_everything"]
+
+log = logging.getLogger("mixhub")
+
+
+class RunInterrupted(MixhubError):
+    """SIGTERM/SIGINT: the current step finished, a checkpoint was written, the run stopped."""
+
+
+class NonFiniteError(MixhubError):
+    """A non-finite loss (or input) stopped the run."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def collate(items: list[tuple[Tensor, Tensor, int]]) -> Batch:
+    xs, ys, idx = zip(*items)
+    return Batch(inputs=torch.stack(xs), targets=torch.stack([torch.as_tensor(y) for y in ys]), index=torch.as_tensor(idx, dtype=torch.long))
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """Data order from (seed, epoch) alone, sharded per rank; ``skip`` batches for mid-epoch resume."""
+
+    def __init__(self, n: int, seed: int, shuffle: str, batch_size: int, drop_last: bool, rank: int = 0, world: int = 1) -> None:
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.batch_size, self.drop_last = batch_size, drop_last
+        self.rank, self.world = rank, world
+        self.epoch = 0
+        self.skip_batches = 0
+
+    def order(self) -> Tensor:
+        if self.shuffle == "none":
+            perm = torch.arange(self.n)
+        else:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + (self.epoch if self.shuffle == "epoch" else 0))
+            perm = torch.randperm(self.n, generator=g)
+        if self.world > 1:
+            usable = (self.n // self.world) * self.world
+            perm = perm[:usable][self.rank :: self.world]
+        return perm
+
+    def __iter__(self) -> Iterator[int]:
+        perm = self.order()
+        start = self.skip_batches * self.batch_size
+        return iter(perm[start:].tolist())
+
+    def __len__(self) -> int:
+        return max(0, len(self.order()) - self.skip_batches * self.batch_size)
+
+
+@dataclass
+class RunResult:
+    summary: dict[str, Any]
+    out: Path
+    trainer: Trainer
+
+
+def _build_host(raw: dict[str, Any], task_kind: str, extra_plugins: dict[str, Any] | None) -> tuple[RunConfig, PluginHost]:
+    from .registry import load_registry
+
+    names = plugin_names(raw)
+    plugins = resolve_plugins(names, extra_plugins, load_registry())
+    run = load_config(raw, {p.name: p.spec for p in plugins})
+    owners = check_compatibility(plugins, run.options, task_kind, run.core.slots)
+    for p in plugins:
+        if p.spec.validate is not None:
+            for warning in p.spec.validate(run.options[p.name], run) or []:
+                log.warning("%s: %s", p.name, warning)
+    return run, PluginHost(plugins, owners)
+
+
+class Trainer:
+    """One run: data, model, plugins, optimizer, loop, evaluation, checkpoints."""
+
+    def __init__(
+        self,
+        raw: dict[str, Any],
+        *,
+        extra_plugins: dict[str, Any] | None = None,
+        quiet: bool = True,
+        write: bool = True,
+        out: str | Path | None = None,
+    ) -> None:
+        self.raw = raw
+        self.quiet = quiet
+        self._stop_signal: int | None = None
+        pre = load_config({k: v for k, v in raw.items() if k in ("seed", "data", "train", "model", "optimizer", "out")})
+        self.world_size, self.rank = _init_distributed(pre.train.device)
+        seed = pre.seed
+        seed_everything(seed)
+        self.bundle: DataBundle = build_data(pre.data, pre.data.split_seed if pre.data.split_seed is not None else seed)
+        _check_bundle(self.bundle)
+        task_kind = self.bundle.task
+        self.config, self.host = _build_host(raw, task_kind, extra_plugins)
+        cfg = self.config
+        self.device = _device(cfg.train.device, self.rank)
+        out_path = Path(out or cfg.out or _default_out(cfg))
+        self.folder = RunFolder(out_path, enabled=write and self.rank == 0)
+        num_outputs = self.bundle.num_classes if self.bundle.num_classes else self.bundle.target_dim
+        self.model: nn.Module = build_model(cfg.model, self.bundle.input_shape, num_outputs).to(self.device)
+        gen = torch.Generator().manual_seed(seed + 12345)
+        self.state = State(
+            config=cfg,
+            device=self.device,
+            task_kind=task_kind,
+            model=self.model,
+            num_classes=self.bundle.num_classes,
+            train_targets=self.bundle.train_targets.to(self.device),
+            train_dataset_size=len(self.bundle.train),  # type: ignore[arg-type]
+            generator=gen,
+            world_size=self.world_size,
+            rank=self.rank,
+            batch_size=cfg.train.batch_size,
+            data=self.bundle,
+        )
+        self.state._options = dict(cfg.options)
+        self.host.collect("mixhub_configure_model", model=self.model, state=self.state)
+        self.model.to(self.device)
+        self.optimizer = self.host.slot(
+            "create_optimizer", expected=torch.optim.Optimizer, param_groups=self._param_groups(), config=cfg, state=self.state
+        )
+        self.state.optimizer = self.optimizer
+        self.amp_dtype = _amp_dtype(cfg.train.amp, self.device)
+        self.state.amp_dtype = self.amp_dtype
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.ema = None
+        if cfg.train.ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=cfg.train.ema_decay)
+        self.net: nn.Module = self.model
+        if cfg.train.compile:
+            self.net = torch.compile(self.model)  # type: ignore[assignment]
+        if self.world_size > 1:
+            self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.state.ddp_model = self.net
+        # data
+        per_rank = cfg.train.batch_size // self.world_size
+        if per_rank < 1:
+            raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) is smaller than the number of processes ({self.world_size})")
+        self.train_set = IndexedDataset(self.bundle.train)
+        n_train = len(self.train_set)
+        self.sampler = EpochSampler(n_train, seed, cfg.train.shuffle, per_rank, cfg.train.drop_last, self.rank, self.world_size)
+        self.loader = DataLoader(self.train_set, batch_size=per_rank, sampler=self.sampler, drop_last=cfg.train.drop_last, collate_fn=collate, num_workers=cfg.data.num_workers)
+        steps = len(self.sampler) // per_rank if cfg.train.drop_last else math.ceil(len(self.sampler) / per_rank)
+        if cfg.train.max_steps_per_epoch:
+            steps = min(steps, cfg.train.max_steps_per_epoch)
+        if steps == 0 and task_kind != "continual" and cfg.train.epochs > 0:
+            raise DataError(f"data {cfg.data.name!r}: the training split ({n_train} samples) is smaller than one batch ({per_rank}); lower train.batch_size or set train.drop_last=false")
+        self.state.steps_per_epoch = steps
+        self.state.max_steps = steps * cfg.train.epochs
+        self.scheduler = GroupScheduler(
+            self.optimizer,
+            self.state.max_steps,
+            kind=cfg.train.sched,
+            warmup_steps=cfg.train.warmup_epochs * steps,
+            min_lr=cfg.train.min_lr,
+            step_every=cfg.train.step_decay_epochs * max(1, steps),
+            step_rate=cfg.train.step_decay_rate,
+        )
+        self.state.scheduler = self.scheduler
+        self.start_epoch = 0
+        self.batch_in_epoch = 0
+        self.best: dict[str, Any] = {"value": None, "epoch": -1}
+        self.select_key, self.select_high = _selection(cfg.train.select, task_kind)
+
+    # ------------------------------------------------------------------ construction helpers
+    def _param_groups(self) -> list[dict[str, Any]]:
+        from timm.optim import param_groups_weight_decay
+
+        wd = self.config.train.weight_decay
+        groups = param_groups_weight_decay(self.model, wd) if wd > 0 else [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        for spec in self.state.modules.values():
+            params = [p for p in spec.module.parameters() if p.requires_grad]
+            if spec.trainable and params:
+                groups.append({"params": params, "name": f"{spec.owner}.{spec.name}", **spec.group})
+        for extra in self.host.collect("mixhub_param_groups", model=self.model, state=self.state):
+            groups.extend(extra)
+        return [g for g in groups if len(list(g["params"])) > 0]
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, overrides: dict[str, Any] | None = None, *, extra_plugins: dict[str, Any] | None = None, write: bool = False, out: str | Path | None = None) -> Trainer:
+        """Rebuild a trained run from a checkpoint (its saved config plus ``overrides``)."""
+        from .config import apply_overrides
+
+        data = ckpt.load_checkpoint(path)
+        raw = apply_overrides(data["config"], overrides or {})
+        trainer = cls(raw, extra_plugins=extra_plugins, write=write, out=out or Path(path).parent.parent)
+        trainer.load_state(data, weights_only=True)
+        return trainer
+
+    # ------------------------------------------------------------------ the step
+    def autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def fetch(self, index: Tensor) -> Batch:
+        """Samples of the training set by dataset index (same transforms), on the device."""
+        items = [self.train_set[int(i)] for i in index.tolist()]
+        return collate(items).to(self.device)
+
+    def _set_train_mode(self, training: bool) -> None:
+        self.model.train(training)
+        for spec in self.state.modules.values():
+            spec.module.train(training if spec.train_mode is None else spec.train_mode)
+
+    def check_batch(self, batch: Batch) -> bool:
+        """Shape, range and finiteness checks; returns False when the batch must be skipped."""
+        shape = tuple(batch.inputs.shape[1:])
+        expected = tuple(self.bundle.input_shape)
+        if shape != expected:
+            raise DataError(f"batch of dataset {self.config.data.name!r} has input shape {shape}, the model expects {expected}")
+        bad = None
+        if not torch.isfinite(batch.inputs).all():
+            bad = "inputs"
+        elif batch.targets.is_floating_point() and not torch.isfinite(batch.targets).all():
+            bad = "targets"
+        if bad is not None:
+            rows = (~torch.isfinite(getattr(batch, bad).reshape(batch.size, -1))).any(1).nonzero().flatten()
+            where = batch.index[rows].tolist()[:10]
+            msg = f"non-finite {bad} in the training batch at dataset indices {where} (step {self.state.step})"
+            if self.config.train.nan_policy == "skip":
+                log.warning("%s; skipping the batch (train.nan_policy=skip)", msg)
+                return False
+            raise NonFiniteError(msg + "; set train.nan_policy=skip to drop such batches")
+        if self.bundle.num_classes and not batch.targets.is_floating_point():
+            t = batch.targets
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.bundle.num_classes):
+                raise DataError(f"labels out of range [0, {self.bundle.num_classes}) at dataset indices {batch.index[(t < 0) | (t >= self.bundle.num_classes)].tolist()[:10]}")
+        return True
+
+    def aux_weight(self, name: str) -> float:
+        if name in self.config.losses:
+            return float(self.config.losses[name])
+        for p in self.host.plugins.values():
+            if name in p.spec.aux_loss_weights:
+                return float(p.spec.aux_loss_weights[name])
+        return 1.0
+
+    def train_step(self, batch: Batch) -> dict[str, float] | None:
+        """One optimizer step through the hooks; returns the logged scalars (None if skipped)."""
+        state, host = self.state, self.host
+        batch = batch.to(self.device)
+        if not self.check_batch(batch):
+            return None
+        self._set_train_mode(True)
+        state.phase = state.stage = "train"
+        plan = host.slot("sample_pairs", expected=MixPlan, batch=batch, state=state)
+        try:
+            plan.validate(batch.size, state.train_dataset_size, owner=f"{host.owner('sample_pairs')} (mixhub_sample_pairs)")
+        except (ValueError, TypeError) as exc:
+            from .errors import PluginHookError
+
+            raise PluginHookError(str(exc), plugin=host.owner("sample_pairs"), hook="mixhub_sample_pairs") from exc
+        if plan.partner_source == "dataset":
+            plan.partner = self.fetch(plan.index)
+        plan.resolve(batch)
+        mixed = host.slot("mix_batch", expected=Batch, batch=batch, plan=plan, state=state)
+        with self.autocast():
+            outputs = host.slot("forward", expected=dict, model=self.net, batch=mixed, plan=plan, state=state)
+            loss = host.slot("compute_loss", expected=Tensor, outputs=outputs, batch=mixed, plan=plan, state=state)
+            logged: dict[str, Tensor] = {"loss_main": loss.detach()}
+            total = loss
+            for terms in host.collect("mixhub_aux_losses", outputs=outputs, batch=mixed, plan=plan, state=state):
+                for name, value in terms.items():
+                    total = total + self.aux_weight(name) * value
+                    logged[name] = value.detach()
+        if total.dim() != 0:
+            raise MixhubError(f"the loss must be a scalar, got shape {tuple(total.shape)} (slot owner: {host.owner('compute_loss')})")
+        if not torch.isfinite(total):
+            last = self.folder.checkpoints / "last.pt"
+            msg = (
+                f"non-finite loss ({float(total)}) at step {state.step} (epoch {state.epoch}), batch dataset indices "
+                f"{batch.index.tolist()[:16]}; last good checkpoint: {str(last) if last.exists() else 'none yet'}"
+            )
+            if self.config.train.nan_policy == "skip":
+                log.warning("%s; skipping the batch", msg)
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            raise NonFiniteError(msg)
+        self.scheduler.step(state.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            total.backward()
+        if self.config.train.clip_grad_norm is not None:
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.config.train.clip_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        state.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=state.step)
+        host.collect("mixhub_after_step", state=state)
+        logged["loss"] = total.detach()
+        out = {k: float(v) for k, v in logged.items()}
+        out.update({k: float(v) for k, v in state.log.items()})
+        state.log.clear()
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    @torch.no_grad()
+    def predict(self, dataset: Dataset, stage: str, batch_size: int | None = None) -> tuple[dict[str, Tensor], Tensor]:
+        """Outputs (every tensor output key) and targets over a dataset, through the eval hooks."""
+        state, host = self.state, self.host
+        model = self.eval_model()
+        state.phase, state.stage = "eval", stage
+        loader = DataLoader(IndexedDataset(dataset), batch_size=batch_size or max(self.config.train.batch_size, 128), shuffle=False, collate_fn=collate)
+        outs: dict[str, list[Tensor]] = {}
+        targets = []
+        was_training = model.training
+        with host.wrap("mixhub_evaluate", model=model, state=state):
+            model.eval()
+            for batch in loader:
+                batch = batch.to(self.device)
+                with self.autocast():
+                    o = host.slot("eval_forward", expected=dict, model=model, batch=batch, state=state)
+                for k, v in o.items():
+                    if isinstance(v, Tensor) and k.startswith("logits"):
+                        outs.setdefault(k, []).append(v.float().cpu())
+                targets.append(batch.targets.cpu())
+        model.train(was_training)
+        state.phase = "train"
+        if not targets:
+            raise DataError(f"the {stage} split is empty")
+        return {k: torch.cat(v) for k, v in outs.items()}, torch.cat(targets)
+
+    def evaluate(self, dataset: Dataset, stage: str, temperature: float | None = None) -> dict[str, float]:
+        outs, targets = self.predict(dataset, stage)
+        metrics = self.metrics_from(outs, targets, temperature)
+        for extra in self.host.collect("mixhub_metrics", stage=stage, state=self.state):
+            metrics.update({k: float(v) for k, v in extra.items()})
+        return metrics
+
+    def metrics_from(self, outs: dict[str, Tensor], targets: Tensor, temperature: float | None = None) -> dict[str, float]:
+        logits = outs["logits"]
+        if self.state.task_kind == "regression":
+            m = regression_metrics(logits, targets)
+            m["loss"] = m["mse"]
+            return m
+        m = classification_metrics(logits, targets, temperature=temperature)
+        m["loss"] = m["nll"]
+        for k, v in outs.items():
+            if k != "logits":
+                m[f"acc_{k.removeprefix('logits_')}"] = float((v.argmax(1) == targets).float().mean())
+        return m
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_payload(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "modules": {k: spec.module.state_dict() for k, spec in self.state.modules.items()},
+            "plugins": self.host.per_plugin("mixhub_state_dict", state=self.state),
+            "plugin_versions": {n: p.version for n, p in self.host.plugins.items()},
+            "rng": ckpt.capture_rng(self.state.generator),
+            "epoch": self.state.epoch,
+            "step": self.state.step,
+            "task": self.state.task,
+            "batch_in_epoch": self.batch_in_epoch,
+            "best": dict(self.best),
+        }
+
+    def save_checkpoint(self, name: str = "last") -> Path | None:
+        if not self.folder.enabled or not self.config.train.checkpoint:
+            return None
+        return ckpt.save_checkpoint(self.state_payload(), self.folder.checkpoints / f"{name}.pt", keep_previous=name == "last")
+
+    def load_state(self, data: dict[str, Any], weights_only: bool = False) -> None:
+        """Restore a checkpoint; ``weights_only`` restores the model, modules and plugin state only."""
+        saved = set(data.get("plugin_versions", {}))
+        active = set(self.host.plugins)
+        if saved != active:
+            raise CheckpointError(f"checkpoint was written with plugins {sorted(saved)}, this run activates {sorted(active)}")
+        try:
+            self.model.load_state_dict(data["model"])
+            for key, sd in data.get("modules", {}).items():
+                if key not in self.state.modules:
+                    raise CheckpointError(f"checkpoint holds plugin module {key!r}, which this run does not register")
+                self.state.modules[key].module.load_state_dict(sd)
+        except RuntimeError as exc:
+            raise CheckpointError(f"checkpoint does not match the model {self.config.model.name!r}: {exc}") from exc
+        if self.ema is not None and data.get("ema") is not None:
+            self.ema.module.load_state_dict(data["ema"])
+        for name, sd in data.get("plugins", {}).items():
+            self.host.call_plugin(name, "mixhub_load_state_dict", state_dict=sd, state=self.state)
+        self.state.step = int(data.get("step", 0))
+        self.state.epoch = int(data.get("epoch", 0))
+        self.state.task = int(data.get("task", 0))
+        if weights_only:
+            return
+        self.optimizer.load_state_dict(data["optimizer"])
+        self.scheduler.load_state_dict(data["scheduler"])
+        if self.scaler is not None and data.get("scaler") is not None:
+            self.scaler.load_state_dict(data["scaler"])
+        self.best = dict(data.get("best", self.best))
+        self.batch_in_epoch = int(data.get("batch_in_epoch", 0))
+        self.start_epoch = self.state.epoch
+        ckpt.restore_rng(data["rng"], self.state.generator)
+
+    def resume(self) -> None:
+        data, _ = ckpt.load_latest(self.folder.checkpoints, "last", warn=log.warning)
+        self.load_state(data)
+        self.folder.truncate_log(self.start_epoch if self.batch_in_epoch == 0 else self.start_epoch)
+
+    # ------------------------------------------------------------------ the loop
+    @contextmanager
+    def _signals(self) -> Iterator[None]:
+        if self.rank != 0 and self.world_size > 1 or not _main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            self._stop_signal = signum
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def fit(self) -> dict[str, Any]:
+        self.folder.write_config(self.config.to_dict())
+        t0 = time.time()
+        with self._signals(), self.host.wrap("mixhub_fit", state=self.state):
+            if self.bundle.task == "continual":
+                from .continual import fit_continual
+
+                summary = fit_continual(self)
+            else:
+                summary = self._fit_supervised()
+        summary.setdefault("time_s", time.time() - t0)
+        summary["config"] = self.config.to_dict()
+        summary["plugins"] = {n: p.version for n, p in self.host.plugins.items()}
+        self.folder.write_summary(summary)
+        self.folder.write_csv()
+        if self.config.train.plots and self.folder.enabled:
+            plot_curves(self.folder.records(), self.folder.path)
+        return summary
+
+    def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
+        self.sampler.epoch = epoch
+        self.sampler.skip_batches = self.batch_in_epoch
+        limit = self.config.train.max_steps_per_epoch
+        for i, batch in enumerate(self.loader, start=self.batch_in_epoch):
+            if limit is not None and i >= limit:
+                break
+            yield batch
+
+    def _fit_supervised(self) -> dict[str, Any]:
+        cfg = self.config
+        epochs = range(self.start_epoch, cfg.train.epochs)
+        bar = tqdm(epochs, desc="epochs", disable=self.quiet or self.rank != 0, leave=False)
+        for epoch in bar:
+            self.state.epoch = epoch
+            if self.batch_in_epoch == 0:
+                self.host.collect("mixhub_epoch_start", state=self.state)
+            sums: dict[str, float] = {}
+            count = 0
+            t_epoch = time.time()
+            inner = tqdm(self._epoch_batches(epoch), total=self.state.steps_per_epoch, desc=f"epoch {epoch}", disable=self.quiet or self.rank != 0, leave=False)
+            for batch in inner:
+                out = self.train_step(batch)
+                self.batch_in_epoch += 1
+                if out is not None:
+                    count += 1
+                    for k, v in out.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    inner.set_postfix(loss=f"{out['loss']:.4f}")
+                if self._stop_signal is not None:
+                    self.save_checkpoint("last")
+                    raise RunInterrupted(f"stopped by signal {self._stop_signal} at step {self.state.step}; resume with `mixhub train --resume {self.folder.path}`")
+            self.batch_in_epoch = 0
+            self.host.collect("mixhub_epoch_end", state=self.state)
+            train_rec = {"epoch": epoch, "split": "train", "step": self.state.step, **{k: v / max(count, 1) for k, v in sums.items()}, "time_s": time.time() - t_epoch}
+            for extra in self.host.collect("mixhub_metrics", stage="train", state=self.state):
+                train_rec.update({k: float(v) for k, v in extra.items()})
+            self.folder.log(train_rec)
+            if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
+                val = self.evaluate(self.bundle.val, "val")
+                self.folder.log({"epoch": epoch, "split": "val", **val})
+                self._maybe_best(val, epoch)
+                msg = f"epoch {epoch + 1}/{cfg.train.epochs} train loss {train_rec.get('loss', float('nan')):.4f} " + " ".join(f"val {k} {val[k]:.4f}" for k in ("acc", "nll", "ece", "rmse") if k in val)
+                if self.quiet and self.rank == 0:
+                    log.info(msg)
+                else:
+                    bar.write(msg)
+            self.state.epoch = epoch + 1
+            self.save_checkpoint("last")
+        return self.final_evaluation()
+
+    def _maybe_best(self, val: dict[str, float], epoch: int) -> None:
+        key = self.select_key
+        if key not in val:
+            raise ConfigError(f"train.select: validation metric {key!r} does not exist (have: {', '.join(sorted(val))})")
+        value = val[key]
+        best = self.best["value"]
+        if best is None or (value > best if self.select_high else value < best):
+            self.best = {"value": value, "epoch": epoch, "metric": key}
+            self.save_checkpoint("best")
+
+    def final_evaluation(self) -> dict[str, Any]:
+        """Test metrics of the best-validation checkpoint (temperature fitted on validation)."""
+        best_path = self.folder.checkpoints / "best.pt"
+        if self.folder.enabled and best_path.exists() and self.config.train.checkpoint:
+            data = ckpt.load_checkpoint(best_path)
+            self.model.load_state_dict(data["model"])
+            if self.ema is not None and data.get("ema") is not None:
+                self.ema.module.load_state_dict(data["ema"])
+            for key, sd in data.get("modules", {}).items():
+                self.state.modules[key].module.load_state_dict(sd)
+        summary: dict[str, Any] = {"best_epoch": self.best["epoch"], "select": self.select_key, "steps": self.state.step}
+        temperature = None
+        val_outs, val_t = self.predict(self.bundle.val, "val")
+        if self.state.task_kind == "classification":
+            temperature = fit_temperature(val_outs["logits"], val_t)
+        summary["val"] = self.metrics_from(val_outs, val_t, temperature)
+        summary["test"] = self.evaluate(self.bundle.test, "test", temperature)
+        for name, ds in self.bundle.extra_splits.items():
+            summary[name] = self.evaluate(ds, name, temperature)
+        if self.state.task_kind == "classification" and self.folder.enabled and self.config.train.plots:
+            outs, t = self.predict(self.bundle.test, "test")
+            conf, acc, counts = reliability_bins(outs["logits"], t)
+            plot_reliability(conf, acc, counts, self.folder.path / "reliability.png", "test reliability")
+        for k in ("val", "test", *self.bundle.extra_splits):
+            self.folder.log({"epoch": self.config.train.epochs, "split": f"final_{k}", **summary[k]})
+        return summary
+
+
+def _selection(select: str, task_kind: str) -> tuple[str, bool]:
+    if select == "auto":
+        return ("rmse", False) if task_kind == "regression" else ("acc", True)
+    high = select.endswith("acc") or select in ("r", "top2")
+    return select, high
+
+
+def _check_bundle(bundle: DataBundle) -> None:
+    if bundle.task == "continual":
+        return
+    for split in ("train", "val", "test"):
+        ds = getattr(bundle, split)
+        if len(ds) == 0:  # type: ignore[arg-type]
+            raise DataError(f"the {split} split of the dataset is empty")
+    t = bundle.train_targets
+    if t.is_floating_point():
+        if not torch.isfinite(t).all():
+            bad = (~torch.isfinite(t.reshape(len(t), -1))).any(1).nonzero().flatten().tolist()[:10]
+            raise DataError(f"non-finite training targets at dataset indices {bad}")
+    elif bundle.num_classes is not None and t.numel() and (int(t.min()) < 0 or int(t.max()) >= bundle.num_classes):
+        raise DataError(f"training labels out of range [0, {bundle.num_classes})")
+
+
+def _device(spec: str, rank: int) -> torch.device:
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", rank % torch.cuda.device_count())
+        return torch.device("cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {spec!r} requested but CUDA is not available")
+    return dev
+
+
+def _amp_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _init_distributed(device_spec: str) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 1, 0
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and device_spec != "cpu" else "gloo"
+        dist.init_process_group(backend)
+    return dist.get_world_size(), dist.get_rank()
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _default_out(cfg: RunConfig) -> str:
+    plugins = "-".join(cfg.plugins) or "erm"
+    base = Path("runs") / f"{cfg.data.name.replace(':', '_').replace('/', '_')}-{cfg.model.name}-{plugins}-s{cfg.seed}"
+    path, k = base, 1
+    while (path / "summary.json").exists():
+        path = base.with_name(f"{base.name}-{k}")
+        k += 1
+    return str(path)
+
+
+def train(
+    raw: dict[str, Any],
+    extra_plugins: dict[str, Any] | None = None,
+    *,
+    quiet: bool = True,
+    out: str | Path | None = None,
+    resume: bool = False,
+    write: bool = True,
+) -> RunResult:
+    """Train from a raw config dict (as loaded from YAML); returns the summary and run folder."""
+    trainer = Trainer(raw, extra_plugins=extra_plugins, quiet=quiet, out=out, write=write)
+    if resume:
+        trainer.resume()
+    elif trainer.folder.enabled and (trainer.folder.checkpoints / "last.pt").exists():
+        raise ConfigError(f"run folder {str(trainer.folder.path)!r} already holds a run; resume it with `mixhub train --resume {trainer.folder.path}` or choose another `out`")
+    summary = trainer.fit()
+    return RunResult(summary, trainer.folder.path, trainer)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use `mixhub train`")
