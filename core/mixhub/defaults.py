@@ -112,3 +112,4 @@ def mixhub_replay_update(buffer: Any, batch: Batch, state: State) -> bool:
 @hookimpl(trylast=True)
 def mixhub_replay_retrieve(buffer: Any, batch: Batch, state: State) -> Batch | None:
     return buffer.random_retrieve(state.config.continual.retrieve_size, state.generator)
+

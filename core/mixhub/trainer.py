@@ -7,6 +7,7 @@ one-call API used by the CLI, the bench harness and tests.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -381,7 +382,9 @@ class Trainer:
         return {k: torch.cat(v) for k, v in outs.items()}, torch.cat(targets)
 
     def evaluate(self, dataset: Dataset, stage: str, temperature: float | None = None) -> dict[str, float]:
+        """Metrics of the eval model on ``dataset`` (outputs kept in ``self.last_outputs``)."""
         outs, targets = self.predict(dataset, stage)
+        self.last_outputs = (outs, targets)
         metrics = self.metrics_from(outs, targets, temperature)
         for extra in self.host.collect("mixhub_metrics", stage=stage, state=self.state):
             metrics.update({k: float(v) for k, v in extra.items()})
@@ -576,12 +579,14 @@ class Trainer:
             temperature = fit_temperature(val_outs["logits"], val_t)
         summary["val"] = self.metrics_from(val_outs, val_t, temperature)
         summary["test"] = self.evaluate(self.bundle.test, "test", temperature)
+        self.last_outputs_test = self.last_outputs
         for name, ds in self.bundle.extra_splits.items():
             summary[name] = self.evaluate(ds, name, temperature)
         if self.state.task_kind == "classification" and self.folder.enabled and self.config.train.plots:
-            outs, t = self.predict(self.bundle.test, "test")
+            outs, t = self.last_outputs_test
             conf, acc, counts = reliability_bins(outs["logits"], t)
             plot_reliability(conf, acc, counts, self.folder.path / "reliability.png", "test reliability")
+            (self.folder.path / "reliability.json").write_text(json.dumps({"conf": conf.tolist(), "acc": acc.tolist(), "counts": counts.tolist()}))
         for k in ("val", "test", *self.bundle.extra_splits):
             self.folder.log({"epoch": self.config.train.epochs, "split": f"final_{k}", **summary[k]})
         return summary

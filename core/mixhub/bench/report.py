@@ -1,0 +1,220 @@
+"""Aggregate cells into ``results.json``, ``REPORT.md`` and plots (honest: every seed, paired differences)."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .suite import Suite
+
+__all__ = ["aggregate", "paired_difference", "write_report"]
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    n = len(xs)
+    if n == 0:
+        return float("nan"), float("nan")
+    m = sum(xs) / n
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
+    return m, sd
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int]:
+    """Mean of ``b[s] - a[s]`` over seeds present in both, its standard error, and the count."""
+    seeds = sorted(set(a) & set(b))
+    diffs = [b[s] - a[s] for s in seeds]
+    m, sd = _mean_std(diffs)
+    se = sd / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    return m, se, len(diffs)
+
+
+def aggregate(suite: Suite, results: dict[str, Any]) -> dict[str, Any]:
+    per: dict[str, dict[str, dict[int, float]]] = {}
+    times: dict[str, list[float]] = {}
+    for cell in results["cells"]:
+        arm = cell["arm"]
+        times.setdefault(arm, []).append(cell["time_s"])
+        for k, v in cell["metrics"].items():
+            per.setdefault(arm, {}).setdefault(k, {})[cell["seed"]] = v
+    table = {}
+    for arm in (a.name for a in suite.arms):
+        table[arm] = {m: _mean_std(list(per.get(arm, {}).get(m, {}).values())) for m in suite.metrics}
+    pairs = [(suite.baseline, a.name) for a in suite.arms if a.name != suite.baseline] + list(suite.comparisons)
+    diffs = {}
+    for base, arm in pairs:
+        diffs[f"{arm} - {base}"] = {m: paired_difference(per.get(base, {}).get(m, {}), per.get(arm, {}).get(m, {})) for m in suite.metrics}
+    return {"table": table, "diffs": diffs, "times": {a: _mean_std(t) for a, t in times.items()}, "per_seed": per}
+
+
+PERCENT_METRICS = {"acc", "ece", "adaece", "ece_ts", "adaece_ts", "avg_acc", "avg_forgetting", "forgetting", "error"}
+
+
+def _is_pct(metric: str) -> bool:
+    return metric.rsplit(".", 1)[-1] in PERCENT_METRICS or metric.endswith("acc")
+
+
+def _fmt(m: float, s: float, metric: str) -> str:
+    if math.isnan(m):
+        return "n/a"
+    if _is_pct(metric):
+        return f"{100 * m:.2f} ± {100 * s:.2f}"
+    return f"{m:.4f} ± {s:.4f}"
+
+
+def write_report(suite: Suite, results: dict[str, Any], out: Path, command: str = "", quick: bool = False) -> Path:
+    agg = aggregate(suite, results)
+    (out / "results.json").write_text(json.dumps({**results, "aggregate": {k: v for k, v in agg.items() if k != "per_seed"}}, indent=1, default=str))
+    lines = [f"# Bench `{suite.name}`{' (quick)' if quick else ''}", ""]
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    lines += [suite.description, ""]
+    n = results["seeds"]
+    lines += [f"Seeds: {n} (paired across arms). Provider: `{suite.provider}`. Percent metrics (acc, ECE) shown ×100.", ""]
+    head = "| arm | " + " | ".join(suite.metrics) + " | wall time / seed (s) |"
+    lines += [head, "|" + "---|" * (len(suite.metrics) + 2)]
+    for arm in suite.arms:
+        row = agg["table"][arm.name]
+        t = agg["times"].get(arm.name, (float("nan"), 0))
+        lines.append(f"| {arm.name} | " + " | ".join(_fmt(*row[m], m) for m in suite.metrics) + f" | {t[0]:.1f} |")
+    lines += ["", "Paired differences (arm − baseline, mean ± standard error over seeds; higher is better for accuracy-like metrics, lower for the rest):", ""]
+    lines += ["| comparison | " + " | ".join(suite.metrics) + " |", "|" + "---|" * (len(suite.metrics) + 1)]
+    for name, row in agg["diffs"].items():
+        cells = []
+        for m in suite.metrics:
+            d, se, k = row[m]
+            if k == 0 or math.isnan(d):
+                cells.append("n/a")
+                continue
+            scale = 100 if _is_pct(m) else 1
+            better = (d > 0) == suite.better_high(m) if d != 0 else False
+            mark = " ✓" if better and not math.isnan(se) and abs(d) > 2 * se else ""
+            cells.append(f"{scale * d:+.3f} ± {scale * se:.3f}{mark}" if not math.isnan(se) else f"{scale * d:+.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "✓ marks a difference in the better direction larger than two standard errors.", ""]
+    lines += ["Arms:", ""] + [f"- `{a.name}`: {a.description or a.overrides}" for a in suite.arms] + [""]
+    if suite.notes:
+        lines += ["Notes: " + suite.notes, ""]
+    lines += [
+        f"Hardware: {platform.machine()} {platform.processor() or ''} ({torch.get_num_threads()} torch threads), "
+        f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU only'}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}, {_versions()}; {time.strftime('%Y-%m-%d')}.",
+        "",
+    ]
+    plots = _plots(suite, results, agg, out)
+    if plots:
+        lines += ["Plots: " + ", ".join(f"`{p.name}`" for p in plots), ""]
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _versions() -> str:
+    from importlib import metadata
+
+    parts = []
+    for name in ("mixhub", "timm"):
+        try:
+            parts.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return ", ".join(parts)
+
+
+def _plots(suite: Suite, results: dict[str, Any], agg: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    if "bars" in suite.plots:
+        ms = suite.metrics
+        fig, axes = plt.subplots(1, len(ms), figsize=(3.2 * len(ms), 3), squeeze=False)
+        names = [a.name for a in suite.arms]
+        for ax, m in zip(axes[0], ms):
+            vals = [agg["table"][a][m] for a in names]
+            ax.bar(range(len(names)), [v[0] for v in vals], yerr=[v[1] for v in vals], capsize=3)
+            ax.set_xticks(range(len(names)))
+            ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+            ax.set_title(m, fontsize=9)
+        fig.tight_layout()
+        p = out / "bars.png"
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        written.append(p)
+    if "curves" in suite.plots:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        drew = False
+        for arm in suite.arms:
+            curves = []
+            for cell in results["cells"]:
+                if cell["arm"] != arm.name:
+                    continue
+                f = out / "cells" / arm.name / f"seed{cell['seed']}" / "run" / "metrics.jsonl"
+                if f.exists():
+                    recs = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+                    curves.append([r.get("loss", float("nan")) for r in recs if r.get("split") == "val"])
+            if curves:
+                L = min(len(c) for c in curves)
+                if L:
+                    mean = [sum(c[i] for c in curves) / len(curves) for i in range(L)]
+                    ax.plot(range(1, L + 1), mean, label=arm.name)
+                    drew = True
+        if drew:
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("val loss (mean over seeds)")
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            p = out / "curves.png"
+            fig.savefig(p, dpi=100)
+            written.append(p)
+        plt.close(fig)
+    if "reliability" in suite.plots:
+        written += _reliability(suite, results, out, plt)
+    if suite.plot is not None:
+        written += list(suite.plot(results, out) or [])
+    return written
+
+
+def _reliability(suite: Suite, results: dict[str, Any], out: Path, plt: Any) -> list[Path]:
+    arms = [a.name for a in suite.arms]
+    fig, axes = plt.subplots(1, len(arms), figsize=(3 * len(arms), 3), squeeze=False)
+    drew = False
+    for ax, arm in zip(axes[0], arms):
+        conf_sum = acc_sum = cnt = None
+        for cell in results["cells"]:
+            if cell["arm"] != arm:
+                continue
+            f = out / "cells" / arm / f"seed{cell['seed']}" / "run" / "reliability.json"
+            if not f.exists():
+                continue
+            r = json.loads(f.read_text())
+            c = torch.tensor(r["counts"])
+            cs, as_ = torch.tensor(r["conf"]) * c, torch.tensor(r["acc"]) * c
+            conf_sum = cs if conf_sum is None else conf_sum + cs
+            acc_sum = as_ if acc_sum is None else acc_sum + as_
+            cnt = c if cnt is None else cnt + c
+        if cnt is None:
+            continue
+        drew = True
+        n = len(cnt)
+        acc = acc_sum / cnt.clamp_min(1)
+        centers = (torch.arange(n) + 0.5) / n
+        keep = cnt > 0
+        ax.bar(centers[keep], acc[keep], width=1 / n, edgecolor="k", alpha=0.7)
+        ax.plot([0, 1], [0, 1], "k--")
+        ax.set_title(arm, fontsize=9)
+        ax.set_xlabel("confidence")
+    axes[0][0].set_ylabel("accuracy")
+    p = out / "reliability.png"
+    if drew:
+        fig.tight_layout()
+        fig.savefig(p, dpi=100)
+    plt.close(fig)
+    return [p] if drew else []

@@ -1,0 +1,125 @@
+"""Run a suite: every (arm, seed) cell, resumable; then the report.
+
+Each finished cell is written to ``OUT/cells/<arm>/seed<k>.json`` atomically; an
+interrupted bench continues where it stopped and never recomputes a finished cell.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import apply_overrides
+from ..errors import PluginError
+from .suite import Suite
+
+__all__ = ["collect_suites", "run_suite", "default_run", "cell_config", "flatten_summary"]
+
+log = logging.getLogger("mixhub.bench")
+
+
+def collect_suites(strict: bool = False) -> dict[str, Suite]:
+    """Suites of the core and of every installed plugin (a broken plugin is skipped with a warning)."""
+    from ..plugins import discover, load_plugin
+    from .core_suites import core_suites
+
+    suites = {s.name: s for s in core_suites()}
+    for name, info in sorted(discover().items()):
+        try:
+            plugin = load_plugin(info)
+            fn = getattr(plugin.obj, "mixhub_bench_suites", None)
+            provided = fn() if fn is not None else None
+        except Exception as exc:
+            if strict:
+                raise
+            log.warning("plugin %r: could not collect its bench suites: %s", name, exc)
+            continue
+        for suite in provided or []:
+            if suite.name in suites:
+                raise PluginError(f"plugin {name!r} provides bench suite {suite.name!r}, which {suites[suite.name].provider!r} already provides")
+            suite.provider = name
+            suites[suite.name] = suite
+    return suites
+
+
+def flatten_summary(summary: dict[str, Any]) -> dict[str, float]:
+    """``{"test": {"acc": .9}}`` -> ``{"test.acc": .9}`` (numbers only)."""
+    out: dict[str, float] = {}
+    for split, metrics in summary.items():
+        if isinstance(metrics, dict) and split not in ("config", "plugins"):
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[f"{split}.{k}"] = float(v)
+        elif isinstance(metrics, (int, float)) and not isinstance(metrics, bool):
+            out[split] = float(metrics)
+    return out
+
+
+def default_run(config: dict[str, Any], out: Path) -> dict[str, float]:
+    from ..trainer import train
+
+    run_dir = out / "run"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an unfinished cell: start it again
+    result = train(config, out=run_dir, quiet=True)
+    return flatten_summary(result.summary)
+
+
+def cell_config(suite: Suite, arm_name: str, seed: int, quick: bool) -> dict[str, Any]:
+    arm = next(a for a in suite.arms if a.name == arm_name)
+    cfg = apply_overrides(suite.base, arm.overrides)
+    if quick:
+        cfg = apply_overrides(cfg, suite.quick)
+    cfg["seed"] = seed
+    cfg.setdefault("train", {})
+    return cfg
+
+
+def run_suite(suite: Suite, out: str | Path, *, seeds: int | None = None, quick: bool = False, progress: bool = True, command: str = "") -> dict[str, Any]:
+    """Run every cell not yet finished, then write ``results.json``, ``REPORT.md`` and plots."""
+    from tqdm.auto import tqdm
+
+    from .report import write_report
+
+    out = Path(out)
+    n_seeds = seeds if seeds is not None else (suite.quick_seeds if quick else suite.seeds)
+    cells = [(arm.name, s) for arm in suite.arms for s in range(n_seeds)]
+    meta_path = out / "bench.json"
+    meta = {"suite": suite.name, "quick": quick, "seeds": n_seeds}
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        if old.get("quick") != quick:
+            raise PluginError(f"{str(out)!r} holds a {'quick' if old.get('quick') else 'full'} run of {old.get('suite')!r}; use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path.write_text(json.dumps(meta))
+    run = suite.run or default_run
+    bar = tqdm(cells, desc=suite.name, disable=not progress)
+    for arm, seed in bar:
+        cell_path = out / "cells" / arm / f"seed{seed}.json"
+        if cell_path.exists():
+            continue
+        bar.set_postfix(arm=arm, seed=seed)
+        t0 = time.time()
+        metrics = run(cell_config(suite, arm, seed, quick), out / "cells" / arm / f"seed{seed}")
+        cell = {"arm": arm, "seed": seed, "metrics": metrics, "time_s": time.time() - t0}
+        cell_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cell_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cell))
+        tmp.replace(cell_path)
+    results = load_cells(suite, out, n_seeds)
+    write_report(suite, results, out, command=command, quick=quick)
+    return results
+
+
+def load_cells(suite: Suite, out: Path, n_seeds: int) -> dict[str, Any]:
+    cells = []
+    for arm in suite.arms:
+        for seed in range(n_seeds):
+            p = out / "cells" / arm.name / f"seed{seed}.json"
+            if p.exists():
+                cells.append(json.loads(p.read_text()))
+    return {"suite": suite.name, "seeds": n_seeds, "cells": cells}

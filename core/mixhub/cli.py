@@ -1,0 +1,162 @@
+"""The ``mixhub`` command line: train, eval, bench, plugins."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import MixhubError
+
+__all__ = ["main"]
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import apply_overrides, parse_overrides, read_yaml
+    from .trainer import train
+
+    if args.resume:
+        folder = Path(args.resume)
+        cfg_path = folder / "config.yaml"
+        if not cfg_path.is_file():
+            raise MixhubError(f"--resume {str(folder)!r}: no config.yaml there (is it a run folder?)")
+        raw = read_yaml(cfg_path)
+        result = train(raw, quiet=args.quiet, out=folder, resume=True)
+    else:
+        items = list(args.items)
+        raw: dict[str, Any] = {}
+        if items and "=" not in items[0]:
+            raw = read_yaml(items.pop(0))
+        raw = apply_overrides(raw, parse_overrides(items))
+        if args.out:
+            raw["out"] = args.out
+        result = train(raw, quiet=args.quiet)
+    _print_summary(result.summary, result.out)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    for split in ("val", "test", *[k for k in summary if k.startswith("test_")]):
+        m = summary.get(split)
+        if isinstance(m, dict):
+            shown = {k: round(v, 4) for k, v in m.items() if k in ("acc", "nll", "ece", "ece_ts", "rmse", "mae", "avg_acc", "avg_forgetting")}
+            print(f"{split}: " + "  ".join(f"{k}={v}" for k, v in shown.items()))
+    print(f"run folder: {out}")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .config import parse_overrides
+
+    overrides = parse_overrides(args.items)
+    if args.stream:
+        from .testtime import evaluate_checkpoint_streams
+
+        out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "testtime"
+        result = evaluate_checkpoint_streams(args.checkpoint, overrides, out)
+        print(json.dumps(result.get("overall", result), indent=1, default=str))
+        return 0
+    from .trainer import Trainer
+
+    trainer = Trainer.from_checkpoint(args.checkpoint, overrides)
+    bundle = trainer.bundle
+    splits = {"train": bundle.train, "val": bundle.val, "test": bundle.test, **bundle.extra_splits}
+    if args.split not in splits:
+        raise MixhubError(f"--split {args.split!r}: unknown split (have: {', '.join(splits)})")
+    metrics = trainer.evaluate(splits[args.split], args.split)
+    print(json.dumps({args.split: metrics}, indent=1))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench.runner import collect_suites, run_suite
+
+    suites = collect_suites()
+    if args.list or not args.suite:
+        for name, s in sorted(suites.items()):
+            print(f"{name:24s} [{s.provider}] {s.description}")
+        return 0
+    if args.suite not in suites:
+        from ._util import did_you_mean
+
+        raise MixhubError(f"unknown bench suite {args.suite!r}{did_you_mean(args.suite, suites)} (see `mixhub bench --list`)")
+    suite = suites[args.suite]
+    out = Path(args.out or f"bench-out/{suite.name}{'-quick' if args.quick else ''}")
+    cmd = "mixhub bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else f"mixhub bench {suite.name}"
+    run_suite(suite, out, seeds=args.seeds, quick=args.quick, progress=not args.quiet, command=cmd)
+    print((out / "REPORT.md").read_text())
+    return 0
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from .listing import format_table, plugin_rows
+
+    if args.action == "list":
+        rows = plugin_rows(import_plugins=not args.no_import)
+        print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+        return 0
+    if args.action == "doctor":
+        from .doctor import run_doctor
+
+        return run_doctor(json_out=args.json)
+    raise MixhubError(f"unknown action {args.action!r}")
+
+
+def _new_plugin(args: argparse.Namespace) -> int:
+    from .scaffold import new_plugin
+
+    path = new_plugin(args.name, Path(args.dir))
+    print(f"wrote {path}; install it with `pip install -e {path}` and run its tests with `pytest {path}`")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mixhub", description="Train timm models with plugin training methods.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train from a YAML config and key=value overrides")
+    t.add_argument("items", nargs="*", help="[CONFIG.yaml] [key=value ...], e.g. train.lr=0.01 plugins=mixup")
+    t.add_argument("--resume", metavar="OUT", help="continue the run in folder OUT")
+    t.add_argument("--out", help="run folder (same as out=...)")
+    t.add_argument("--quiet", action="store_true", help="log lines instead of progress bars")
+    t.set_defaults(func=_train)
+    e = sub.add_parser("eval", help="evaluate a checkpoint")
+    e.add_argument("checkpoint")
+    e.add_argument("items", nargs="*", help="key=value overrides (e.g. data.name=... or testtime.*)")
+    e.add_argument("--split", default="test")
+    e.add_argument("--stream", action="store_true", help="test-time evaluation on streams (see the testtime section)")
+    e.add_argument("--out", help="output folder of a stream evaluation")
+    e.set_defaults(func=_eval)
+    b = sub.add_parser("bench", help="run a proxy benchmark suite")
+    b.add_argument("suite", nargs="?")
+    b.add_argument("--list", action="store_true")
+    b.add_argument("--seeds", type=int)
+    b.add_argument("--quick", action="store_true", help="small seeded version (CI)")
+    b.add_argument("--out")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=_bench)
+    pl = sub.add_parser("plugins", help="list or check installed plugins")
+    pl.add_argument("action", choices=["list", "doctor"])
+    pl.add_argument("--json", action="store_true")
+    pl.add_argument("--no-import", action="store_true", help="list from metadata only (no plugin code runs)")
+    pl.set_defaults(func=_plugins)
+    n = sub.add_parser("new-plugin", help="write a new plugin package skeleton")
+    n.add_argument("name")
+    n.add_argument("--dir", default=".")
+    n.set_defaults(func=_new_plugin)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "quiet", False) else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except MixhubError as exc:
+        print(f"mixhub: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

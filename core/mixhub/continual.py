@@ -1,0 +1,553 @@
+"""Online class-incremental (OCI) learning: the task loop, the replay buffer and the metrics.
+
+``Trainer.fit()`` hands a run whose data is a task stream (``DataBundle.task == "continual"``,
+e.g. ``split-digits``) to ``fit_continual(trainer)``. The protocol follows Mai et al.'s online
+continual-learning code (``RaptorMai/online-continual-learning``: ``agents/exp_replay.py``,
+``utils/buffer/reservoir_update.py``, ``utils/buffer/random_retrieve.py``,
+``experiment/metrics.py``)::
+
+    for task t:                                           # disjoint classes, known boundaries
+        mixhub_task_start(state)                          # state.task, state.old_classes
+        for stream batch (continual.batch_size, shuffled within the task, drop_last, one pass):
+            memory = mixhub_replay_retrieve(buffer, batch, state)   # slot; skipped while empty
+            batch.extras["memory"] = memory               # a Batch, for the forward/loss owners
+            trainer.train_step(batch)                     # sample_pairs ... step, after_step
+            mixhub_replay_update(buffer, raw batch, state)          # slot; after the step
+        mixhub_task_end(state)
+        evaluate every task's test set -> row t of the accuracy matrix, error shares
+        checkpoint (model, optimizer, ... and the buffer)
+
+One head over all classes from the start, no masking, no task identity at test time. The core's
+default forward and loss ignore the memory: without a replay plugin (``replay``, ``dualmix``) a
+run is the *fine-tune* lower bound. ``continual.protocol: iid`` trains offline on the union of
+the tasks (shuffled, ``continual.iid_epochs`` passes): the *i.i.d.* upper bound.
+
+Metrics (``a[i, j]``: accuracy on task j's test set after training task i, T tasks):
+
+* average accuracy ``A_T = mean_j a[T-1, j]`` over all tasks (unseen ones count);
+* average forgetting, ``forgetting: paper`` (DualMix Eq. 15, the default):
+  ``F_T = 1/(T-1) sum_{j<T-1} (max_{l<T-1} a[l, j] - a[T-1, j])``; ``forgetting: mai``
+  (``experiment/metrics.py``) averages over all T tasks with the max over all rows;
+* error shares after task i (``agents/base.py``): er(n,o), the share of misclassified test
+  samples of the current task's classes that were predicted as an old class; er(o,n), the share
+  of misclassified old-class test samples that were predicted as a current-task class.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
+from .batch import Batch
+from .config import Section, register_section
+
+__all__ = [
+    "ContinualConfig",
+    "ReplayBuffer",
+    "fit_continual",
+    "average_accuracy",
+    "average_forgetting",
+    "error_shares",
+    "plot_accuracy_matrix",
+    "memory_of",
+    "replay_forward",
+    "replay_loss",
+    "soft_cross_entropy",
+]
+
+log = logging.getLogger("mixhub.continual")
+
+
+class ContinualConfig(Section):
+    """The ``continual`` config section (used only when the data is a task stream)."""
+
+    protocol: Literal["online", "iid"] = Field("online", description="online: the task stream; iid: offline on the union of tasks (upper bound)")
+    batch_size: int = Field(10, ge=1, description="stream batch size (Mai's ER: 10)")
+    memory_size: int = Field(100, ge=0, description="replay buffer capacity M (0: no buffer)")
+    retrieve_size: int = Field(10, ge=1, description="memory samples retrieved per step (Mai's eps_mem_batch: 10)")
+    passes: int = Field(1, ge=1, description="passes over each task (online learning: 1)")
+    iid_epochs: int = Field(1, ge=1, description="protocol=iid: epochs over the union of the tasks")
+    forgetting: Literal["paper", "mai"] = Field("paper", description="paper: over T-1 tasks (DualMix Eq. 15); mai: over all T tasks")
+    shuffle: bool = Field(True, description="shuffle within each task (seeded)")
+    eval_val: bool = Field(True, description="also evaluate every task's validation set after each task")
+
+
+register_section("continual", ContinualConfig)
+
+
+# =============================================================================== the buffer
+class ReplayBuffer:
+    """A fixed-capacity memory of raw stream samples (inputs, targets, dataset index, task id).
+
+    Storage is allocated at the first update, on ``device``. ``reservoir_update`` and
+    ``random_retrieve`` are the default policies (the core's ``mixhub_replay_update`` and
+    ``mixhub_replay_retrieve``); plugins implementing those slots may use ``add``/``replace``/
+    ``batch`` to write their own policies. ``state_dict`` holds tensors and ints only.
+    """
+
+    def __init__(self, capacity: int, device: torch.device | str = "cpu") -> None:
+        self.capacity = int(capacity)
+        self.device = torch.device(device)
+        self.inputs: Tensor | None = None
+        self.targets: Tensor | None = None
+        self.index: Tensor | None = None
+        self.task_id: Tensor | None = None
+        self.size = 0  # filled slots
+        self.seen = 0  # stream samples offered so far (reservoir counter)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _allocate(self, batch: Batch) -> None:
+        cap = self.capacity
+        self.inputs = torch.zeros((cap, *batch.inputs.shape[1:]), dtype=batch.inputs.dtype, device=self.device)
+        self.targets = torch.zeros((cap, *batch.targets.shape[1:]), dtype=batch.targets.dtype, device=self.device)
+        self.index = torch.full((cap,), -1, dtype=torch.long, device=self.device)
+        self.task_id = torch.full((cap,), -1, dtype=torch.long, device=self.device)
+
+    def write(self, slot: int, batch: Batch, row: int) -> None:
+        """Store row ``row`` of ``batch`` in ``slot`` (detached, on the buffer's device)."""
+        assert self.inputs is not None and self.targets is not None and self.index is not None and self.task_id is not None
+        self.inputs[slot] = batch.inputs[row].detach().to(self.device)
+        self.targets[slot] = batch.targets[row].detach().to(self.device)
+        self.index[slot] = int(batch.index[row])
+        self.task_id[slot] = -1 if batch.task_id is None else int(batch.task_id[row])
+
+    def reservoir_update(self, batch: Batch, generator: torch.Generator | None = None) -> list[int]:
+        """Reservoir sampling (Vitter's algorithm R), one sample at a time; returns the slots written.
+
+        While the buffer has room, samples are appended. Afterwards the n-th stream sample
+        (1-based) replaces a uniformly drawn slot with probability ``capacity / n``, so the buffer
+        is a uniform sample of the stream so far. (Mai's ``reservoir_update.py`` draws against
+        the count before the batch; here the count advances per sample.)
+        """
+        if self.capacity <= 0 or batch.size == 0:
+            return []
+        if self.inputs is None:
+            self._allocate(batch)
+        written = []
+        for row in range(batch.size):
+            self.seen += 1
+            if self.size < self.capacity:
+                slot = self.size
+                self.size += 1
+            else:
+                j = int(torch.randint(0, self.seen, (1,), generator=generator))
+                if j >= self.capacity:
+                    continue
+                slot = j
+            self.write(slot, batch, row)
+            written.append(slot)
+        return written
+
+    def batch(self, slots: Tensor | None = None) -> Batch:
+        """The stored samples at ``slots`` (default: all filled slots) as a ``Batch``."""
+        if self.inputs is None or self.size == 0:
+            raise ValueError("the replay buffer is empty")
+        if slots is None:
+            slots = torch.arange(self.size, device=self.device)
+        slots = slots.to(self.device)
+        assert self.targets is not None and self.index is not None and self.task_id is not None
+        return Batch(inputs=self.inputs[slots], targets=self.targets[slots], index=self.index[slots], task_id=self.task_id[slots])
+
+    def random_retrieve(self, n: int, generator: torch.Generator | None = None) -> Batch | None:
+        """``min(n, len(self))`` distinct filled slots drawn uniformly (Mai's ``random_retrieve``); ``None`` when empty."""
+        if self.size == 0:
+            return None
+        slots = torch.randperm(self.size, generator=generator)[: min(n, self.size)]
+        return self.batch(slots)
+
+    def class_counts(self, num_classes: int) -> list[int]:
+        if self.size == 0 or self.targets is None:
+            return [0] * num_classes
+        return torch.bincount(self.targets[: self.size].long().cpu(), minlength=num_classes).tolist()
+
+    def state_dict(self) -> dict[str, Any]:
+        sd: dict[str, Any] = {"capacity": self.capacity, "size": self.size, "seen": self.seen}
+        if self.inputs is not None:
+            sd.update(inputs=self.inputs.cpu(), targets=self.targets.cpu(), index=self.index.cpu(), task_id=self.task_id.cpu())  # type: ignore[union-attr]
+        return sd
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        if int(sd["capacity"]) != self.capacity:
+            raise ValueError(f"replay buffer capacity differs: checkpoint {sd['capacity']}, config {self.capacity}")
+        self.size, self.seen = int(sd["size"]), int(sd["seen"])
+        if "inputs" in sd:
+            self.inputs = sd["inputs"].to(self.device)
+            self.targets = sd["targets"].to(self.device)
+            self.index = sd["index"].to(self.device)
+            self.task_id = sd["task_id"].to(self.device)
+
+
+# =============================================================================== ER helpers
+def memory_of(batch: Batch) -> Batch | None:
+    """The replay batch the core retrieved for this step (``batch.extras["memory"]``), if any."""
+    mem = batch.extras.get("memory")
+    return mem if isinstance(mem, Batch) and mem.size > 0 else None
+
+
+def replay_forward(model: torch.nn.Module, batch: Batch, memory_inputs: Tensor | None = None) -> dict[str, Any]:
+    """ER's two forwards (Mai's ``exp_replay.py``): ``logits`` = f(stream) and, when there is a
+    memory batch, ``memory_logits`` = f(memory) in a separate call (BatchNorm sees each alone)."""
+    out: dict[str, Any] = {"logits": model(batch.inputs)}
+    if memory_inputs is None:
+        mem = memory_of(batch)
+        memory_inputs = None if mem is None else mem.inputs
+    if memory_inputs is not None and memory_inputs.shape[0] > 0:
+        out["memory_logits"] = model(memory_inputs)
+    return out
+
+
+def soft_cross_entropy(logits: Tensor, soft_targets: Tensor) -> Tensor:
+    """Mean over rows of ``-sum_c t_c log softmax(z)_c`` (dense targets, rows summing to 1)."""
+    return -(soft_targets.to(torch.float32) * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+
+
+def replay_loss(outputs: dict[str, Any], batch: Batch, plan: Any, label_smoothing: float = 0.0, memory_targets: Tensor | None = None) -> Tensor:
+    """ER's loss: the stream loss through the plan (identity for plain ER) plus the memory CE.
+
+    The gradients of both terms reach one optimizer step, as Mai's two ``backward`` calls
+    before one ``opt.step()``. ``memory_targets`` (default: the retrieved memory's class ids)
+    may be dense soft targets ``[N, C]``.
+    """
+    from .defaults import mixed_cross_entropy
+
+    loss = mixed_cross_entropy(outputs["logits"], plan, label_smoothing)
+    mem_logits = outputs.get("memory_logits")
+    if mem_logits is None:
+        return loss
+    if memory_targets is None:
+        mem = memory_of(batch)
+        if mem is None:
+            raise ValueError("replay_loss: outputs hold memory_logits but the batch carries no memory")
+        memory_targets = mem.targets
+    if memory_targets.is_floating_point():
+        return loss + soft_cross_entropy(mem_logits, memory_targets)
+    return loss + F.cross_entropy(mem_logits.float(), memory_targets, label_smoothing=label_smoothing)
+
+
+# =============================================================================== metrics
+def _rows(matrix: list[list[float]] | Tensor) -> Tensor:
+    return torch.as_tensor(matrix, dtype=torch.float64)
+
+
+def average_accuracy(matrix: list[list[float]] | Tensor, after: int | None = None) -> float:
+    """``mean_j a[i, j]`` over all tasks j, after task ``i = after`` (default: the last row)."""
+    a = _rows(matrix)
+    i = a.shape[0] - 1 if after is None else after
+    return float(a[i].mean())
+
+
+def average_forgetting(matrix: list[list[float]] | Tensor, mode: str = "paper", after: int | None = None) -> float:
+    """Average forgetting after task ``i`` (default: the last row; 0-based; needs ``i >= 1``).
+
+    ``paper`` (DualMix Eq. 15): ``1/i sum_{j<i} (max_{l<i} a[l, j] - a[i, j])``.
+    ``mai`` (as Mai's ``experiment/metrics.py`` reports it per run): the max runs over all rows so
+    far, the current one included, and the mean over all ``i + 1`` seen tasks (the current
+    task's term is then usually 0): ``1/(i+1) sum_{j<=i} (max_{l<=i} a[l, j] - a[i, j])``.
+    """
+    a = _rows(matrix)
+    i = a.shape[0] - 1 if after is None else after
+    if i < 1:
+        return 0.0
+    if mode == "paper":
+        best = a[:i, :i].max(0).values
+        return float((best - a[i, :i]).mean())
+    if mode == "mai":
+        best = a[: i + 1, : i + 1].max(0).values
+        return float((best - a[i, : i + 1]).mean())
+    raise ValueError(f"forgetting mode must be 'paper' or 'mai', got {mode!r}")
+
+
+def error_shares(pred: Tensor, targets: Tensor, new_classes: list[int], old_classes: list[int]) -> dict[str, float | None]:
+    """er(n,o) and er(o,n) over test samples of the seen classes (Mai's ``agents/base.py``).
+
+    er(n,o): among misclassified samples of ``new_classes``, the share predicted as an old
+    class. er(o,n): among misclassified samples of ``old_classes``, the share predicted as a new
+    class. ``None`` where there is no such misclassified sample (e.g. no old classes yet).
+    """
+    pred, targets = pred.cpu(), targets.cpu()
+    new = torch.as_tensor(new_classes, dtype=torch.long)
+    old = torch.as_tensor(old_classes, dtype=torch.long)
+    wrong = pred != targets
+    is_new_y, is_old_y = torch.isin(targets, new), torch.isin(targets, old)
+    wn, wo = wrong & is_new_y, wrong & is_old_y
+    out: dict[str, float | None] = {"er_no": None, "er_on": None}
+    if int(wn.sum()) > 0 and old.numel():
+        out["er_no"] = float(torch.isin(pred[wn], old).float().mean())
+    if int(wo.sum()) > 0:
+        out["er_on"] = float(torch.isin(pred[wo], new).float().mean())
+    return out
+
+
+def plot_accuracy_matrix(matrix: list[list[float]], path: Path, title: str = "accuracy after each task") -> Path:
+    """Heat map of ``a[i, j]`` (rows: after task i; columns: test set of task j), in percent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a = _rows(matrix).numpy() * 100
+    n_rows, n_cols = a.shape
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * n_cols, 0.9 + 0.6 * n_rows))
+    im = ax.imshow(a, vmin=0, vmax=100, cmap="viridis")
+    for i in range(n_rows):
+        for j in range(n_cols):
+            ax.text(j, i, f"{a[i, j]:.0f}", ha="center", va="center", color="w" if a[i, j] < 60 else "k", fontsize=8)
+    ax.set_xticks(range(n_cols), [f"T{j + 1}" for j in range(n_cols)])
+    ax.set_yticks(range(n_rows), [f"after T{i + 1}" for i in range(n_rows)])
+    ax.set_xlabel("test set of task")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# =============================================================================== the protocol
+def _task_batches(dataset: Any, task: int, offset: int, cfg: ContinualConfig, seed: int, n_pass: int, skip: int) -> list[tuple[int, Batch]]:
+    """The task's stream batches (shuffled from (seed, task, pass), ``drop_last``), skipping ``skip``."""
+    n = len(dataset)
+    bs = cfg.batch_size
+    per_pass = n // bs
+    out: list[tuple[int, Batch]] = []
+    for p in range(n_pass):
+        if cfg.shuffle:
+            g = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * task + p)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        for b in range(per_pass):
+            k = p * per_pass + b
+            if k < skip:
+                continue
+            out.append((k, order[b * bs : (b + 1) * bs]))  # type: ignore[arg-type]
+    return out
+
+
+def _load_batch(dataset: Any, rows: Tensor, offset: int, task: int) -> Batch:
+    xs, ys = zip(*(dataset[int(i)] for i in rows.tolist()))
+    return Batch(
+        inputs=torch.stack(xs),
+        targets=torch.stack([torch.as_tensor(y) for y in ys]),
+        index=rows.long() + offset,
+        task_id=torch.full((len(rows),), task, dtype=torch.long),
+    )
+
+
+class _Progress:
+    """What the core must restore to resume mid-stream (saved beside each checkpoint)."""
+
+    def __init__(self) -> None:
+        self.matrix: list[list[float]] = []
+        self.val_matrix: list[list[float]] = []
+        self.er: list[dict[str, float | None]] = []
+        self.task_metrics: list[dict[str, float]] = []
+        self.steps: list[int] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        er = [{k: (-1.0 if v is None else v) for k, v in d.items()} for d in self.er]
+        return {"matrix": self.matrix, "val_matrix": self.val_matrix, "er": er, "task_metrics": self.task_metrics, "steps": self.steps}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.matrix, self.val_matrix = sd["matrix"], sd["val_matrix"]
+        self.er = [{k: (None if v == -1.0 else v) for k, v in d.items()} for d in sd["er"]]
+        self.task_metrics, self.steps = sd["task_metrics"], sd["steps"]
+
+
+def _side_file(trainer: Any, name: str) -> Path:
+    return trainer.folder.checkpoints / f"{name}.continual.pt"
+
+
+def _save(trainer: Any, name: str, buffer: ReplayBuffer, progress: _Progress) -> None:
+    """Checkpoint: the trainer's payload, then the buffer and the accuracy matrix beside it."""
+    from . import checkpoint as ckpt
+
+    if trainer.save_checkpoint(name) is None:
+        return
+    payload = {"step": trainer.state.step, "task": trainer.state.task, "buffer": buffer.state_dict(), "progress": progress.state_dict()}
+    ckpt.save_checkpoint(payload, _side_file(trainer, name), keep_previous=False)
+
+
+def _restore(trainer: Any, buffer: ReplayBuffer, progress: _Progress) -> None:
+    from . import checkpoint as ckpt
+    from .errors import CheckpointError
+
+    path = _side_file(trainer, "last")
+    if not path.is_file():
+        raise CheckpointError(f"resuming a continual run needs {str(path)!r} (the replay buffer and accuracy matrix)")
+    data = ckpt.load_checkpoint(path)
+    if int(data["step"]) != trainer.state.step or int(data["task"]) != trainer.state.task:
+        raise CheckpointError(f"{str(path)!r} (step {data['step']}) does not match the checkpoint last.pt (step {trainer.state.step})")
+    buffer.load_state_dict(data["buffer"])
+    progress.load_state_dict(data["progress"])
+
+
+def _evaluate_tasks(trainer: Any, datasets: list[Any], stage: str, task: int, task_classes: list[list[int]]) -> tuple[list[float], dict[str, float | None]]:
+    """Accuracy on each task's split, and the error shares over the seen tasks' samples."""
+    accs, preds, targets = [], [], []
+    for j, ds in enumerate(datasets):
+        outs, t = trainer.predict(ds, f"{stage}_task{j + 1}")
+        p = outs["logits"].argmax(1)
+        accs.append(float((p == t).float().mean()) if len(t) else 0.0)
+        if j <= task:
+            preds.append(p)
+            targets.append(t)
+    old = sorted(c for cl in task_classes[:task] for c in cl)
+    shares = error_shares(torch.cat(preds), torch.cat(targets), task_classes[task], old)
+    return accs, shares
+
+
+def _stop_requested(trainer: Any) -> bool:
+    return getattr(trainer, "_stop_signal", None) is not None
+
+
+def fit_continual(trainer: Any) -> dict[str, Any]:
+    """Run the whole OCI protocol for ``trainer`` (a ``mixhub.trainer.Trainer``); returns the summary."""
+    from .trainer import RunInterrupted
+
+    cfg: ContinualConfig = trainer.config.continual
+    state, host, stream = trainer.state, trainer.host, trainer.bundle.stream
+    if stream is None:
+        from .errors import DataError
+
+        raise DataError("continual runs need a dataset that returns a task stream (e.g. split-digits)")
+    seed = int(trainer.config.seed)
+    iid = cfg.protocol == "iid"
+    n_tasks = len(stream.tasks)
+    offsets = [sum(len(d) for d in stream.tasks[:t]) for t in range(n_tasks)]
+    if iid:
+        phases = [(trainer.bundle.train, 0, cfg.iid_epochs)]
+        state.task_classes = [sorted(c for cl in stream.task_classes for c in cl)]
+    else:
+        phases = [(d, offsets[t], cfg.passes) for t, d in enumerate(stream.tasks)]
+        state.task_classes = [list(c) for c in stream.task_classes]
+    state.num_tasks = len(phases)
+    state.batch_size = cfg.batch_size
+    steps_per_phase = [(len(d) // cfg.batch_size) * p for d, _, p in phases]
+    state.steps_per_epoch = steps_per_phase[0]
+    state.max_steps = sum(steps_per_phase)
+    trainer.scheduler.total_steps = max(1, state.max_steps)
+    buffer = ReplayBuffer(0 if iid else cfg.memory_size, state.device)
+    progress = _Progress()
+    start_task, skip = 0, 0
+    if state.step > 0 or state.task > 0:  # resumed by Trainer.resume()
+        _restore(trainer, buffer, progress)
+        start_task, skip = state.task, int(trainer.batch_in_epoch)
+    t_start = time.time()
+    for t in range(start_task, len(phases)):
+        dataset, offset, n_pass = phases[t]
+        state.task = state.epoch = t
+        if skip == 0:
+            host.collect("mixhub_task_start", state=state)
+        sums: dict[str, float] = {}
+        count = 0
+        for k, rows in _task_batches(dataset, t, offset, cfg, seed, n_pass, skip):
+            batch = _load_batch(dataset, rows, offset, t).to(state.device)
+            raw = batch.replace(extras={})
+            if len(buffer) > 0:
+                memory = host.slot("replay_retrieve", expected=Batch, buffer=buffer, batch=raw, state=state)
+                batch.extras["memory"] = memory
+            out = trainer.train_step(batch)
+            if buffer.capacity > 0:
+                host.slot("replay_update", buffer=buffer, batch=raw, state=state)
+            trainer.batch_in_epoch = k + 1
+            if out is not None:
+                count += 1
+                for key, v in out.items():
+                    sums[key] = sums.get(key, 0.0) + v
+            if _stop_requested(trainer):
+                _save(trainer, "last", buffer, progress)
+                raise RunInterrupted(f"stopped at step {state.step} (task {t + 1}, batch {k + 1}); resume with `mixhub train --resume {trainer.folder.path}`")
+        skip = 0
+        host.collect("mixhub_task_end", state=state)
+        task_rec: dict[str, float] = {}
+        for extra in host.collect("mixhub_metrics", stage="train", state=state):
+            task_rec.update({key: float(v) for key, v in extra.items()})
+        eval_task = n_tasks - 1 if iid else t
+        eval_classes = stream.task_classes
+        accs, shares = _evaluate_tasks(trainer, stream.test, "test", eval_task, eval_classes)
+        progress.matrix.append(accs)
+        progress.er.append(shares)
+        progress.task_metrics.append(task_rec)
+        progress.steps.append(state.step)
+        val_accs: list[float] = []
+        if cfg.eval_val and stream.val is not None:
+            val_accs, _ = _evaluate_tasks(trainer, stream.val, "val", eval_task, eval_classes)
+            progress.val_matrix.append(val_accs)
+        rec = {"epoch": t, "split": "task", "task": t + 1, "step": state.step, **{k: v / max(count, 1) for k, v in sums.items()}}
+        rec.update({f"acc_task{j + 1}": a for j, a in enumerate(accs)})
+        rec.update(avg_acc_seen=sum(accs[: eval_task + 1]) / (eval_task + 1), avg_acc=sum(accs) / len(accs))
+        rec.update({k: v for k, v in shares.items() if v is not None})
+        rec.update(task_rec)
+        rec["buffer_size"] = len(buffer)
+        trainer.folder.log(rec)
+        log.info("task %d/%d: acc per task %s, er(n,o) %s, er(o,n) %s", t + 1, len(phases), [round(a, 3) for a in accs], shares["er_no"], shares["er_on"])
+        state.task = state.epoch = t + 1
+        trainer.batch_in_epoch = 0
+        _save(trainer, "last", buffer, progress)
+    state.task = len(phases) - 1
+    return _summary(trainer, cfg, progress, buffer, time.time() - t_start)
+
+
+def _summary(trainer: Any, cfg: ContinualConfig, progress: _Progress, buffer: ReplayBuffer, elapsed: float) -> dict[str, Any]:
+    matrix = progress.matrix
+    T = len(matrix[0])
+    iid = cfg.protocol == "iid"
+    test: dict[str, Any] = {"avg_acc": average_accuracy(matrix)}
+    test["acc"] = test["avg_acc"]
+    if not iid:
+        test["avg_forgetting"] = average_forgetting(matrix, cfg.forgetting)
+    final = progress.er[-1]
+    for key in ("er_no", "er_on"):
+        if final[key] is not None:
+            test[key] = final[key]
+    test.update({f"acc_task{j + 1}": a for j, a in enumerate(matrix[-1])})
+    for extra in trainer.host.collect("mixhub_metrics", stage="test", state=trainer.state):
+        test.update({k: float(v) for k, v in extra.items()})
+    summary: dict[str, Any] = {"test": test, "steps": trainer.state.step}
+    if progress.val_matrix:
+        val = {"avg_acc": average_accuracy(progress.val_matrix)}
+        val["acc"] = val["avg_acc"]
+        if not iid:
+            val["avg_forgetting"] = average_forgetting(progress.val_matrix, cfg.forgetting)
+        summary["val"] = val
+    per_task: dict[str, float] = {}
+    for i, (shares, extra) in enumerate(zip(progress.er, progress.task_metrics)):
+        for k, v in {**shares, **extra}.items():
+            if v is not None and isinstance(v, (int, float)) and math.isfinite(v):
+                per_task[f"{k}_t{i + 1}"] = float(v)
+        if i >= 1 and not iid:
+            per_task[f"avg_acc_t{i + 1}"] = average_accuracy(matrix, i)
+            per_task[f"avg_forgetting_t{i + 1}"] = average_forgetting(matrix, cfg.forgetting, i)
+    summary["tasks"] = per_task
+    summary["continual"] = {
+        "protocol": cfg.protocol,
+        "forgetting": cfg.forgetting,
+        "acc_matrix": matrix,
+        "val_acc_matrix": progress.val_matrix,
+        "task_classes": trainer.state.task_classes if not iid else trainer.bundle.stream.task_classes,
+        "steps_after_task": progress.steps,
+        "memory_size": cfg.memory_size if not iid else 0,
+        "buffer_class_counts": buffer.class_counts(trainer.bundle.num_classes or 0),
+        "er_no": [d["er_no"] for d in progress.er],
+        "er_on": [d["er_on"] for d in progress.er],
+        "task_metrics": progress.task_metrics,
+        "stream_time_s": elapsed,
+    }
+    if trainer.folder.enabled and trainer.config.train.plots:
+        plot_accuracy_matrix(matrix, trainer.folder.path / "accuracy_matrix.png",
+                             f"{'i.i.d. offline' if iid else 'accuracy after each task'}: A={test['avg_acc'] * 100:.1f}%")
+    for split in ("test", "val"):
+        if split in summary:
+            trainer.folder.log({"epoch": len(matrix), "split": f"final_{split}", **summary[split]})
+    return summary
