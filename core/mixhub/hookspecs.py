@@ -2,10 +2,12 @@
 
 The training loop, as the core runs it (``trainer.py``)::
 
+    # setup (building the Trainer)
+    mixhub_configure_model(model, state)                      # collectors: model surgery, plugin modules
+    groups = core groups + module groups + mixhub_param_groups(model, state)
+    optimizer = mixhub_create_optimizer(groups, config, state)              # slot
+    (EMA, torch.compile, DDP wrap)
     with mixhub_fit(state):                                   # wrappers, around the whole run
-        mixhub_configure_model(model, state)                  # collectors: model surgery, plugin modules
-        groups = core groups + mixhub_param_groups(model, state)
-        optimizer = mixhub_create_optimizer(groups, config, state)          # slot
         for epoch:
             mixhub_epoch_start(state)
             for batch in loader:                                # (continual: one task at a time,

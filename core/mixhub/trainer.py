@@ -318,7 +318,7 @@ class Trainer:
         if not torch.isfinite(total):
             last = self.folder.checkpoints / "last.pt"
             msg = (
-                f"non-finite loss ({float(total)}) at step {state.step} (epoch {state.epoch}), batch dataset indices "
+                f"non-finite loss ({float(total.detach())}) at step {state.step} (epoch {state.epoch}), batch dataset indices "
                 f"{batch.index.tolist()[:16]}; last good checkpoint: {str(last) if last.exists() else 'none yet'}"
             )
             if self.config.train.nan_policy == "skip":

@@ -1,0 +1,31 @@
+# Two commands on a fresh machine:  `make run` (set up, then the main job)  and  `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PLUGINS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
+
+.PHONY: setup run test lint bench-quick clean
+
+$(BIN)/.mixhub-installed: pyproject.toml $(wildcard plugins/*/pyproject.toml)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e ".[test]" $(addprefix -e ,$(PLUGINS))
+	touch $@
+
+setup: $(BIN)/.mixhub-installed
+
+run: setup
+	$(BIN)/mixhub train examples/configs/digits-mixup.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check core plugins tests benchmarks examples
+
+bench-quick: setup
+	$(BIN)/mixhub bench digits-cls --quick --out bench-out/digits-cls-quick
+
+clean:
+	rm -rf runs bench-out

@@ -1,0 +1,164 @@
+"""Users' data: image folders, CSV tables and torchvision datasets from a local root (never downloaded)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+from . import register_dataset
+from .base import ArrayDataset, DataBundle, stratified_split
+from .bundled import regression_bundle
+from .transforms import build_augment
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _load_image(path: Path, size: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB").resize((size, size))
+            return np.asarray(im, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"corrupt or unreadable image file {str(path)!r}: {exc}") from exc
+
+
+def _image_bundle(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: Any, seed: int, source: str) -> DataBundle:
+    if len(x) == 0:
+        raise DataError(f"{source}: no images found")
+    test_idx, val_idx, train_idx = stratified_split(y, (cfg.test_frac, cfg.val_frac), seed)
+    mean = tuple(float(m) for m in x[train_idx].mean((0, 1, 2)))
+    std = tuple(float(s) + 1e-6 for s in x[train_idx].std((0, 1, 2)))
+    kw = dict(image=True, mean=mean, std=std)
+    train = ArrayDataset(x[train_idx], y[train_idx], transform=build_augment(cfg.augment, cfg.image_size), **kw)
+    return DataBundle(
+        train=train,
+        val=ArrayDataset(x[val_idx], y[val_idx], **kw),
+        test=ArrayDataset(x[test_idx], y[test_idx], **kw),
+        task="classification",
+        num_classes=len(classes),
+        input_shape=(3, cfg.image_size, cfg.image_size),
+        train_targets=train.target_tensor,
+        info={"source": source, "classes": classes, "train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+    )
+
+
+@register_dataset("imagefolder", prefix=True)
+def build_imagefolder(cfg: Any, seed: int) -> DataBundle:
+    """``imagefolder:PATH``: one sub-folder per class (as torchvision's ImageFolder), split by seed."""
+    root = Path(cfg.name.split(":", 1)[1]).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.name: image folder {str(root)!r} does not exist")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"data.name: image folder {str(root)!r} has no class sub-folders")
+    xs, ys = [], []
+    for c, name in enumerate(classes):
+        for f in sorted((root / name).rglob("*")):
+            if f.suffix.lower() in IMAGE_EXTS:
+                xs.append(_load_image(f, cfg.image_size))
+                ys.append(c)
+    x = np.stack(xs) if xs else np.zeros((0, cfg.image_size, cfg.image_size, 3), np.float32)
+    return _image_bundle(x, np.asarray(ys, dtype=np.int64), classes, cfg, seed, f"image folder {str(root)!r}")
+
+
+@register_dataset("csv", prefix=True)
+def build_csv(cfg: Any, seed: int) -> DataBundle:
+    """``csv:PATH``: a numeric table with a header; target column ``data.target`` (default: last).
+
+    ``data.task=auto`` treats an integer target with at most 50 distinct values as classification.
+    """
+    path = Path(cfg.name.split(":", 1)[1]).expanduser()
+    if not path.is_file():
+        raise DataError(f"data.name: CSV file {str(path)!r} does not exist")
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if len(rows) < 2:
+        raise DataError(f"CSV file {str(path)!r} has no data rows")
+    header, body = rows[0], rows[1:]
+    target = cfg.target or header[-1]
+    if target not in header:
+        raise DataError(f"data.target: column {target!r} is not in {str(path)!r} (columns: {', '.join(header)})")
+    t_col = header.index(target)
+    try:
+        table = np.asarray([[float(v) for v in r] for r in body], dtype=np.float64)
+    except ValueError as exc:
+        raise DataError(f"CSV file {str(path)!r}: non-numeric value ({exc})") from exc
+    if not np.isfinite(table).all():
+        bad = np.argwhere(~np.isfinite(table))[0]
+        raise DataError(f"CSV file {str(path)!r}: non-finite value at data row {bad[0] + 1}, column {header[bad[1]]!r}")
+    y = table[:, t_col]
+    x = np.delete(table, t_col, axis=1).astype(np.float32)
+    task = cfg.task
+    if task == "auto":
+        task = "classification" if np.all(y == np.round(y)) and len(np.unique(y)) <= 50 else "regression"
+    if task == "regression":
+        return regression_bundle(x, y, cfg, seed, {"source": str(path)})
+    y_int = y.astype(np.int64)
+    classes = sorted(np.unique(y_int).tolist())
+    remap = {c: i for i, c in enumerate(classes)}
+    y_idx = np.asarray([remap[c] for c in y_int], dtype=np.int64)
+    test_idx, val_idx, train_idx = stratified_split(y_idx, (cfg.test_frac, cfg.val_frac), seed)
+    mu, sd = x[train_idx].mean(0), x[train_idx].std(0) + 1e-8
+    x = ((x - mu) / sd).astype(np.float32)
+    train = ArrayDataset(x[train_idx], y_idx[train_idx])
+    return DataBundle(
+        train=train,
+        val=ArrayDataset(x[val_idx], y_idx[val_idx]),
+        test=ArrayDataset(x[test_idx], y_idx[test_idx]),
+        task="classification",
+        num_classes=len(classes),
+        input_shape=(x.shape[1],),
+        train_targets=train.target_tensor,
+        info={"source": str(path), "classes": classes},
+    )
+
+
+@register_dataset("torchvision", prefix=True)
+def build_torchvision(cfg: Any, seed: int) -> DataBundle:
+    """``torchvision:NAME`` from ``data.root`` (``download=False``): its train split is split into
+    train/val by seed, its test split is the test set."""
+    import torchvision.datasets as tvd
+
+    name = cfg.name.split(":", 1)[1]
+    cls = getattr(tvd, name, None)
+    if cls is None:
+        raise DataError(f"data.name: torchvision has no dataset {name!r}")
+    if not cfg.root:
+        raise DataError(f"data.root: torchvision dataset {name!r} needs a local root folder (mixhub never downloads)")
+
+    def load(train: bool) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            ds = cls(root=cfg.root, train=train, download=False)
+        except (RuntimeError, FileNotFoundError) as exc:
+            raise DataError(f"torchvision dataset {name!r} not found under data.root={cfg.root!r} (mixhub never downloads): {exc}") from exc
+        xs, ys = [], []
+        for img, label in ds:
+            img = img.convert("RGB").resize((cfg.image_size, cfg.image_size))
+            xs.append(np.asarray(img, dtype=np.float32) / 255.0)
+            ys.append(int(label))
+        return np.stack(xs), np.asarray(ys, dtype=np.int64)
+
+    x_tr, y_tr = load(True)
+    x_te, y_te = load(False)
+    val_idx, train_idx = stratified_split(y_tr, (cfg.val_frac,), seed)
+    mean = tuple(float(m) for m in x_tr[train_idx].mean((0, 1, 2)))
+    std = tuple(float(s) + 1e-6 for s in x_tr[train_idx].std((0, 1, 2)))
+    kw = dict(image=True, mean=mean, std=std)
+    train = ArrayDataset(x_tr[train_idx], y_tr[train_idx], transform=build_augment(cfg.augment, cfg.image_size), **kw)
+    classes = int(max(y_tr.max(), y_te.max()) + 1)
+    return DataBundle(
+        train=train,
+        val=ArrayDataset(x_tr[val_idx], y_tr[val_idx], **kw),
+        test=ArrayDataset(x_te, y_te, **kw),
+        task="classification",
+        num_classes=classes,
+        input_shape=(3, cfg.image_size, cfg.image_size),
+        train_targets=train.target_tensor,
+        info={"source": f"torchvision {name} at {cfg.root}"},
+    )

@@ -1,0 +1,229 @@
+"""A pytest plugin for plugin authors (enabled through the ``pytest11`` entry point).
+
+Fixtures:
+    ``mixhub_tiny_config``: a raw config training a tiny CNN on digits for two steps.
+    ``mixhub_tiny_regression_config``: the same for the generated tanh regression set and an MLP.
+    ``mixhub_tiny_timm_model``: a small timm ResNet (no pretrained weights).
+    ``mixhub_hook_recorder``: an in-process plugin that records hook calls (pass it through
+        ``extra_plugins={"recorder": recorder}`` and ``plugins: [..., "recorder"]``).
+    ``mixhub_contract``: the ``Contract`` helper below.
+
+Contract checks every plugin should pass (``Contract`` methods, each raising ``AssertionError``):
+    ``hooks_in_order``, ``slot_types``, ``determinism``, ``resume_equality``,
+    ``state_dict_is_plain``, ``functional_matches_plugin``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from .hookspecs import hookimpl
+from .plugins import PluginSpec, TASK_KINDS
+
+__all__ = ["HookRecorder", "Contract", "tiny_config", "tiny_regression_config", "model_fingerprint", "is_plain"]
+
+
+def tiny_config(**extra: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "seed": 0,
+        "data": {"name": "digits", "image_size": 16},
+        "model": {"name": "smallcnn", "kwargs": {"widths": [8, 16]}},
+        "train": {"epochs": 1, "batch_size": 32, "max_steps_per_epoch": 2, "plots": False},
+    }
+    return _merge(cfg, extra)
+
+
+def tiny_regression_config(**extra: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "seed": 0,
+        "data": {"name": "synthetic-regression", "options": {"kind": "tanh", "n": 200}},
+        "model": {"name": "mlp", "kwargs": {"hidden": [16, 16]}},
+        "optimizer": {"name": "adam"},
+        "train": {"epochs": 1, "batch_size": 16, "max_steps_per_epoch": 3, "plots": False, "sched": "none"},
+    }
+    return _merge(cfg, extra)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    from .config import apply_overrides
+
+    return apply_overrides(base, extra)
+
+
+class HookRecorder:
+    """Records every collector and wrapper call it sees (claims no slot)."""
+
+    PLUGIN = PluginSpec(name="recorder", task_kinds=TASK_KINDS, description="records hook calls (tests)")
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def _r(self, name: str) -> None:
+        self.calls.append(name)
+
+    @hookimpl
+    def mixhub_configure_model(self, model: Any, state: Any) -> None:
+        self._r("configure_model")
+
+    @hookimpl
+    def mixhub_epoch_start(self, state: Any) -> None:
+        self._r("epoch_start")
+
+    @hookimpl
+    def mixhub_aux_losses(self, outputs: Any, batch: Any, plan: Any, state: Any) -> None:
+        self._r("aux_losses")
+
+    @hookimpl
+    def mixhub_after_step(self, state: Any) -> None:
+        self._r("after_step")
+
+    @hookimpl
+    def mixhub_epoch_end(self, state: Any) -> None:
+        self._r("epoch_end")
+
+    @hookimpl
+    def mixhub_task_start(self, state: Any) -> None:
+        self._r("task_start")
+
+    @hookimpl
+    def mixhub_task_end(self, state: Any) -> None:
+        self._r("task_end")
+
+    @hookimpl(wrapper=True)
+    def mixhub_evaluate(self, model: Any, state: Any) -> Any:
+        self._r("evaluate_enter")
+        try:
+            return (yield)
+        finally:
+            self._r("evaluate_exit")
+
+    @hookimpl(wrapper=True)
+    def mixhub_fit(self, state: Any) -> Any:
+        self._r("fit_enter")
+        try:
+            return (yield)
+        finally:
+            self._r("fit_exit")
+
+
+def model_fingerprint(trainer: Any) -> dict[str, torch.Tensor]:
+    """Every tensor of the model and the plugin-registered modules."""
+    out = {f"model.{k}": v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    for key, spec in trainer.state.modules.items():
+        out.update({f"{key}.{k}": v.detach().clone() for k, v in spec.module.state_dict().items()})
+    return out
+
+
+def is_plain(value: Any) -> bool:
+    """Tensors, numbers, strings, None and lists/tuples/dicts of them (``weights_only`` loadable)."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, (str, int)) and is_plain(v) for k, v in value.items())
+    return False
+
+
+class Contract:
+    """Contract checks for a plugin, run through the real trainer."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self._n = 0
+
+    def _out(self) -> Path:
+        self._n += 1
+        return self.tmp / f"contract-{self._n}"
+
+    def train(self, config: dict[str, Any], extra_plugins: dict[str, Any] | None = None) -> Any:
+        from .trainer import train
+
+        return train(copy.deepcopy(config), extra_plugins, out=self._out())
+
+    def hooks_in_order(self, config: dict[str, Any], extra_plugins: dict[str, Any] | None = None) -> list[str]:
+        rec = HookRecorder()
+        cfg = copy.deepcopy(config)
+        cfg["plugins"] = list(cfg.get("plugins", [])) + ["recorder"]
+        self.train(cfg, {**(extra_plugins or {}), "recorder": rec})
+        c = rec.calls
+        assert c and c[0] == "configure_model" and c[1] == "fit_enter" and c[-1] == "fit_exit", c
+        if "epoch_start" in c:
+            assert c.index("epoch_start") < c.index("after_step") < c.index("epoch_end") < c.index("evaluate_enter"), c
+        assert c.count("evaluate_enter") == c.count("evaluate_exit"), c
+        assert c.count("aux_losses") == c.count("after_step"), c
+        return c
+
+    def slot_types(self, config: dict[str, Any], extra_plugins: dict[str, Any] | None = None) -> None:
+        """A run completes: every slot's return type is checked by the core on each call."""
+        result = self.train(config, extra_plugins)
+        assert isinstance(result.summary.get("test"), dict)
+
+    def determinism(self, config: dict[str, Any], extra_plugins: Callable[[], dict[str, Any]] | None = None) -> None:
+        a = self.train(config, extra_plugins() if extra_plugins else None).trainer
+        b = self.train(config, extra_plugins() if extra_plugins else None).trainer
+        fa, fb = model_fingerprint(a), model_fingerprint(b)
+        for k in fa:
+            assert torch.equal(fa[k], fb[k]), f"run is not deterministic: {k} differs"
+
+    def resume_equality(self, config: dict[str, Any], extra_plugins: Callable[[], dict[str, Any]] | None = None, epochs: int = 2) -> None:
+        """``epochs`` straight vs one epoch, resume, the rest: bitwise-equal weights."""
+        from .trainer import Trainer
+
+        cfg = copy.deepcopy(config)
+        cfg.setdefault("train", {})["epochs"] = epochs
+        straight = self.train(cfg, extra_plugins() if extra_plugins else None).trainer
+        out = self._out()
+        first = copy.deepcopy(cfg)
+        first["train"]["epochs"] = epochs
+        t1 = Trainer(first, extra_plugins=extra_plugins() if extra_plugins else None, out=out)
+        t1.config.core.train.epochs = 1
+        t1.fit()
+        t2 = Trainer(cfg, extra_plugins=extra_plugins() if extra_plugins else None, out=out)
+        t2.resume()
+        t2.fit()
+        fa, fb = model_fingerprint(straight), model_fingerprint(t2)
+        for k in fa:
+            assert torch.equal(fa[k], fb[k]), f"resume is not exact: {k} differs"
+
+    def state_dict_is_plain(self, trainer: Any) -> None:
+        sds = trainer.host.per_plugin("mixhub_state_dict", state=trainer.state)
+        for name, sd in sds.items():
+            assert is_plain(sd), f"plugin {name!r} returned a state dict with non-plain values"
+
+    def functional_matches_plugin(self, functional: Callable[[], torch.Tensor], through_plugin: Callable[[], torch.Tensor], atol: float = 1e-6) -> None:
+        a, b = functional(), through_plugin()
+        assert torch.allclose(a, b, atol=atol), f"functional API and plugin differ: max |diff| {float((a - b).abs().max())}"
+
+
+@pytest.fixture
+def mixhub_tiny_config() -> dict[str, Any]:
+    return tiny_config()
+
+
+@pytest.fixture
+def mixhub_tiny_regression_config() -> dict[str, Any]:
+    return tiny_regression_config()
+
+
+@pytest.fixture
+def mixhub_tiny_timm_model() -> torch.nn.Module:
+    import timm
+
+    return timm.create_model("resnet10t", pretrained=False, num_classes=10)
+
+
+@pytest.fixture
+def mixhub_hook_recorder() -> HookRecorder:
+    return HookRecorder()
+
+
+@pytest.fixture
+def mixhub_contract(tmp_path: Path) -> Contract:
+    return Contract(tmp_path)
