@@ -1,0 +1,162 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mixhub import CheckpointError, ConfigError, DataError
+from mixhub.checkpoint import load_checkpoint, load_latest
+from mixhub.testing import Contract, model_fingerprint, tiny_config, tiny_regression_config
+from mixhub.trainer import NonFiniteError, Trainer, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cli_trains_a_timm_model_and_writes_the_run_folder(tmp_path):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "mixhub", "train", "model.name=resnet10t", "data.name=digits", "data.image_size=16",
+        "train.epochs=1", "train.max_steps_per_epoch=2", "train.batch_size=16", "plugins=mixup", f"out={out}", "--quiet",
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr
+    assert "test: acc=" in p.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["test"]) >= {"acc", "nll", "ece", "adaece", "brier", "nll_ts", "ece_ts"}
+    assert summary["plugins"] == {"mixup": "0.1.0"}
+    for f in ("config.yaml", "metrics.jsonl", "metrics.csv", "loss.png", "reliability.png", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (out / f).exists(), f
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in lines} >= {"train", "val", "final_test"}
+    ev = subprocess.run([sys.executable, "-m", "mixhub", "eval", str(out / "checkpoints/best.pt"), "--split", "val"], capture_output=True, text=True, cwd=ROOT)
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["val"]["acc"] == pytest.approx(summary["val"]["acc"], abs=1e-6)
+
+
+def test_cli_reports_config_errors_cleanly(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "mixhub", "train", "train.epoks=1"], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 2
+    assert "unknown key 'train.epoks'; did you mean 'epochs'" in p.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_same_seed_same_weights(tmp_path):
+    Contract(tmp_path).determinism(tiny_config(plugins=["mixup"]))
+
+
+def test_resume_is_exact(tmp_path):
+    Contract(tmp_path).resume_equality(tiny_config(plugins=["mixup"]))
+
+
+def test_resume_regression_exact(tmp_path):
+    Contract(tmp_path).resume_equality(tiny_regression_config(plugins=["mixup"]))
+
+
+def test_mid_epoch_interrupt_and_resume(tmp_path):
+    import signal
+
+    from mixhub.trainer import RunInterrupted
+
+    cfg = tiny_config(plugins=["mixup"], train={"epochs": 2, "max_steps_per_epoch": 4})
+    straight = train(cfg, out=tmp_path / "a").trainer
+
+    class Stopper:
+        from mixhub import PluginSpec, hookimpl
+
+        PLUGIN = PluginSpec(name="stopper")
+
+        @hookimpl
+        def mixhub_after_step(self, state):  # noqa: ANN001
+            if state.step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    cfg2 = dict(cfg, plugins=["mixup", "stopper"])
+    with pytest.raises(RunInterrupted, match="resume with"):
+        train(cfg2, {"stopper": Stopper()}, out=tmp_path / "b")
+    data = load_checkpoint(tmp_path / "b/checkpoints/last.pt")
+    assert data["step"] == 3 and data["batch_in_epoch"] == 3
+    class Nop:
+        from mixhub import PluginSpec
+
+        PLUGIN = PluginSpec(name="stopper")
+
+    resumed = train(cfg2, {"stopper": Nop()}, out=tmp_path / "b", resume=True).trainer
+    a, b = model_fingerprint(straight), model_fingerprint(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
+    cfg = tiny_config(train={"epochs": 2})
+    train(cfg, out=tmp_path / "r")
+    last = tmp_path / "r/checkpoints/last.pt"
+    last.write_bytes(last.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="last.pt.*corrupt or truncated"):
+        load_checkpoint(last)
+    warnings = []
+    data, used = load_latest(tmp_path / "r/checkpoints", warn=warnings.append)
+    assert used.name == "last.prev.pt" and data["epoch"] == 1 and "previous good" in warnings[0]
+
+
+def test_mismatched_checkpoint_is_refused(tmp_path):
+    train(tiny_config(), out=tmp_path / "r")
+    with pytest.raises(CheckpointError, match="plugins"):
+        Trainer.from_checkpoint(tmp_path / "r/checkpoints/last.pt", {"plugins": ["mixup"]})
+    with pytest.raises(CheckpointError, match="does not match the model"):
+        Trainer.from_checkpoint(tmp_path / "r/checkpoints/last.pt", {"model": {"kwargs": {"widths": [4, 8]}}})
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path):
+    train(tiny_config(), out=tmp_path / "r")
+    before = (tmp_path / "r/summary.json").read_text()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(tiny_config(), out=tmp_path / "r")
+    assert (tmp_path / "r/summary.json").read_text() == before
+
+
+def test_nan_inputs_stop_or_skip(tmp_path):
+    import mixhub.data.bundled as B
+
+    class Poison:
+        from mixhub import PluginSpec, hookimpl
+
+        PLUGIN = PluginSpec(name="poison", slots=("sample_pairs",))
+
+        @hookimpl
+        def mixhub_sample_pairs(self, batch, state):  # noqa: ANN001
+            raise AssertionError("never reached")
+
+    t = Trainer(tiny_config(), out=tmp_path / "r")
+    ds = t.bundle.train
+    ds.inputs[3] = float("nan")
+    batch = __import__("mixhub.trainer", fromlist=["collate"]).collate([t.train_set[i] for i in range(8)])
+    with pytest.raises(NonFiniteError, match=r"non-finite inputs .* dataset indices \[3\]"):
+        t.train_step(batch)
+    t.config.core.train.nan_policy = "skip"
+    assert t.train_step(batch) is None
+    assert B is not None and Poison is not None
+
+
+def test_wrong_shaped_batch(tmp_path):
+    from mixhub import Batch
+
+    t = Trainer(tiny_config(), out=tmp_path / "r")
+    bad = Batch(inputs=torch.zeros(4, 1, 16, 16), targets=torch.zeros(4, dtype=torch.long), index=torch.arange(4))
+    with pytest.raises(DataError, match=r"input shape \(1, 16, 16\), the model expects \(3, 16, 16\)"):
+        t.train_step(bad)
+    bad = Batch(inputs=torch.zeros(4, 3, 16, 16), targets=torch.tensor([0, 1, 2, 12]), index=torch.arange(4))
+    with pytest.raises(DataError, match=r"labels out of range \[0, 10\) at dataset indices \[3\]"):
+        t.train_step(bad)
+
+
+def test_pretrained_without_weights_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="model.pretrained: could not load pretrained weights"):
+        train(tiny_config(model={"name": "resnet10t", "pretrained": True}), out=tmp_path / "r")
+
+
+def test_ema_and_grad_clip_run(tmp_path):
+    r = train(tiny_config(train={"ema": True, "ema_decay": 0.9, "clip_grad_norm": 1.0}), out=tmp_path / "r")
+    assert r.trainer.ema is not None and "acc" in r.summary["test"]
