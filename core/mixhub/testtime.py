@@ -350,7 +350,8 @@ def evaluate_streams(trainer: Any, out_dir: str | Path | None = None, cfg: TestT
 
 
 # =============================================================================== checkpoints
-def load_for_testtime(checkpoint_path: str | Path, overrides: dict[str, Any] | None = None) -> Any:
+def load_for_testtime(checkpoint_path: str | Path, overrides: dict[str, Any] | None = None, *,
+                      extra_plugins: dict[str, Any] | None = None) -> Any:
     """Rebuild a trained run from a checkpoint with ``overrides`` (e.g. test-time plugins).
 
     Unlike ``Trainer.from_checkpoint`` this allows plugins that were not active in training
@@ -364,7 +365,7 @@ def load_for_testtime(checkpoint_path: str | Path, overrides: dict[str, Any] | N
 
     data = ckpt.load_checkpoint(checkpoint_path)
     raw = apply_overrides(data["config"], overrides or {})
-    trainer = Trainer(raw, write=False)
+    trainer = Trainer(raw, write=False, extra_plugins=extra_plugins)
     try:
         trainer.model.load_state_dict(data["model"])
     except RuntimeError as exc:
@@ -380,12 +381,13 @@ def load_for_testtime(checkpoint_path: str | Path, overrides: dict[str, Any] | N
     return trainer
 
 
-def evaluate_checkpoint_streams(checkpoint_path: str | Path, overrides: dict[str, Any], out_dir: str | Path | None) -> dict[str, Any]:
+def evaluate_checkpoint_streams(checkpoint_path: str | Path, overrides: dict[str, Any], out_dir: str | Path | None, *,
+                                extra_plugins: dict[str, Any] | None = None) -> dict[str, Any]:
     """``mixhub eval CHECKPOINT --stream [key=value ...]``: test-time evaluation of a checkpoint.
 
     ``overrides`` is a nested config dict (``plugins``, ``testtime.*``, plugin sections,
     ``data.*``); results go to ``out_dir`` (``testtime.json``, ``testtime_batches.csv``,
     ``testtime_trace.png``).
     """
-    trainer = load_for_testtime(checkpoint_path, overrides)
+    trainer = load_for_testtime(checkpoint_path, overrides, extra_plugins=extra_plugins)
     return evaluate_streams(trainer, out_dir)
