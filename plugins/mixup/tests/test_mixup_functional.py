@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import torch
+
+from mixhub import MixPlan, mixed_cross_entropy
+from mixhub_mixup import cutmix_batch, cutmix_box, mixup_batch, mixup_plan, mixup_target, sample_lam
+
+
+def test_sample_lam_batch_and_sample():
+    g = torch.Generator().manual_seed(0)
+    lam = sample_lam(1.0, 8, generator=g)
+    assert lam.shape == (8,) and torch.all(lam == lam[0]) and 0 <= float(lam[0]) <= 1
+    lam_s = sample_lam(0.4, 1000, per_sample=True, generator=g)
+    assert lam_s.unique().numel() > 900 and bool(((lam_s >= 0) & (lam_s <= 1)).all())
+    # Beta(0.4, 0.4) has mean 0.5 and variance 1/(4*(2*0.4+1)) = 0.1389
+    assert float(lam_s.mean()) == pytest.approx(0.5, abs=0.04)
+    assert float(lam_s.var()) == pytest.approx(1 / (4 * 1.8), abs=0.02)
+    assert torch.all(sample_lam(0.0, 4) == 1)
+
+
+def test_mixup_batch_matches_formula():
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 3, 4, 4), torch.tensor([0, 1, 2, 3, 4, 5])
+    idx = torch.tensor([5, 4, 3, 2, 1, 0])
+    xm, plan = mixup_batch(x, y, lam=0.3, index=idx)
+    assert torch.allclose(xm, 0.3 * x + 0.7 * x[idx])
+    assert torch.equal(plan.y_b, y[idx]) and plan.batch_lam == pytest.approx(0.3)
+
+
+def test_mixup_is_seeded():
+    a = mixup_plan(16, 1.0, generator=torch.Generator().manual_seed(3))
+    b = mixup_plan(16, 1.0, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a.index, b.index) and torch.equal(a.lam, b.lam)
+
+
+def test_cutmix_area_lam_and_mask():
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 16, 16), torch.arange(4)
+    xm, plan = cutmix_batch(x, y, lam=0.75, index=torch.tensor([1, 2, 3, 0]), generator=torch.Generator().manual_seed(1))
+    keep = plan.mask
+    assert keep.shape == (4, 1, 16, 16)
+    assert torch.allclose(plan.lam, keep.mean((1, 2, 3)))
+    expect = keep * x + (1 - keep) * x[[1, 2, 3, 0]]
+    assert torch.allclose(xm, expect)
+    # the box is the same for every sample in per-batch mode
+    assert torch.equal(keep[0], keep[3])
+
+
+def test_cutmix_box_area():
+    rng = np.random.default_rng(0)
+    y0, y1, x0, x1 = cutmix_box(32, 32, 0.75, rng)
+    area = (y1 - y0) * (x1 - x0)
+    assert area <= 0.25 * 32 * 32 + 1
+
+
+def test_cutmix_per_sample_boxes_differ():
+    x, y = torch.randn(8, 3, 16, 16), torch.arange(8)
+    _, plan = cutmix_batch(x, y, 1.0, per_sample=True, generator=torch.Generator().manual_seed(0))
+    assert plan.lam.unique().numel() > 1
+
+
+def test_cutmix_needs_images():
+    with pytest.raises(ValueError, match="image inputs"):
+        cutmix_batch(torch.randn(4, 5), torch.arange(4))
+
+
+def test_soft_target_loss_equals_plan_loss():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 4)
+    y = torch.tensor([0, 1, 2, 3, 0])
+    _, plan = mixup_batch(torch.randn(5, 2), y, lam=0.6, index=torch.tensor([1, 2, 3, 4, 0]))
+    soft = mixup_target(plan, 4)
+    dense = -(soft * logits.log_softmax(1)).sum(1).mean()
+    assert torch.allclose(dense, mixed_cross_entropy(logits, plan), atol=1e-6)
+    assert torch.allclose(mixup_target(plan, 4, 0.1).sum(1), torch.ones(5))
+
+
+def test_labels_follow_inputs_under_random_plans():
+    """Property: the plan's targets are those of the rows the inputs came from."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        b = int(torch.randint(1, 12, (1,), generator=g))
+        x = torch.arange(b, dtype=torch.float32)[:, None].repeat(1, 3)
+        y = torch.arange(b)
+        xm, plan = mixup_batch(x, y, 1.0, generator=g)
+        lam = plan.lam[:, None]
+        assert torch.allclose(xm, lam * plan.y_a[:, None].float() + (1 - lam) * plan.y_b[:, None].float())
+        assert isinstance(plan, MixPlan)
