@@ -88,14 +88,19 @@ def mixhub_create_optimizer(param_groups: list[dict[str, Any]], config: Any, sta
         kwargs["betas"] = tuple(opt.betas)
     if opt.eps is not None:
         kwargs["eps"] = opt.eps
-    return create_optimizer_v2(
-        param_groups,
-        opt=opt.name,
-        lr=config.train.lr,
-        weight_decay=config.train.weight_decay,
-        momentum=opt.momentum,
-        **kwargs,
-    )
+    try:
+        return create_optimizer_v2(
+            param_groups,
+            opt=opt.name,
+            lr=config.train.lr,
+            weight_decay=config.train.weight_decay,
+            momentum=opt.momentum,
+            **kwargs,
+        )
+    except (ValueError, TypeError, AssertionError) as exc:
+        from .errors import ConfigError
+
+        raise ConfigError(f"optimizer: timm could not build {opt.name!r} with these options: {exc}") from exc
 
 
 @hookimpl(trylast=True)

@@ -145,7 +145,7 @@ class Trainer:
         self.folder = RunFolder(out_path, enabled=write and self.rank == 0)
         num_outputs = self.bundle.num_classes if self.bundle.num_classes else self.bundle.target_dim
         self.model: nn.Module = build_model(cfg.model, self.bundle.input_shape, num_outputs).to(self.device)
-        gen = torch.Generator().manual_seed(seed + 12345)
+        gen = torch.Generator().manual_seed(seed + 12345 + 7919 * self.rank)
         self.state = State(
             config=cfg,
             device=self.device,
@@ -535,7 +535,8 @@ class Trainer:
                     raise RunInterrupted(f"stopped by signal {self._stop_signal} at step {self.state.step}; resume with `mixhub train --resume {self.folder.path}`")
             self.batch_in_epoch = 0
             self.host.collect("mixhub_epoch_end", state=self.state)
-            train_rec = {"epoch": epoch, "split": "train", "step": self.state.step, **{k: v / max(count, 1) for k, v in sums.items()}, "time_s": time.time() - t_epoch}
+            means = self._reduce_means(sums, count)
+            train_rec = {"epoch": epoch, "split": "train", "step": self.state.step, **means, "time_s": time.time() - t_epoch}
             for extra in self.host.collect("mixhub_metrics", stage="train", state=self.state):
                 train_rec.update({k: float(v) for k, v in extra.items()})
             self.folder.log(train_rec)
@@ -551,6 +552,16 @@ class Trainer:
             self.state.epoch = epoch + 1
             self.save_checkpoint("last")
         return self.final_evaluation()
+
+    def _reduce_means(self, sums: dict[str, float], count: int) -> dict[str, float]:
+        """Epoch means of the step scalars, averaged over ranks under DDP."""
+        keys = sorted(sums)
+        if self.world_size > 1:
+            t = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(t)
+            vals, total = t[:-1].tolist(), float(t[-1])
+            return {k: v / max(total, 1.0) for k, v in zip(keys, vals)}
+        return {k: sums[k] / max(count, 1) for k in keys}
 
     def _maybe_best(self, val: dict[str, float], epoch: int) -> None:
         key = self.select_key

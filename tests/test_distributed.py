@@ -1,0 +1,36 @@
+"""Two CPU processes with gloo through torchrun give the same training as one process with the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = [
+    "data.name=synthetic-regression", "data.options.n=400", "model.name=mlp", "optimizer.name=momentum", "optimizer.momentum=0.0",
+    "train.epochs=3", "train.batch_size=32", "train.lr=0.05", "train.sched=none", "train.plots=false", "train.device=cpu", "--quiet",
+]
+
+
+def run(cmd, out):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd + [f"out={out}"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return recs
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test runs on Linux")
+def test_two_process_gloo_matches_single_process(tmp_path):
+    single = run([sys.executable, "-m", "mixhub", "train", *ARGS], tmp_path / "single")
+    ddp = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mixhub", "train", *ARGS], tmp_path / "ddp")
+    for split in ("train", "val"):
+        a = [r["loss"] for r in single if r["split"] == split]
+        b = [r["loss"] for r in ddp if r["split"] == split]
+        assert len(a) == len(b) == 3
+        for x, y in zip(a, b):
+            assert abs(x - y) <= 1e-4 * max(1.0, abs(x)), (split, a, b)
+    assert not (tmp_path / "ddp" / "rank1").exists()
