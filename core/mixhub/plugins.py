@@ -63,6 +63,9 @@ class PluginSpec:
         description: one line for listings.
         validate: optional ``validate(options, config) -> list[str]`` of warnings; raise
             ``ConfigError`` for incompatible settings.
+        example: a minimal config overlay that trains with this plugin (used by
+            ``mixhub plugins doctor`` for its smoke run; e.g. the dataset or companion plugins
+            it needs). Default: a tiny run of its first task kind.
     """
 
     name: str
@@ -74,6 +77,7 @@ class PluginSpec:
     aux_loss_weights: dict[str, float] = field(default_factory=dict)
     description: str = ""
     validate: Callable[[Any, Any], list[str] | None] | None = None
+    example: dict[str, Any] | None = None
 
     def claimed_slots(self, options: Any) -> tuple[str, ...]:
         slots = tuple(self.claims(options)) if self.claims is not None else self.slots
