@@ -83,3 +83,22 @@ def test_csv_table(tmp_path):
     p.write_text("a,y\n1,2\nnan,3\n")
     with pytest.raises(DataError, match="non-finite value at data row 2"):
         build_data(DataConfig(name=f"csv:{p}"), 0)
+
+
+def test_empty_image_folder(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        build_data(DataConfig(name=f"imagefolder:{tmp_path}"), 0)
+
+
+def test_non_finite_regression_labels_are_refused(tmp_path):
+    from mixhub.trainer import train
+
+    p = tmp_path / "t.csv"
+    p.write_text("a,b,y\n" + "\n".join(f"{i},{i * 2},{i * 0.5}" for i in range(30)) + "\n")
+    text = p.read_text().replace("3.5", "inf")
+    p.write_text(text)
+    with pytest.raises(DataError, match="non-finite value at data row 8"):
+        train({"data": {"name": f"csv:{p}", "task": "regression"}, "model": {"name": "mlp"}}, out=tmp_path / "r")
+    assert not (tmp_path / "r").exists()

@@ -4,8 +4,8 @@ import sys
 
 import pytest
 import torch
-
 from helpers_plugins import BadState, FlipSampler, NanLoss, OtherSampler, Raising, Recorder, WrongType
+
 from mixhub import ConfigError, PluginHookError, PluginLoadError, SlotConflictError
 from mixhub.plugins import EntryPointInfo, discover, load_plugin
 from mixhub.trainer import NonFiniteError, train

@@ -1,8 +1,9 @@
 """registry.yaml: complete entries, shipped in the package, consistent with in-tree plugins."""
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from mixhub.registry import REQUIRED_FIELDS, load_registry
 

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from .hookspecs import hookimpl
-from .plugins import PluginSpec, TASK_KINDS
+from .plugins import TASK_KINDS, PluginSpec
 
 __all__ = ["HookRecorder", "Contract", "tiny_config", "tiny_regression_config", "model_fingerprint", "is_plain"]
 

@@ -12,8 +12,8 @@ import pkgutil
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import DataError
 from .._util import did_you_mean
+from ..errors import DataError
 from .base import ArrayDataset, DataBundle, IndexedDataset, TaskStream, stratified_split
 
 __all__ = [

@@ -1,10 +1,10 @@
-import torch
-
 import mixhub_manifold.plugin as plugin
+import torch
+from mixhub_manifold import manifold_forward, mix_hidden
+
 from mixhub import MixPlan
 from mixhub.models import SmallCNN
 from mixhub.testing import Contract, tiny_config
-from mixhub_manifold import manifold_forward, mix_hidden
 
 
 def test_mix_hidden_formula():

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from mixhub_mixup import cutmix_batch, cutmix_box, mixup_batch, mixup_plan, mixup_target, sample_lam
 
 from mixhub import MixPlan, mixed_cross_entropy
-from mixhub_mixup import cutmix_batch, cutmix_box, mixup_batch, mixup_plan, mixup_target, sample_lam
 
 
 def test_sample_lam_batch_and_sample():
