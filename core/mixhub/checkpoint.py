@@ -21,7 +21,7 @@ FORMAT = "mixhub-checkpoint-1"
 
 def capture_rng(generator: torch.Generator | None = None) -> dict[str, Any]:
     """Python, NumPy, torch (CPU and CUDA) and a plugin generator's states, as tensors and plain types."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     out: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {

@@ -23,8 +23,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg_path = folder / "config.yaml"
         if not cfg_path.is_file():
             raise MixhubError(f"--resume {str(folder)!r}: no config.yaml there (is it a run folder?)")
-        raw = read_yaml(cfg_path)
-        result = train(raw, quiet=args.quiet, out=folder, resume=True)
+        result = train(read_yaml(cfg_path), quiet=args.quiet, out=folder, resume=True)
     else:
         items = list(args.items)
         raw: dict[str, Any] = {}

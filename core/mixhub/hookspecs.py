@@ -224,11 +224,11 @@ def mixhub_bench_suites() -> list[Any] | None:
 
 # =============================================================================== wrappers
 @hookspec
-def mixhub_fit(state: State) -> Generator[None, Any, Any]:
+def mixhub_fit(state: State) -> Generator[None, Any, Any]:  # type: ignore[empty-body]
     """Wrapper around a whole run (training and final test)."""
 
 
 @hookspec
-def mixhub_evaluate(model: nn.Module, state: State) -> Generator[None, Any, Any]:
+def mixhub_evaluate(model: nn.Module, state: State) -> Generator[None, Any, Any]:  # type: ignore[empty-body]
     """Wrapper around one evaluation pass (``state.stage``), e.g. to swap norm layers and
     restore them afterwards, even on error."""

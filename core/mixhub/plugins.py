@@ -202,11 +202,11 @@ class PluginHost:
 
     # ------------------------------------------------------------------ tracing
     def _enable_trace(self) -> None:
-        def before(hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+        def before(hook_name: str, impls: Any, kwargs: Any) -> None:
             names = [i.plugin_name for i in impls]
             print(f"[mixhub trace] {hook_name} -> {', '.join(reversed(names))}", file=sys.stderr)
 
-        def after(outcome: Any, hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+        def after(outcome: Any, hook_name: str, impls: Any, kwargs: Any) -> None:
             exc = outcome.exception
             if exc is not None:
                 print(f"[mixhub trace] {hook_name} raised {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -392,13 +392,13 @@ def check_compatibility(plugins: list[LoadedPlugin], options: dict[str, Any], ta
         if who != "core" and who not in names:
             raise SlotConflictError(f"`slots.{slot}` names {who!r}, which is not an active plugin")
         owners[slot] = who
-    for slot, who in claims.items():
+    for slot, claimants in claims.items():
         if slot in owners:
             continue
-        if len(who) > 1:
+        if len(claimants) > 1:
             raise SlotConflictError(
-                f"plugins {' and '.join(repr(w) for w in who)} both claim the slot {slot!r} "
+                f"plugins {' and '.join(repr(w) for w in claimants)} both claim the slot {slot!r} "
                 f"({hookspecs.SLOTS[slot]}); name the owner with `slots.{slot}=<plugin>` or drop one"
             )
-        owners[slot] = who[0]
+        owners[slot] = claimants[0]
     return owners

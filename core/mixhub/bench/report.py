@@ -81,7 +81,7 @@ def write_report(suite: Suite, results: dict[str, Any], out: Path, command: str 
     for arm in suite.arms:
         row = agg["table"][arm.name]
         t = agg["times"].get(arm.name, (float("nan"), 0))
-        lines.append(f"| {arm.name} | " + " | ".join(_fmt(*row[m], m) for m in suite.metrics) + f" | {t[0]:.1f} |")
+        lines.append(f"| {arm.name} | " + " | ".join(_fmt(row[m][0], row[m][1], m) for m in suite.metrics) + f" | {t[0]:.1f} |")
     lines += ["", "Paired differences (arm − baseline, mean ± standard error over seeds; higher is better for accuracy-like metrics, lower for the rest):", ""]
     lines += ["| comparison | " + " | ".join(suite.metrics) + " |", "|" + "---|" * (len(suite.metrics) + 1)]
     for name, row in agg["diffs"].items():
@@ -200,7 +200,7 @@ def _reliability(suite: Suite, results: dict[str, Any], out: Path, plt: Any) -> 
             conf_sum = cs if conf_sum is None else conf_sum + cs
             acc_sum = as_ if acc_sum is None else acc_sum + as_
             cnt = c if cnt is None else cnt + c
-        if cnt is None:
+        if cnt is None or acc_sum is None:
             continue
         drew = True
         n = len(cnt)

@@ -60,7 +60,7 @@ class ArrayDataset(Dataset):
             x = self.transform(image=x)["image"]
         x = np.asarray(x, dtype=np.float32)
         if self.image:
-            if self.mean is not None:
+            if self.mean is not None and self.std is not None:
                 x = (x - self.mean) / self.std
             xt = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
         else:

@@ -18,9 +18,9 @@ def digits_images(image_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    x = torch.as_tensor(d.images, dtype=torch.float32)[:, None] / 16.0
-    x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    x = x.clamp(0, 1).repeat(1, 3, 1, 1).permute(0, 2, 3, 1).contiguous().numpy()
+    t = torch.as_tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    t = torch.nn.functional.interpolate(t, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    x = t.clamp(0, 1).repeat(1, 3, 1, 1).permute(0, 2, 3, 1).contiguous().numpy()
     return x, d.target.astype(np.int64)
 
 
@@ -62,7 +62,7 @@ def build_digits(cfg: Any, seed: int) -> DataBundle:
     train_idx = keep_fraction(train_idx, y, cfg.train_frac, seed)
     y_train = noisy_labels(y[train_idx], cfg.label_noise, 10, seed)
     aug = build_augment(cfg.augment, cfg.image_size)
-    kw = dict(image=True, mean=DIGITS_MEAN, std=DIGITS_STD)
+    kw: dict[str, Any] = dict(image=True, mean=DIGITS_MEAN, std=DIGITS_STD)
     train = ArrayDataset(x[train_idx], y_train, transform=aug, **kw)
     return DataBundle(
         train=train,

@@ -22,8 +22,8 @@ def _load_image(path: Path, size: int) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB").resize((size, size))
-            return np.asarray(im, dtype=np.float32) / 255.0
+            rgb = im.convert("RGB").resize((size, size))
+            return np.asarray(rgb, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"corrupt or unreadable image file {str(path)!r}: {exc}") from exc
 
@@ -34,7 +34,7 @@ def _image_bundle(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: Any, se
     test_idx, val_idx, train_idx = stratified_split(y, (cfg.test_frac, cfg.val_frac), seed)
     mean = tuple(float(m) for m in x[train_idx].mean((0, 1, 2)))
     std = tuple(float(s) + 1e-6 for s in x[train_idx].std((0, 1, 2)))
-    kw = dict(image=True, mean=mean, std=std)
+    kw: dict[str, Any] = dict(image=True, mean=mean, std=std)
     train = ArrayDataset(x[train_idx], y[train_idx], transform=build_augment(cfg.augment, cfg.image_size), **kw)
     return DataBundle(
         train=train,
@@ -149,7 +149,7 @@ def build_torchvision(cfg: Any, seed: int) -> DataBundle:
     val_idx, train_idx = stratified_split(y_tr, (cfg.val_frac,), seed)
     mean = tuple(float(m) for m in x_tr[train_idx].mean((0, 1, 2)))
     std = tuple(float(s) + 1e-6 for s in x_tr[train_idx].std((0, 1, 2)))
-    kw = dict(image=True, mean=mean, std=std)
+    kw: dict[str, Any] = dict(image=True, mean=mean, std=std)
     train = ArrayDataset(x_tr[train_idx], y_tr[train_idx], transform=build_augment(cfg.augment, cfg.image_size), **kw)
     classes = int(max(y_tr.max(), y_te.max()) + 1)
     return DataBundle(
