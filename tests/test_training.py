@@ -160,3 +160,27 @@ def test_pretrained_without_weights_is_a_clear_error(tmp_path, monkeypatch):
 def test_ema_and_grad_clip_run(tmp_path):
     r = train(tiny_config(train={"ema": True, "ema_decay": 0.9, "clip_grad_norm": 1.0}), out=tmp_path / "r")
     assert r.trainer.ema is not None and "acc" in r.summary["test"]
+
+
+def test_schedules_per_group_floor_and_multistep():
+    from mixhub.schedule import GroupScheduler
+
+    p1, p2 = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [p1], "lr": 1.0}, {"params": [p2], "lr": 0.5, "min_lr": 0.1}], lr=1.0)
+    s = GroupScheduler(opt, 100, kind="cosine", warmup_steps=10, min_lr=0.0)
+    s.step(99)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-3) and opt.param_groups[1]["lr"] == pytest.approx(0.1, abs=1e-3)
+    s.step(0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0 / 11)
+    m = GroupScheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 100, kind="multistep", milestones=[30, 45])
+    assert [m.lr_at(t, 1.0, 0.0) for t in (29, 30, 44, 45)] == pytest.approx([1.0, 0.1, 0.1, 0.01])
+
+
+def test_mlp_options():
+    from mixhub.config import ModelConfig
+    from mixhub.models import build_model
+
+    m = build_model(ModelConfig(name="mlp", kwargs={"norm": "batchnorm", "act": "relu", "hidden": [8]}), (5,), 3)
+    assert isinstance(m.blocks[0][1], torch.nn.BatchNorm1d) and isinstance(m.blocks[0][2], torch.nn.ReLU)
+    with pytest.raises(ConfigError, match="model.kwargs.act"):
+        build_model(ModelConfig(name="mlp", kwargs={"act": "tanh"}), (5,), 3)

@@ -68,11 +68,12 @@ class TrainConfig(Section):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    sched: Literal["cosine", "step", "none"] = "cosine"
+    sched: Literal["cosine", "step", "multistep", "none"] = "cosine"
     warmup_epochs: int = Field(0, ge=0)
     min_lr: float = Field(0.0, ge=0.0)
     step_decay_epochs: int = Field(30, ge=1, description="step schedule: decay every N epochs")
-    step_decay_rate: float = Field(0.1, gt=0.0, le=1.0)
+    step_decay_rate: float = Field(0.1, gt=0.0, le=1.0, description="factor of each step / multistep decay")
+    milestones: list[int] = Field(default_factory=list, description="multistep schedule: epochs at which the lr decays")
     clip_grad_norm: float | None = Field(None, gt=0.0, description="clip the global gradient norm (None: off)")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     amp: bool = Field(True, description="mixed precision (bfloat16/float16) on CUDA; ignored on CPU")

@@ -38,7 +38,8 @@ def brier(logits: Tensor, targets: Tensor) -> float:
 
 
 def reliability_bins(logits: Tensor, targets: Tensor, n_bins: int = 15) -> tuple[Tensor, Tensor, Tensor]:
-    """Equal-width confidence bins ``(lo, hi]``: (mean confidence, accuracy, count) per bin."""
+    """Equal-width confidence bins ``(lo, hi]``: (mean confidence, accuracy, count) per bin (on CPU)."""
+    logits, targets = logits.detach().cpu(), targets.detach().cpu()
     p = logits.float().softmax(1)
     conf, pred = p.max(1)
     correct = (pred == targets).float()
@@ -72,9 +73,14 @@ def adaptive_ece(logits: Tensor, targets: Tensor, n_bins: int = 15) -> float:
     return total
 
 
+#: Range the fitted temperature is clamped to: a validation split classified 100% correctly
+#: otherwise drives T towards 0 (infinitely sharp), which says nothing about the test split.
+TEMPERATURE_RANGE = (0.05, 20.0)
+
+
 def fit_temperature(logits: Tensor, targets: Tensor, max_iter: int = 100) -> float:
-    """Temperature T > 0 minimising the NLL of ``logits / T`` (LBFGS on log T)."""
-    logits = logits.detach().float()
+    """Temperature T minimising the NLL of ``logits / T`` (LBFGS on log T), clamped to ``TEMPERATURE_RANGE``."""
+    logits, targets = logits.detach().float().cpu(), targets.detach().cpu()
     log_t = torch.zeros(1, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
 
@@ -87,7 +93,9 @@ def fit_temperature(logits: Tensor, targets: Tensor, max_iter: int = 100) -> flo
     with torch.enable_grad():
         opt.step(closure)
     t = float(log_t.detach().exp())
-    return t if torch.isfinite(torch.tensor(t)) else 1.0
+    if not torch.isfinite(torch.tensor(t)):
+        return 1.0
+    return min(max(t, TEMPERATURE_RANGE[0]), TEMPERATURE_RANGE[1])
 
 
 def classification_metrics(logits: Tensor, targets: Tensor, n_bins: int = 15, temperature: float | None = None) -> dict[str, float]:
@@ -107,6 +115,7 @@ def classification_metrics(logits: Tensor, targets: Tensor, n_bins: int = 15, te
             nll_ts=nll(scaled, targets),
             ece_ts=ece(scaled, targets, n_bins),
             adaece_ts=adaptive_ece(scaled, targets, n_bins),
+            brier_ts=brier(scaled, targets),
         )
     return out
 

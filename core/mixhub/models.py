@@ -17,19 +17,39 @@ __all__ = ["MLP", "SmallCNN", "build_model", "num_params"]
 
 
 class MLP(nn.Module):
-    """Tabular MLP: ``in -> hidden -> ... -> out`` with LeakyReLU(0.1).
+    """Tabular MLP: ``in -> hidden -> ... -> out``; each block is Linear (+ BatchNorm1d) + activation.
 
+    ``act``: ``leaky_relu`` (slope 0.1, default) or ``relu``; ``norm``: ``none`` or ``batchnorm``.
     ``blocks[0]`` is the first Linear + activation (the manifold-mixing point C-Mixup uses);
     ``forward_features`` runs every block, ``forward_head`` the final Linear.
     """
 
-    def __init__(self, in_features: int, num_outputs: int, hidden: tuple[int, ...] = (128, 128), drop_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        num_outputs: int,
+        hidden: tuple[int, ...] = (128, 128),
+        drop_rate: float = 0.0,
+        act: str = "leaky_relu",
+        norm: str = "none",
+    ) -> None:
         super().__init__()
+        if act not in ("leaky_relu", "relu"):
+            raise ConfigError(f"model.kwargs.act: {act!r} is not one of leaky_relu, relu")
+        if norm not in ("none", "batchnorm"):
+            raise ConfigError(f"model.kwargs.norm: {norm!r} is not one of none, batchnorm")
         dims = (in_features, *hidden)
-        self.blocks = nn.ModuleList(
-            nn.Sequential(nn.Linear(a, b), nn.LeakyReLU(0.1), nn.Dropout(drop_rate) if drop_rate else nn.Identity())
-            for a, b in zip(dims[:-1], dims[1:])
-        )
+
+        def block(a: int, b: int) -> nn.Sequential:
+            layers: list[nn.Module] = [nn.Linear(a, b)]
+            if norm == "batchnorm":
+                layers.append(nn.BatchNorm1d(b))
+            layers.append(nn.LeakyReLU(0.1) if act == "leaky_relu" else nn.ReLU())
+            if drop_rate:
+                layers.append(nn.Dropout(drop_rate))
+            return nn.Sequential(*layers)
+
+        self.blocks = nn.ModuleList(block(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.num_features = dims[-1]
         self.head = nn.Linear(self.num_features, num_outputs)
         self.num_classes = num_outputs
@@ -130,9 +150,11 @@ def build_model(cfg: Any, input_shape: tuple[int, ...], num_outputs: int) -> nn.
             kwargs.setdefault("in_features", int(torch.tensor(input_shape).prod()))
         hidden = tuple(kwargs.pop("hidden", (128, 128)))
         in_features = kwargs.pop("in_features", input_shape[0])
+        act = kwargs.pop("act", "leaky_relu")
+        norm = kwargs.pop("norm", "none")
         if kwargs:
-            raise ConfigError(f"model.kwargs: unknown option(s) {sorted(kwargs)} for mlp (known: hidden, in_features)")
-        return MLP(in_features, num_outputs, hidden, cfg.drop_rate)
+            raise ConfigError(f"model.kwargs: unknown option(s) {sorted(kwargs)} for mlp (known: hidden, in_features, act, norm)")
+        return MLP(in_features, num_outputs, hidden, cfg.drop_rate, act=act, norm=norm)
     if name == "smallcnn":
         widths = tuple(kwargs.pop("widths", (32, 64, 128)))
         if kwargs:

@@ -1,6 +1,6 @@
 """Per-step learning-rate schedule with per-group floors.
 
-Every parameter group follows the same shape (linear warm-up, then cosine or step decay)
+Every parameter group follows the same shape (linear warm-up, then cosine, step or multi-step decay)
 from its own base ``lr`` down to its own ``min_lr`` (the run's ``train.min_lr`` unless the
 group sets one), so plugin modules (e.g. a mask generator) can keep their own floor.
 """
@@ -26,6 +26,7 @@ class GroupScheduler:
         min_lr: float = 0.0,
         step_every: int = 1,
         step_rate: float = 0.1,
+        milestones: list[int] | None = None,
     ) -> None:
         self.optimizer = optimizer
         self.total_steps = max(1, total_steps)
@@ -33,6 +34,7 @@ class GroupScheduler:
         self.warmup_steps = warmup_steps
         self.step_every = max(1, step_every)
         self.step_rate = step_rate
+        self.milestones = sorted(milestones or [])
         for g in optimizer.param_groups:
             g.setdefault("initial_lr", g["lr"])
             g.setdefault("min_lr", min_lr)
@@ -46,6 +48,8 @@ class GroupScheduler:
             return base
         if self.kind == "step":
             return max(floor, base * self.step_rate ** (step // self.step_every))
+        if self.kind == "multistep":
+            return max(floor, base * self.step_rate ** sum(step >= m for m in self.milestones))
         span = max(1, self.total_steps - self.warmup_steps)
         t = min(1.0, (step - self.warmup_steps) / span)
         return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * t))

@@ -204,6 +204,7 @@ class Trainer:
             min_lr=cfg.train.min_lr,
             step_every=cfg.train.step_decay_epochs * max(1, steps),
             step_rate=cfg.train.step_decay_rate,
+            milestones=[m * steps for m in cfg.train.milestones],
         )
         self.state.scheduler = self.scheduler
         self.start_epoch = 0
