@@ -42,7 +42,9 @@ def noisy_classification(**options: Any) -> tuple[np.ndarray, np.ndarray]:
 
     bad = set(options) - set(DEFAULTS)
     if bad:
-        raise DataError(f"data.options: unknown option(s) {sorted(bad)} for noisy-synthetic (known: {sorted(DEFAULTS)})")
+        raise DataError(
+            f"data.options: unknown option(s) {sorted(bad)} for noisy-synthetic (known: {sorted(DEFAULTS)})"
+        )
     kw = {**DEFAULTS, **options}
     seed = kw.pop("data_seed")
     try:

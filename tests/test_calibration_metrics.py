@@ -1,0 +1,163 @@
+"""Calibration metrics of ``mixhub.metrics`` against hand-computed values.
+
+The probabilities are given directly (logits = log p, so softmax returns p); confidences avoid
+bin edges except in the test of the ``(lo, hi]`` convention.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mixhub import metrics
+
+# Six samples, three classes: (probabilities, label). Confidence, correctness and 15-bin index:
+#   0.90 correct  bin 13 (0.8667, 0.9333]      0.85 wrong    bin 12 (0.8, 0.8667]
+#   0.50 correct  bin 7  (0.4667, 0.5333]      0.42 wrong    bin 6  (0.4, 0.4667]
+#   0.62 correct  bin 9  (0.6, 0.6667]         0.88 correct  bin 13
+SAMPLES = [
+    ([0.90, 0.05, 0.05], 0),
+    ([0.85, 0.10, 0.05], 1),
+    ([0.20, 0.50, 0.30], 1),
+    ([0.42, 0.33, 0.25], 2),
+    ([0.62, 0.28, 0.10], 0),
+    ([0.88, 0.07, 0.05], 0),
+]
+P = torch.tensor([p for p, _ in SAMPLES], dtype=torch.float64)
+LOGITS = P.log().float()
+Y = torch.tensor([y for _, y in SAMPLES])
+
+
+def test_ece_hand_computed():
+    # bin 13: conf (0.90 + 0.88)/2 = 0.89, acc 1 -> 2/6 * 0.11; singletons: 0.85, 0.50, 0.42, 0.38
+    expect = (2 * 0.11 + 0.85 + 0.50 + 0.42 + 0.38) / 6
+    assert metrics.ece(LOGITS, Y) == pytest.approx(expect, abs=1e-6)
+    assert expect == pytest.approx(0.395, abs=1e-12)
+
+
+def test_ece_with_one_bin_is_the_gap_between_mean_confidence_and_accuracy():
+    conf = (0.90 + 0.85 + 0.50 + 0.42 + 0.62 + 0.88) / 6
+    assert metrics.ece(LOGITS, Y, n_bins=1) == pytest.approx(abs(4 / 6 - conf), abs=1e-6)
+
+
+def test_reliability_bins_hand_computed():
+    conf, acc, counts = metrics.reliability_bins(LOGITS, Y)
+    assert conf.shape == acc.shape == counts.shape == (15,)
+    expect_counts = [0] * 15
+    for b in (6, 7, 9, 12, 13, 13):
+        expect_counts[b] += 1
+    assert counts.tolist() == expect_counts
+    expect_conf = {6: 0.42, 7: 0.50, 9: 0.62, 12: 0.85, 13: 0.89}
+    expect_acc = {6: 0.0, 7: 1.0, 9: 1.0, 12: 0.0, 13: 1.0}
+    for b in range(15):
+        assert float(conf[b]) == pytest.approx(expect_conf.get(b, 0.0), abs=1e-6)
+        assert float(acc[b]) == pytest.approx(expect_acc.get(b, 0.0), abs=1e-6)
+
+
+def test_bins_are_left_open_right_closed():
+    # softmax([0, 0]) is exactly 0.5: it belongs to (0, 0.5] with 2 bins and to (0.25, 0.5] with 4
+    logits = torch.tensor([[0.0, 0.0], [40.0, 0.0]])  # the second confidence rounds to exactly 1.0
+    assert float(logits.softmax(1).max(1).values[1]) == 1.0
+    y = torch.tensor([0, 0])
+    _, _, counts2 = metrics.reliability_bins(logits, y, n_bins=2)
+    assert counts2.tolist() == [1, 1]
+    _, _, counts4 = metrics.reliability_bins(logits, y, n_bins=4)
+    assert counts4.tolist() == [0, 1, 0, 1]
+
+
+def test_perfectly_calibrated_predictions_have_zero_ece():
+    logits = torch.tensor([[math.log(3.0), 0.0]] * 4)  # confidence 0.75 on class 0
+    y = torch.tensor([0, 0, 0, 1])  # 3 of 4 correct
+    assert metrics.ece(logits, y) == pytest.approx(0.0, abs=1e-6)
+    assert metrics.adaptive_ece(logits, y, n_bins=1) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_adaptive_ece_hand_computed():
+    # sorted confidences split into 3 groups of 2: (0.42 w, 0.50 c), (0.62 c, 0.85 w), (0.88 c, 0.90 c)
+    expect = (2 / 6) * (abs(0.5 - 0.46) + abs(0.5 - 0.735) + abs(1.0 - 0.89))
+    assert metrics.adaptive_ece(LOGITS, Y, n_bins=3) == pytest.approx(expect, abs=1e-6)
+    assert expect == pytest.approx(0.128333333, abs=1e-8)
+    # more bins than samples: one sample per bin, the mean per-sample gap
+    per_sample = (0.10 + 0.85 + 0.50 + 0.42 + 0.38 + 0.12) / 6
+    assert metrics.adaptive_ece(LOGITS, Y, n_bins=15) == pytest.approx(per_sample, abs=1e-6)
+
+
+def test_adaptive_ece_groups_have_near_equal_mass():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(100, 5, generator=g) * 2
+    y = torch.randint(0, 5, (100,), generator=g)
+    p = logits.softmax(1)
+    conf, pred = p.max(1)
+    correct = (pred == y).float()
+    order = conf.argsort()
+    # independent computation: 15 groups of 7 or 6 sorted samples (100 = 10 * 7 + 5 * 6)
+    sizes = [7] * 10 + [6] * 5
+    total, start = 0.0, 0
+    for s in sizes:
+        idx = order[start : start + s]
+        total += s / 100 * abs(float(correct[idx].mean()) - float(conf[idx].mean()))
+        start += s
+    assert metrics.adaptive_ece(logits, y) == pytest.approx(total, abs=1e-6)
+
+
+def test_nll_and_brier_hand_computed():
+    p_true = [0.90, 0.10, 0.50, 0.25, 0.62, 0.88]
+    assert metrics.nll(LOGITS, Y) == pytest.approx(-sum(math.log(v) for v in p_true) / 6, abs=1e-6)
+    brier = 0.0
+    for p, y in SAMPLES:
+        brier += sum((pc - (1.0 if c == y else 0.0)) ** 2 for c, pc in enumerate(p))
+    assert metrics.brier(LOGITS, Y) == pytest.approx(brier / 6, abs=1e-6)
+    # first sample by hand: (0.9 - 1)^2 + 0.05^2 + 0.05^2 = 0.015
+    assert metrics.brier(LOGITS[:1], Y[:1]) == pytest.approx(0.015, abs=1e-6)
+
+
+def _best_temperature_by_search(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Golden-section search of NLL(logits / T) over log T in float64 (NLL is convex in 1/T)."""
+    z = logits.double()
+
+    def f(log_t: float) -> float:
+        return float(torch.nn.functional.cross_entropy(z / math.exp(log_t), y))
+
+    lo, hi = math.log(0.02), math.log(50.0)
+    r = (math.sqrt(5) - 1) / 2
+    a, b = hi - r * (hi - lo), lo + r * (hi - lo)
+    for _ in range(200):
+        if f(a) < f(b):
+            hi = b
+        else:
+            lo = a
+        a, b = hi - r * (hi - lo), lo + r * (hi - lo)
+    return math.exp((lo + hi) / 2)
+
+
+@pytest.mark.parametrize("scale", [0.4, 1.0, 3.0])
+def test_fit_temperature_finds_the_nll_minimiser(scale):
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(400, 6, generator=g) * 2
+    y = torch.multinomial(base.softmax(1), 1, generator=g).squeeze(1)  # labels drawn from softmax(base)
+    logits = base * scale
+    t = metrics.fit_temperature(logits, y)
+    assert isinstance(t, float)
+    assert t == pytest.approx(_best_temperature_by_search(logits, y), rel=1e-3)
+    assert t == pytest.approx(scale, rel=0.25)  # the data were generated at temperature `scale`
+
+
+def test_fit_temperature_on_the_hand_example():
+    t = metrics.fit_temperature(LOGITS, Y)
+    assert t == pytest.approx(_best_temperature_by_search(LOGITS, Y), rel=1e-3)
+    assert metrics.nll(LOGITS / t, Y) <= metrics.nll(LOGITS, Y) + 1e-7
+
+
+def test_classification_metrics_reports_before_and_after_scaling():
+    out = metrics.classification_metrics(LOGITS, Y)
+    assert set(out) == {"acc", "nll", "ece", "adaece", "brier"}
+    assert out["acc"] == pytest.approx(4 / 6)
+    assert out["ece"] == pytest.approx(0.395, abs=1e-6)
+    scaled = metrics.classification_metrics(LOGITS, Y, temperature=2.0)
+    assert scaled["temperature"] == 2.0
+    assert scaled["nll_ts"] == pytest.approx(metrics.nll(LOGITS / 2, Y), abs=1e-7)
+    assert scaled["ece_ts"] == pytest.approx(metrics.ece(LOGITS / 2, Y), abs=1e-7)
+    assert scaled["adaece_ts"] == pytest.approx(metrics.adaptive_ece(LOGITS / 2, Y), abs=1e-7)
+    assert scaled["acc"] == out["acc"] and scaled["ece"] == out["ece"]
