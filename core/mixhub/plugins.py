@@ -244,10 +244,16 @@ class PluginHost:
     def owner(self, slot: str) -> str:
         return self.slot_owners.get(slot, "core")
 
-    def slot(self, slot: str, expected: type | tuple[type, ...] | None = None, **kwargs: Any) -> Any:
+    def slot(self, slot: str, expected: type | tuple[type, ...] | None = None, allow_none: bool = False, **kwargs: Any) -> Any:
+        """Call a slot's owner (or the core default); check the result's type.
+
+        ``allow_none`` accepts ``None`` as an answer (e.g. ``replay_retrieve`` on an empty buffer).
+        """
         hookname = hookspecs.SLOTS[slot]
         with self.context(hookname):
             result = self._slot_callers[slot](**kwargs)
+        if result is None and allow_none:
+            return None
         if result is None:
             raise PluginHookError(f"no implementation of {hookname} returned a value", plugin="core", hook=hookname)
         if expected is not None and not isinstance(result, expected):

@@ -467,6 +467,11 @@ class Trainer:
         self.folder.truncate_log(self.start_epoch if self.batch_in_epoch == 0 else self.start_epoch)
 
     # ------------------------------------------------------------------ the loop
+    @property
+    def stop_requested(self) -> bool:
+        """True once SIGTERM/SIGINT arrived: finish the step, checkpoint, raise ``RunInterrupted``."""
+        return self._stop_signal is not None
+
     @contextmanager
     def _signals(self) -> Iterator[None]:
         if self.rank != 0 and self.world_size > 1 or not _main_thread():
