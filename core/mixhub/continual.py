@@ -69,13 +69,19 @@ log = logging.getLogger("mixhub.continual")
 class ContinualConfig(Section):
     """The ``continual`` config section (used only when the data is a task stream)."""
 
-    protocol: Literal["online", "iid"] = Field("online", description="online: the task stream; iid: offline on the union of tasks (upper bound)")
+    protocol: Literal["online", "iid"] = Field(
+        "online", description="online: the task stream; iid: offline on the union of tasks (upper bound)"
+    )
     batch_size: int = Field(10, ge=1, description="stream batch size (Mai's ER: 10)")
     memory_size: int = Field(100, ge=0, description="replay buffer capacity M (0: no buffer)")
-    retrieve_size: int = Field(10, ge=1, description="memory samples retrieved per step (Mai's eps_mem_batch: 10)")
+    retrieve_size: int = Field(
+        10, ge=1, description="memory samples retrieved per step (Mai's eps_mem_batch: 10)"
+    )
     passes: int = Field(1, ge=1, description="passes over each task (online learning: 1)")
     iid_epochs: int = Field(1, ge=1, description="protocol=iid: epochs over the union of the tasks")
-    forgetting: Literal["paper", "mai"] = Field("paper", description="paper: over T-1 tasks (DualMix Eq. 15); mai: over all T tasks")
+    forgetting: Literal["paper", "mai"] = Field(
+        "paper", description="paper: over T-1 tasks (DualMix Eq. 15); mai: over all T tasks"
+    )
     shuffle: bool = Field(True, description="shuffle within each task (seeded)")
     eval_val: bool = Field(True, description="also evaluate every task's validation set after each task")
 
@@ -108,14 +114,23 @@ class ReplayBuffer:
 
     def _allocate(self, batch: Batch) -> None:
         cap = self.capacity
-        self.inputs = torch.zeros((cap, *batch.inputs.shape[1:]), dtype=batch.inputs.dtype, device=self.device)
-        self.targets = torch.zeros((cap, *batch.targets.shape[1:]), dtype=batch.targets.dtype, device=self.device)
+        self.inputs = torch.zeros(
+            (cap, *batch.inputs.shape[1:]), dtype=batch.inputs.dtype, device=self.device
+        )
+        self.targets = torch.zeros(
+            (cap, *batch.targets.shape[1:]), dtype=batch.targets.dtype, device=self.device
+        )
         self.index = torch.full((cap,), -1, dtype=torch.long, device=self.device)
         self.task_id = torch.full((cap,), -1, dtype=torch.long, device=self.device)
 
     def write(self, slot: int, batch: Batch, row: int) -> None:
         """Store row ``row`` of ``batch`` in ``slot`` (detached, on the buffer's device)."""
-        assert self.inputs is not None and self.targets is not None and self.index is not None and self.task_id is not None
+        assert (
+            self.inputs is not None
+            and self.targets is not None
+            and self.index is not None
+            and self.task_id is not None
+        )
         self.inputs[slot] = batch.inputs[row].detach().to(self.device)
         self.targets[slot] = batch.targets[row].detach().to(self.device)
         self.index[slot] = int(batch.index[row])
@@ -156,7 +171,12 @@ class ReplayBuffer:
             slots = torch.arange(self.size, device=self.device)
         slots = slots.to(self.device)
         assert self.targets is not None and self.index is not None and self.task_id is not None
-        return Batch(inputs=self.inputs[slots], targets=self.targets[slots], index=self.index[slots], task_id=self.task_id[slots])
+        return Batch(
+            inputs=self.inputs[slots],
+            targets=self.targets[slots],
+            index=self.index[slots],
+            task_id=self.task_id[slots],
+        )
 
     def random_retrieve(self, n: int, generator: torch.Generator | None = None) -> Batch | None:
         """``min(n, len(self))`` distinct filled slots drawn uniformly (Mai's ``random_retrieve``); ``None`` when empty."""
@@ -173,12 +193,20 @@ class ReplayBuffer:
     def state_dict(self) -> dict[str, Any]:
         sd: dict[str, Any] = {"capacity": self.capacity, "size": self.size, "seen": self.seen}
         if self.inputs is not None:
-            sd.update(inputs=self.inputs.cpu(), targets=self.targets.cpu(), index=self.index.cpu(), task_id=self.task_id.cpu())  # type: ignore[union-attr]
+            assert self.targets is not None and self.index is not None and self.task_id is not None
+            sd.update(
+                inputs=self.inputs.cpu(),
+                targets=self.targets.cpu(),
+                index=self.index.cpu(),
+                task_id=self.task_id.cpu(),
+            )
         return sd
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         if int(sd["capacity"]) != self.capacity:
-            raise ValueError(f"replay buffer capacity differs: checkpoint {sd['capacity']}, config {self.capacity}")
+            raise ValueError(
+                f"replay buffer capacity differs: checkpoint {sd['capacity']}, config {self.capacity}"
+            )
         self.size, self.seen = int(sd["size"]), int(sd["seen"])
         if "inputs" in sd:
             self.inputs = sd["inputs"].to(self.device)
@@ -194,7 +222,9 @@ def memory_of(batch: Batch) -> Batch | None:
     return mem if isinstance(mem, Batch) and mem.size > 0 else None
 
 
-def replay_forward(model: torch.nn.Module, batch: Batch, memory_inputs: Tensor | None = None) -> dict[str, Any]:
+def replay_forward(
+    model: torch.nn.Module, batch: Batch, memory_inputs: Tensor | None = None
+) -> dict[str, Any]:
     """ER's two forwards (Mai's ``exp_replay.py``): ``logits`` = f(stream) and, when there is a
     memory batch, ``memory_logits`` = f(memory) in a separate call (BatchNorm sees each alone)."""
     out: dict[str, Any] = {"logits": model(batch.inputs)}
@@ -211,7 +241,13 @@ def soft_cross_entropy(logits: Tensor, soft_targets: Tensor) -> Tensor:
     return -(soft_targets.to(torch.float32) * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
 
 
-def replay_loss(outputs: dict[str, Any], batch: Batch, plan: Any, label_smoothing: float = 0.0, memory_targets: Tensor | None = None) -> Tensor:
+def replay_loss(
+    outputs: dict[str, Any],
+    batch: Batch,
+    plan: Any,
+    label_smoothing: float = 0.0,
+    memory_targets: Tensor | None = None,
+) -> Tensor:
     """ER's loss: the stream loss through the plan (identity for plain ER) plus the memory CE.
 
     The gradients of both terms reach one optimizer step, as Mai's two ``backward`` calls
@@ -246,7 +282,9 @@ def average_accuracy(matrix: list[list[float]] | Tensor, after: int | None = Non
     return float(a[i].mean())
 
 
-def average_forgetting(matrix: list[list[float]] | Tensor, mode: str = "paper", after: int | None = None) -> float:
+def average_forgetting(
+    matrix: list[list[float]] | Tensor, mode: str = "paper", after: int | None = None
+) -> float:
     """Average forgetting after task ``i`` (default: the last row; 0-based; needs ``i >= 1``).
 
     ``paper`` (DualMix Eq. 15): ``1/i sum_{j<i} (max_{l<i} a[l, j] - a[i, j])``.
@@ -267,7 +305,9 @@ def average_forgetting(matrix: list[list[float]] | Tensor, mode: str = "paper", 
     raise ValueError(f"forgetting mode must be 'paper' or 'mai', got {mode!r}")
 
 
-def error_shares(pred: Tensor, targets: Tensor, new_classes: list[int], old_classes: list[int]) -> dict[str, float | None]:
+def error_shares(
+    pred: Tensor, targets: Tensor, new_classes: list[int], old_classes: list[int]
+) -> dict[str, float | None]:
     """er(n,o) and er(o,n) over test samples of the seen classes (Mai's ``agents/base.py``).
 
     er(n,o): among misclassified samples of ``new_classes``, the share predicted as an old
@@ -288,7 +328,9 @@ def error_shares(pred: Tensor, targets: Tensor, new_classes: list[int], old_clas
     return out
 
 
-def plot_accuracy_matrix(matrix: list[list[float]], path: Path, title: str = "accuracy after each task") -> Path:
+def plot_accuracy_matrix(
+    matrix: list[list[float]], path: Path, title: str = "accuracy after each task"
+) -> Path:
     """Heat map of ``a[i, j]`` (rows: after task i; columns: test set of task j), in percent."""
     import matplotlib
 
@@ -301,7 +343,15 @@ def plot_accuracy_matrix(matrix: list[list[float]], path: Path, title: str = "ac
     im = ax.imshow(a, vmin=0, vmax=100, cmap="viridis")
     for i in range(n_rows):
         for j in range(n_cols):
-            ax.text(j, i, f"{a[i, j]:.0f}", ha="center", va="center", color="w" if a[i, j] < 60 else "k", fontsize=8)
+            ax.text(
+                j,
+                i,
+                f"{a[i, j]:.0f}",
+                ha="center",
+                va="center",
+                color="w" if a[i, j] < 60 else "k",
+                fontsize=8,
+            )
     ax.set_xticks(range(n_cols), [f"T{j + 1}" for j in range(n_cols)])
     ax.set_yticks(range(n_rows), [f"after T{i + 1}" for i in range(n_rows)])
     ax.set_xlabel("test set of task")
@@ -314,12 +364,14 @@ def plot_accuracy_matrix(matrix: list[list[float]], path: Path, title: str = "ac
 
 
 # =============================================================================== the protocol
-def _task_batches(dataset: Any, task: int, offset: int, cfg: ContinualConfig, seed: int, n_pass: int, skip: int) -> list[tuple[int, Batch]]:
+def _task_batches(
+    dataset: Any, task: int, offset: int, cfg: ContinualConfig, seed: int, n_pass: int, skip: int
+) -> list[tuple[int, Tensor]]:
     """The task's stream batches (shuffled from (seed, task, pass), ``drop_last``), skipping ``skip``."""
     n = len(dataset)
     bs = cfg.batch_size
     per_pass = n // bs
-    out: list[tuple[int, Batch]] = []
+    out: list[tuple[int, Tensor]] = []
     for p in range(n_pass):
         if cfg.shuffle:
             g = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * task + p)
@@ -356,7 +408,13 @@ class _Progress:
 
     def state_dict(self) -> dict[str, Any]:
         er = [{k: (-1.0 if v is None else v) for k, v in d.items()} for d in self.er]
-        return {"matrix": self.matrix, "val_matrix": self.val_matrix, "er": er, "task_metrics": self.task_metrics, "steps": self.steps}
+        return {
+            "matrix": self.matrix,
+            "val_matrix": self.val_matrix,
+            "er": er,
+            "task_metrics": self.task_metrics,
+            "steps": self.steps,
+        }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.matrix, self.val_matrix = sd["matrix"], sd["val_matrix"]
@@ -374,7 +432,12 @@ def _save(trainer: Any, name: str, buffer: ReplayBuffer, progress: _Progress) ->
 
     if trainer.save_checkpoint(name) is None:
         return
-    payload = {"step": trainer.state.step, "task": trainer.state.task, "buffer": buffer.state_dict(), "progress": progress.state_dict()}
+    payload = {
+        "step": trainer.state.step,
+        "task": trainer.state.task,
+        "buffer": buffer.state_dict(),
+        "progress": progress.state_dict(),
+    }
     ckpt.save_checkpoint(payload, _side_file(trainer, name), keep_previous=False)
 
 
@@ -384,15 +447,21 @@ def _restore(trainer: Any, buffer: ReplayBuffer, progress: _Progress) -> None:
 
     path = _side_file(trainer, "last")
     if not path.is_file():
-        raise CheckpointError(f"resuming a continual run needs {str(path)!r} (the replay buffer and accuracy matrix)")
+        raise CheckpointError(
+            f"resuming a continual run needs {str(path)!r} (the replay buffer and accuracy matrix)"
+        )
     data = ckpt.load_checkpoint(path)
     if int(data["step"]) != trainer.state.step or int(data["task"]) != trainer.state.task:
-        raise CheckpointError(f"{str(path)!r} (step {data['step']}) does not match the checkpoint last.pt (step {trainer.state.step})")
+        raise CheckpointError(
+            f"{str(path)!r} (step {data['step']}) does not match the checkpoint last.pt (step {trainer.state.step})"
+        )
     buffer.load_state_dict(data["buffer"])
     progress.load_state_dict(data["progress"])
 
 
-def _evaluate_tasks(trainer: Any, datasets: list[Any], stage: str, task: int, task_classes: list[list[int]]) -> tuple[list[float], dict[str, float | None]]:
+def _evaluate_tasks(
+    trainer: Any, datasets: list[Any], stage: str, task: int, task_classes: list[list[int]]
+) -> tuple[list[float], dict[str, float | None]]:
     """Accuracy on each task's split, and the error shares over the seen tasks' samples."""
     accs, preds, targets = [], [], []
     for j, ds in enumerate(datasets):
@@ -408,7 +477,7 @@ def _evaluate_tasks(trainer: Any, datasets: list[Any], stage: str, task: int, ta
 
 
 def _stop_requested(trainer: Any) -> bool:
-    return getattr(trainer, "_stop_signal", None) is not None
+    return bool(trainer.stop_requested)
 
 
 def fit_continual(trainer: Any) -> dict[str, Any]:
@@ -455,8 +524,9 @@ def fit_continual(trainer: Any) -> dict[str, Any]:
             batch = _load_batch(dataset, rows, offset, t).to(state.device)
             raw = batch.replace(extras={})
             if len(buffer) > 0:
-                memory = host.slot("replay_retrieve", expected=Batch, buffer=buffer, batch=raw, state=state)
-                batch.extras["memory"] = memory
+                memory = host.slot("replay_retrieve", expected=Batch, allow_none=True, buffer=buffer, batch=raw, state=state)
+                if memory is not None:
+                    batch.extras["memory"] = memory
             out = trainer.train_step(batch)
             if buffer.capacity > 0:
                 host.slot("replay_update", buffer=buffer, batch=raw, state=state)
@@ -467,7 +537,9 @@ def fit_continual(trainer: Any) -> dict[str, Any]:
                     sums[key] = sums.get(key, 0.0) + v
             if _stop_requested(trainer):
                 _save(trainer, "last", buffer, progress)
-                raise RunInterrupted(f"stopped at step {state.step} (task {t + 1}, batch {k + 1}); resume with `mixhub train --resume {trainer.folder.path}`")
+                raise RunInterrupted(
+                    f"stopped at step {state.step} (task {t + 1}, batch {k + 1}); resume with `mixhub train --resume {trainer.folder.path}`"
+                )
         skip = 0
         host.collect("mixhub_task_end", state=state)
         task_rec: dict[str, float] = {}
@@ -484,14 +556,27 @@ def fit_continual(trainer: Any) -> dict[str, Any]:
         if cfg.eval_val and stream.val is not None:
             val_accs, _ = _evaluate_tasks(trainer, stream.val, "val", eval_task, eval_classes)
             progress.val_matrix.append(val_accs)
-        rec = {"epoch": t, "split": "task", "task": t + 1, "step": state.step, **{k: v / max(count, 1) for k, v in sums.items()}}
+        rec = {
+            "epoch": t,
+            "split": "task",
+            "task": t + 1,
+            "step": state.step,
+            **{k: v / max(count, 1) for k, v in sums.items()},
+        }
         rec.update({f"acc_task{j + 1}": a for j, a in enumerate(accs)})
         rec.update(avg_acc_seen=sum(accs[: eval_task + 1]) / (eval_task + 1), avg_acc=sum(accs) / len(accs))
         rec.update({k: v for k, v in shares.items() if v is not None})
         rec.update(task_rec)
         rec["buffer_size"] = len(buffer)
         trainer.folder.log(rec)
-        log.info("task %d/%d: acc per task %s, er(n,o) %s, er(o,n) %s", t + 1, len(phases), [round(a, 3) for a in accs], shares["er_no"], shares["er_on"])
+        log.info(
+            "task %d/%d: acc per task %s, er(n,o) %s, er(o,n) %s",
+            t + 1,
+            len(phases),
+            [round(a, 3) for a in accs],
+            shares["er_no"],
+            shares["er_on"],
+        )
         state.task = state.epoch = t + 1
         trainer.batch_in_epoch = 0
         _save(trainer, "last", buffer, progress)
@@ -499,9 +584,10 @@ def fit_continual(trainer: Any) -> dict[str, Any]:
     return _summary(trainer, cfg, progress, buffer, time.time() - t_start)
 
 
-def _summary(trainer: Any, cfg: ContinualConfig, progress: _Progress, buffer: ReplayBuffer, elapsed: float) -> dict[str, Any]:
+def _summary(
+    trainer: Any, cfg: ContinualConfig, progress: _Progress, buffer: ReplayBuffer, elapsed: float
+) -> dict[str, Any]:
     matrix = progress.matrix
-    T = len(matrix[0])
     iid = cfg.protocol == "iid"
     test: dict[str, Any] = {"avg_acc": average_accuracy(matrix)}
     test["acc"] = test["avg_acc"]
@@ -545,8 +631,11 @@ def _summary(trainer: Any, cfg: ContinualConfig, progress: _Progress, buffer: Re
         "stream_time_s": elapsed,
     }
     if trainer.folder.enabled and trainer.config.train.plots:
-        plot_accuracy_matrix(matrix, trainer.folder.path / "accuracy_matrix.png",
-                             f"{'i.i.d. offline' if iid else 'accuracy after each task'}: A={test['avg_acc'] * 100:.1f}%")
+        plot_accuracy_matrix(
+            matrix,
+            trainer.folder.path / "accuracy_matrix.png",
+            f"{'i.i.d. offline' if iid else 'accuracy after each task'}: A={test['avg_acc'] * 100:.1f}%",
+        )
     for split in ("test", "val"):
         if split in summary:
             trainer.folder.log({"epoch": len(matrix), "split": f"final_{split}", **summary[split]})

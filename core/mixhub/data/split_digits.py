@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from ..errors import DataError
 from . import register_dataset
@@ -30,7 +31,7 @@ from .bundled import DIGITS_MEAN, DIGITS_STD, digits_images
 
 __all__ = ["build_split_digits", "class_order", "shifted_replicas"]
 
-OPTIONS = {"tasks": 5, "replicas": 1, "shift": 1, "noise": 0.03, "class_order": "random"}
+OPTIONS: dict[str, Any] = {"tasks": 5, "replicas": 1, "shift": 1, "noise": 0.03, "class_order": "random"}
 
 
 def class_order(num_classes: int, seed: int, order: Any = "random") -> list[int]:
@@ -39,7 +40,9 @@ def class_order(num_classes: int, seed: int, order: Any = "random") -> list[int]
         return [int(c) for c in np.random.default_rng(seed + 7_777).permutation(num_classes)]
     order = [int(c) for c in order]
     if sorted(order) != list(range(num_classes)):
-        raise DataError(f"data.options.class_order must be 'random' or a permutation of 0..{num_classes - 1}, got {order}")
+        raise DataError(
+            f"data.options.class_order must be 'random' or a permutation of 0..{num_classes - 1}, got {order}"
+        )
     return order
 
 
@@ -60,7 +63,9 @@ def shifted_replicas(x: np.ndarray, replicas: int, shift: int, noise: float, see
         for i in range(n):
             dy, dx = int(offsets[i, 0]), int(offsets[i, 1])
             src = x[i, max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)]
-            out[r * n + i, max(0, dy) : max(0, dy) + src.shape[0], max(0, dx) : max(0, dx) + src.shape[1]] = src
+            out[r * n + i, max(0, dy) : max(0, dy) + src.shape[0], max(0, dx) : max(0, dx) + src.shape[1]] = (
+                src
+            )
         if noise > 0:
             block = out[r * n : (r + 1) * n]
             block += rng.normal(0.0, noise, size=block.shape).astype(np.float32)
@@ -72,10 +77,14 @@ def _options(cfg: Any) -> dict[str, Any]:
     opts = dict(OPTIONS)
     bad = set(cfg.options) - set(OPTIONS)
     if bad:
-        raise DataError(f"data.options: unknown option(s) {sorted(bad)} for split-digits (known: {sorted(OPTIONS)})")
+        raise DataError(
+            f"data.options: unknown option(s) {sorted(bad)} for split-digits (known: {sorted(OPTIONS)})"
+        )
     opts.update(cfg.options)
     if int(opts["tasks"]) < 1 or 10 % int(opts["tasks"]):
-        raise DataError(f"data.options.tasks must divide the 10 digits classes (1, 2, 5 or 10), got {opts['tasks']}")
+        raise DataError(
+            f"data.options.tasks must divide the 10 digits classes (1, 2, 5 or 10), got {opts['tasks']}"
+        )
     if int(opts["replicas"]) < 1 or int(opts["shift"]) < 0 or float(opts["noise"]) < 0:
         raise DataError("data.options: replicas must be >= 1, shift and noise >= 0")
     return opts
@@ -89,7 +98,9 @@ def build_split_digits(cfg: Any, seed: int) -> DataBundle:
     ``data.split_seed`` (default: the run seed).
     """
     if cfg.augment != "none":
-        raise DataError("data.augment must be 'none' for split-digits: continual streams are not augmented by the loader")
+        raise DataError(
+            "data.augment must be 'none' for split-digits: continual streams are not augmented by the loader"
+        )
     if cfg.val_frac + cfg.test_frac >= 1.0:
         raise DataError("data.val_frac + data.test_frac must be below 1")
     opts = _options(cfg)
@@ -99,7 +110,7 @@ def build_split_digits(cfg: Any, seed: int) -> DataBundle:
     order = class_order(10, seed, opts["class_order"])
     per = 10 // n_tasks
     task_classes = [order[t * per : (t + 1) * per] for t in range(n_tasks)]
-    kw = dict(image=True, mean=DIGITS_MEAN, std=DIGITS_STD)
+    kw: dict[str, Any] = dict(image=True, mean=DIGITS_MEAN, std=DIGITS_STD)
 
     def subset(idx: np.ndarray, classes: list[int]) -> np.ndarray:
         return idx[np.isin(y[idx], classes)]
@@ -107,13 +118,19 @@ def build_split_digits(cfg: Any, seed: int) -> DataBundle:
     task_x, task_y = [], []
     for t, classes in enumerate(task_classes):
         idx = subset(train_idx, classes)
-        xr = shifted_replicas(x[idx], int(opts["replicas"]), int(opts["shift"]), float(opts["noise"]), seed * 101 + t)
+        xr = shifted_replicas(
+            x[idx], int(opts["replicas"]), int(opts["shift"]), float(opts["noise"]), seed * 101 + t
+        )
         task_x.append(xr)
         task_y.append(np.tile(y[idx], int(opts["replicas"])))
-    tasks = [ArrayDataset(tx, ty, **kw) for tx, ty in zip(task_x, task_y)]
+    tasks: list[Dataset] = [ArrayDataset(tx, ty, **kw) for tx, ty in zip(task_x, task_y)]
     train = ArrayDataset(np.concatenate(task_x), np.concatenate(task_y), **kw)
-    tests = [ArrayDataset(x[subset(test_idx, c)], y[subset(test_idx, c)], **kw) for c in task_classes]
-    vals = [ArrayDataset(x[subset(val_idx, c)], y[subset(val_idx, c)], **kw) for c in task_classes]
+    tests: list[Dataset] = [
+        ArrayDataset(x[subset(test_idx, c)], y[subset(test_idx, c)], **kw) for c in task_classes
+    ]
+    vals: list[Dataset] = [
+        ArrayDataset(x[subset(val_idx, c)], y[subset(val_idx, c)], **kw) for c in task_classes
+    ]
     stream = TaskStream(tasks=tasks, task_classes=task_classes, test=tests, val=vals)
     return DataBundle(
         train=train,
@@ -131,7 +148,7 @@ def build_split_digits(cfg: Any, seed: int) -> DataBundle:
             "replicas": int(opts["replicas"]),
             "shift": int(opts["shift"]),
             "noise": float(opts["noise"]),
-            "train_per_task": [len(t) for t in tasks],
+            "train_per_task": [len(ty) for ty in task_y],
             "val": len(val_idx),
             "test": len(test_idx),
         },
