@@ -27,7 +27,7 @@ def test_cli_trains_a_timm_model_and_writes_the_run_folder(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["test"]) >= {"acc", "nll", "ece", "adaece", "brier", "nll_ts", "ece_ts"}
     assert summary["plugins"] == {"mixup": "0.1.0"}
-    for f in ("config.yaml", "metrics.jsonl", "metrics.csv", "loss.png", "reliability.png", "checkpoints/last.pt", "checkpoints/best.pt"):
+    for f in ("config.yaml", "metrics.jsonl", "metrics.csv", "loss.png", "reliability.png", "checkpoints/last.pt", "checkpoints/best.pt", "checkpoints/export.pt"):
         assert (out / f).exists(), f
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {r["split"] for r in lines} >= {"train", "val", "final_test"}

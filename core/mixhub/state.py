@@ -17,8 +17,11 @@ class ModuleSpec:
     """A plugin-owned module registered with ``State.register_module``.
 
     The core moves it to the device, saves it in checkpoints, keeps it in the mode asked
-    (``train_mode``: ``True``/``False``, or ``None`` to follow the model), and gives trainable
-    ones their own parameter group with ``group`` options (``lr``, ``weight_decay``, ``min_lr``).
+    (``train_mode``: ``True``/``False``, or ``None`` to follow the model), gives trainable
+    ones their own parameter group with ``group`` options (``lr``, ``weight_decay``, ``min_lr``)
+    and averages their gradients across processes under DDP. ``export=True`` makes it the
+    module written to ``checkpoints/export.pt`` at the end of a run (e.g. an EMA teacher)
+    instead of the trained model.
     """
 
     owner: str
@@ -27,6 +30,7 @@ class ModuleSpec:
     trainable: bool = True
     train_mode: bool | None = None
     group: dict[str, Any] = field(default_factory=dict)
+    export: bool = False
 
 
 @dataclass
@@ -103,6 +107,7 @@ class State:
         *,
         trainable: bool = True,
         train_mode: bool | None = None,
+        export: bool = False,
         **group: Any,
     ) -> nn.Module:
         """Register a plugin-owned module (see ``ModuleSpec``); returns it moved to the device.
@@ -112,10 +117,13 @@ class State:
         key = f"{owner}.{name}"
         if key in self.modules:
             raise ValueError(f"plugin {owner!r} registered module {name!r} twice")
+        if export and any(m.export for m in self.modules.values()):
+            other = next(k for k, m in self.modules.items() if m.export)
+            raise ValueError(f"plugin {owner!r} marks module {name!r} for export, but {other!r} already is")
         module = module.to(self.device)
         if not trainable:
             module.requires_grad_(False)
-        self.modules[key] = ModuleSpec(owner, name, module, trainable, train_mode, dict(group))
+        self.modules[key] = ModuleSpec(owner, name, module, trainable, train_mode, dict(group), export)
         return module
 
     def module(self, owner: str, name: str) -> nn.Module:

@@ -337,6 +337,8 @@ class Trainer:
         if self.config.train.clip_grad_norm is not None:
             params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, self.config.train.clip_grad_norm)
+        if self.world_size > 1:
+            self._sync_module_grads()
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -351,6 +353,18 @@ class Trainer:
         out.update({k: float(v) for k, v in state.log.items()})
         state.log.clear()
         return out
+
+    def _sync_module_grads(self) -> None:
+        """Average the gradients of plugin-registered trainable modules across processes
+        (the model itself is synchronised by DistributedDataParallel)."""
+        world = float(self.world_size)
+        for spec in self.state.modules.values():
+            if not spec.trainable:
+                continue
+            for p in spec.module.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad.div_(world)
 
     # ------------------------------------------------------------------ evaluation
     def eval_model(self) -> nn.Module:
@@ -569,6 +583,21 @@ class Trainer:
             return {k: v / max(total, 1.0) for k, v in zip(keys, vals)}
         return {k: sums[k] / max(count, 1) for k in keys}
 
+    def export_module(self) -> tuple[str, nn.Module]:
+        """The module a run exports: one registered with ``export=True``, else the (EMA) model."""
+        for key, spec in self.state.modules.items():
+            if spec.export:
+                return key, spec.module
+        return ("ema" if self.ema is not None else "model"), self.eval_model()
+
+    def write_export(self) -> Path | None:
+        """``checkpoints/export.pt``: the exported module's weights (``weights_only`` loadable)."""
+        if not self.folder.enabled or not self.config.train.checkpoint:
+            return None
+        name, module = self.export_module()
+        payload = {"module": name, "state_dict": module.state_dict(), "config": self.config.to_dict()}
+        return ckpt.save_checkpoint(payload, self.folder.checkpoints / "export.pt", keep_previous=False)
+
     def _maybe_best(self, val: dict[str, float], epoch: int) -> None:
         key = self.select_key
         if key not in val:
@@ -589,6 +618,9 @@ class Trainer:
                 self.ema.module.load_state_dict(data["ema"])
             for key, sd in data.get("modules", {}).items():
                 self.state.modules[key].module.load_state_dict(sd)
+            for name, sd in data.get("plugins", {}).items():
+                self.host.call_plugin(name, "mixhub_load_state_dict", state_dict=sd, state=self.state)
+        self.write_export()
         summary: dict[str, Any] = {"best_epoch": self.best["epoch"], "select": self.select_key, "steps": self.state.step}
         temperature = None
         val_outs, val_t = self.predict(self.bundle.val, "val")
