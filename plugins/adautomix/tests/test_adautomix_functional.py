@@ -1,0 +1,313 @@
+"""The functional API against the spec's test vectors and independent computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from mixhub_adautomix import (
+    MaskGenerator,
+    apply_lam_margin,
+    cosine_consistency,
+    ema_momentum,
+    ema_update_,
+    generator_objective,
+    is_adversarial_step,
+    mask_statistics,
+    mix_ce,
+    mix_with_masks,
+    sample_mix_lambdas,
+)
+from torch import nn
+
+C = 4
+
+
+def _fixed_generator(lam_concat: bool, scale: int = 2) -> MaskGenerator:
+    """The spec's fixed weights (C = 4, reduction 2, d = 2)."""
+    g = MaskGenerator(C, 2, lam_concat=lam_concat, scale_factor=scale)
+    cp = C + int(lam_concat)
+    with torch.no_grad():
+        for o in range(2):
+            for c in range(cp):
+                g.conv_q.weight[o, c, 0, 0] = 0.5 * math.sin(1 + o * cp + c)
+                g.conv_k.weight[o, c, 0, 0] = 0.5 * math.cos(2 + o * cp + c)
+            g.conv_q.bias[o] = 0.1 * (o + 1)
+            g.conv_k.bias[o] = -0.1 * (o + 1)
+        for c in range(cp):
+            g.conv_v.weight[0, c, 0, 0] = 0.3 * (c + 1) * (-1) ** c
+        g.conv_v.bias.fill_(0.05)
+    return g
+
+
+def _fixed_features(n: int, h: int = 2, w: int = 2) -> list[torch.Tensor]:
+    b_, c_, y_, x_ = torch.meshgrid(
+        torch.arange(2.0),
+        torch.arange(float(C)),
+        torch.arange(float(h)),
+        torch.arange(float(w)),
+        indexing="ij",
+    )
+    return [torch.sin(0.5 * (c_ + 1) + 0.9 * y_ - 0.6 * x_ + 1.3 * i + 0.7 * b_) for i in range(n)]
+
+
+VECTORS = {
+    (2, False): (
+        [0.314545, 0.314364, 0.314004, 0.313824],
+        [0.360303, 0.360452, 0.360748, 0.360896],
+        [0.314407, 0.685593],
+    ),
+    (2, True): (
+        [0.466435, 0.465930, 0.464920, 0.464415],
+        [0.504709, 0.506303, 0.509492, 0.511086],
+        [0.464908, 0.535092],
+    ),
+    (3, False): (
+        [0.165385, 0.164327, 0.162225, 0.161182],
+        [0.249748, 0.249786, 0.249861, 0.249898],
+        [0.167229, 0.377329, 0.455442],
+    ),
+    (3, True): (
+        [0.231697, 0.231254, 0.230370, 0.229928],
+        [0.321336, 0.320939, 0.320145, 0.319748],
+        [0.233293, 0.374718, 0.391989],
+    ),
+}
+LAMS = {2: (0.7, 0.3), 3: (0.5, 0.3, 0.2)}
+
+
+def _reference_masks(g: MaskGenerator, feats: list[torch.Tensor], lams: tuple[float, ...]) -> torch.Tensor:
+    """Independent loop implementation of the spec's section 3 (per image, per pixel)."""
+    n = len(feats)
+    b, _, h, w = feats[0].shape
+    d = g.inter_channels
+    out = torch.zeros(b, n, h, w, dtype=torch.float64)
+    wq, bq = g.conv_q.weight[:, :, 0, 0].double(), g.conv_q.bias.double()
+    wk, bk = g.conv_k.weight[:, :, 0, 0].double(), g.conv_k.bias.double()
+    wv, bv = g.conv_v.weight[0, :, 0, 0].double(), g.conv_v.bias.double()
+    for bi in range(b):
+        zs = []
+        for i in range(n):
+            z = feats[i][bi].double().reshape(feats[i].shape[1], -1)  # [C, hw]
+            if g.lam_concat:
+                z = torch.cat([z, torch.full((1, h * w), lams[i], dtype=torch.float64)])
+            zs.append(z)
+        q = [torch.relu(wq @ z + bq[:, None]) for z in zs]  # [d, hw]
+        k = [torch.relu(wk @ z + bk[:, None]) for z in zs]
+        v = [wv @ z + bv for z in zs]  # [hw]
+        for i in range(n):
+            logits = sum(q[i].T @ k[j] for j in range(n) if j != i) / math.sqrt(d)
+            attn = torch.softmax(logits, dim=-1)
+            out[bi, i] = (attn @ v[i]).reshape(h, w)
+    up = F.interpolate(out, scale_factor=g.scale_factor, mode="bilinear", align_corners=False)
+    return up.softmax(dim=1)
+
+
+@pytest.mark.parametrize("n,lam_concat", list(VECTORS))
+def test_mask_generator_matches_spec_vectors(n: int, lam_concat: bool) -> None:
+    g = _fixed_generator(lam_concat)
+    feats = _fixed_features(n)
+    m = g(feats, LAMS[n])
+    row0, row1, means = VECTORS[(n, lam_concat)]
+    assert m.shape == (2, n, 4, 4)
+    torch.testing.assert_close(m[0, 0, 0], torch.tensor(row0), atol=2e-6, rtol=0)
+    torch.testing.assert_close(m[1, 0, 3], torch.tensor(row1), atol=2e-6, rtol=0)
+    torch.testing.assert_close(m[0].mean((1, 2)), torch.tensor(means), atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("n,lam_concat", list(VECTORS))
+def test_mask_generator_matches_loop_reference(n: int, lam_concat: bool) -> None:
+    g = _fixed_generator(lam_concat)
+    feats = _fixed_features(n)
+    ref = _reference_masks(g, feats, LAMS[n]).float()
+    torch.testing.assert_close(g(feats, LAMS[n]), ref, atol=1e-6, rtol=0)
+
+
+def test_non_square_maps_follow_the_formula() -> None:
+    g = _fixed_generator(True)
+    feats = _fixed_features(3, h=2, w=3)
+    m = g(feats, LAMS[3])
+    assert m.shape == (2, 3, 4, 6)
+    torch.testing.assert_close(m, _reference_masks(g, feats, LAMS[3]).float(), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("lam_concat,tol", [(False, 1e-3), (True, 1e-2)])
+@torch.no_grad()
+def test_masks_sum_to_one_and_start_uniform(n: int, lam_concat: bool, tol: float) -> None:
+    """At the N(0, 0.01) init: masks sum to 1, are spatially constant and near 1/N.
+
+    The distance to 1/N scales with init_std times the input magnitude; the lambda channel
+    (magnitude up to 1) alone shifts the values by ~0.01 * lam, hence the looser bound.
+    """
+    torch.manual_seed(0)
+    g = MaskGenerator(16, lam_concat=lam_concat, scale_factor=4)
+    for lams in ([0.05] + [0.95 / (n - 1)] * (n - 1), [1.0 / n] * n):
+        feats = [0.1 * torch.randn(3, 16, 4, 4) for _ in range(n)]
+        m = g(feats, lams)
+        assert m.shape == (3, n, 16, 16)
+        assert float(m.min()) >= 0
+        torch.testing.assert_close(m.sum(1), torch.ones(3, 16, 16))
+        assert float((m - 1.0 / n).abs().max()) < tol
+        assert float(m.flatten(2).std(2).max()) < 1e-5  # spatially constant at init
+
+
+@torch.no_grad()
+def test_mask_generator_init_and_validation() -> None:
+    g = MaskGenerator(64, reduction=2, norm="bn")
+    assert g.conv_q.bias is None and isinstance(g.norm_q, nn.BatchNorm2d)
+    assert abs(float(g.conv_q.weight.std()) - 0.01) < 2e-3 and float(g.conv_v.bias.abs().max()) == 0
+    assert g.conv_q.in_channels == 64 and g.inter_channels == 32
+    assert MaskGenerator(64, lam_concat=True).conv_q.in_channels == 65
+    with pytest.raises(ValueError, match="at least 2"):
+        g([torch.zeros(1, 64, 2, 2)], [1.0])
+    with pytest.raises(ValueError, match="one shape"):
+        g([torch.zeros(1, 64, 2, 2), torch.zeros(1, 64, 2, 3)], [0.5, 0.5])
+    with pytest.raises(ValueError, match="lambda"):
+        g([torch.zeros(1, 64, 2, 2)] * 2, [1.0])
+
+
+def test_nan_policy() -> None:
+    g = MaskGenerator(4, scale_factor=1)
+    feats = [torch.full((1, 4, 2, 2), float("nan")), torch.zeros(1, 4, 2, 2)]
+    m = g(feats, [0.5, 0.5])
+    assert torch.isfinite(m).all()
+    g_raise = MaskGenerator(4, scale_factor=1, nan_policy="raise")
+    with pytest.raises(FloatingPointError, match="adautomix"):
+        g_raise(feats, [0.5, 0.5])
+
+
+def test_mix_with_masks() -> None:
+    torch.manual_seed(1)
+    xs = [torch.randn(2, 3, 4, 4) for _ in range(3)]
+    masks = torch.rand(2, 3, 4, 4).softmax(1)
+    expected = sum(masks[:, i : i + 1].expand(-1, 3, -1, -1) * xs[i] for i in range(3))
+    torch.testing.assert_close(mix_with_masks(xs, masks), expected)
+    with pytest.raises(ValueError, match="masks must be"):
+        mix_with_masks(xs[:2], masks)
+    with pytest.raises(ValueError, match="does not match"):
+        mix_with_masks(xs, torch.rand(2, 3, 2, 2))
+    with pytest.raises(ValueError, match="batch sizes"):
+        mix_with_masks([x[:1] for x in xs], masks)
+
+
+def test_sample_mix_lambdas() -> None:
+    lam = sample_mix_lambdas(3, 1.0, torch.Generator().manual_seed(3))
+    assert len(lam) == 3 and abs(sum(lam) - 1) < 1e-9 and min(lam) >= 0
+    assert lam == sample_mix_lambdas(3, 1.0, torch.Generator().manual_seed(3))
+    raw = sample_mix_lambdas(2, 1.0, torch.Generator().manual_seed(3), sampler="raw_beta")
+    assert len(raw) == 2 and all(0 <= v <= 1 for v in raw)
+    d = sample_mix_lambdas(3, 0.5, torch.Generator().manual_seed(4), sampler="dirichlet")
+    assert abs(sum(d) - 1) < 1e-9
+    # the normalised Beta is not a Dirichlet: with alpha = 1 its first component has mean 1/3
+    # but a smaller spread than Dirichlet(1, 1, 1) (var 1/18 ~ 0.056; here ~0.033)
+    g = torch.Generator().manual_seed(5)
+    first = torch.tensor([sample_mix_lambdas(3, 1.0, g)[0] for _ in range(3000)])
+    assert abs(float(first.mean()) - 1 / 3) < 0.02
+    assert float(first.var()) < 0.045
+    gd = torch.Generator().manual_seed(6)
+    first_d = torch.tensor([sample_mix_lambdas(3, 1.0, gd, sampler="dirichlet")[0] for _ in range(3000)])
+    assert abs(float(first_d.var()) - 1 / 18) < 0.006
+    with pytest.raises(ValueError):
+        sample_mix_lambdas(3, 1.0, sampler="nope")
+
+
+def test_losses_match_spec_example() -> None:
+    mixed = torch.tensor([[1.0, 2, 0], [0, 1, 3]])
+    s1 = torch.tensor([[1.0, 0, 0], [0, 0, 1]])
+    s2 = torch.tensor([[0.0, 1, 0], [1, 1, 1]])
+    lam = (0.7, 0.3)
+    cos = cosine_consistency(mixed, [s1, s2], lam)
+    assert abs(float(cos) - 0.732273) < 1e-6
+    y1, y2 = torch.tensor([0, 2]), torch.tensor([1, 1])
+    lk = mix_ce(mixed, [y1, y2], lam)
+    assert abs(float(lk) - 0.938726) < 1e-6
+    assert abs(float(generator_objective(lk, cos, True, 0.3)) - 0.230973) < 1e-6
+    assert abs(float(generator_objective(lk, cos, False, 0.3)) - 0.938726) < 1e-6
+    anchor = generator_objective(lk, cos, True, 0.3, cos_term="anchor")
+    assert abs(float(anchor) - (-0.3 * 0.938726 + 0.7 * (1 - 0.732273))) < 1e-6
+
+
+def test_losses_match_independent_computation() -> None:
+    torch.manual_seed(2)
+    logits = torch.randn(5, 4, dtype=torch.float16)
+    ys = [torch.randint(0, 4, (5,)) for _ in range(3)]
+    lams = [0.2, 0.5, 0.3]
+    logp = torch.log_softmax(logits.double(), 1)
+    ref = sum(lam * float(-logp[torch.arange(5), y].mean()) for y, lam in zip(ys, lams))
+    out = mix_ce(logits, ys, lams)
+    assert out.dtype == torch.float32 and abs(float(out) - ref) < 1e-5
+    srcs = [torch.randn(5, 4) for _ in range(3)]
+    lf = logits.double()
+    cos_ref = sum(
+        lam * ((lf * s.double()).sum(1) / (lf.norm(dim=1) * s.double().norm(dim=1)))
+        for s, lam in zip(srcs, lams)
+    ).mean()
+    assert abs(float(cosine_consistency(logits, srcs, lams)) - float(cos_ref)) < 1e-3
+
+
+def test_alternation() -> None:
+    assert [is_adversarial_step(t) for t in range(5)] == [True, False, True, False, True]
+    assert not any(is_adversarial_step(t, 0) for t in range(5))
+    assert all(is_adversarial_step(t, 1) for t in range(5))
+
+
+def test_momentum_schedule_vectors() -> None:
+    expect = {0: 0.999, 99: 0.999, 100: 0.99902445, 500: 0.9994995, 999: 0.99999900}
+    for t, m in expect.items():
+        assert abs(ema_momentum(t, 1000) - m) < 5e-9, t
+    # the jump at the scope start (global t), and the smooth variant starting at m_0
+    assert ema_momentum(100, 1000) > 0.999
+    assert abs(ema_momentum(100, 1000, schedule="smooth") - 0.999) < 1e-12
+    assert abs(ema_momentum(1000, 1000, schedule="smooth") - 0.999999) < 1e-12
+    # linear warm-up as the official formula reads: m_0 at t = 0, rising towards m_end at the scope start
+    assert abs(ema_momentum(0, 1000, warmup="linear") - 0.999) < 1e-12
+    assert abs(ema_momentum(50, 1000, warmup="linear") - (0.999999 - 0.000999 * 0.5)) < 1e-12
+    ms = [ema_momentum(t, 240, 0.92, 0.9997) for t in range(240)]
+    assert all(b >= a for a, b in zip(ms[24:], ms[25:]))
+
+
+def test_ema_update_parameters_only() -> None:
+    torch.manual_seed(3)
+    student = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    teacher = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    student[1].running_mean.fill_(5.0)
+    old = [p.detach().clone() for p in teacher.parameters()]
+    ema_update_(teacher, student, 0.9)
+    for pt, p0, ps in zip(teacher.parameters(), old, student.parameters()):
+        torch.testing.assert_close(pt - p0, 0.1 * (ps - p0), atol=1e-7, rtol=0)
+    assert float(teacher[1].running_mean.abs().max()) == 0
+    ema_update_(teacher, student, 0.9, buffers=True)
+    assert float(teacher[1].running_mean[0]) == 5.0
+
+
+def test_lam_margin_rules() -> None:
+    masks = torch.rand(2, 2, 4, 4).softmax(1)
+    out = apply_lam_margin(masks, [0.02, 0.98], 0.03)
+    torch.testing.assert_close(out[:, 0], torch.full((2, 4, 4), 0.02))
+    torch.testing.assert_close(out[:, 1], torch.full((2, 4, 4), 0.98))
+    assert apply_lam_margin(masks, [0.5, 0.5], 0.03) is masks
+    assert apply_lam_margin(masks, [0.02, 0.98], 0.0) is masks
+    m3 = torch.rand(2, 3, 4, 4).softmax(1)
+    # official N = 3 rule tests only lam_0 (> on the upper side); "all" tests every lam
+    assert apply_lam_margin(m3, [0.5, 0.49, 0.01], 0.03) is m3
+    assert not torch.equal(apply_lam_margin(m3, [0.5, 0.49, 0.01], 0.03, rule="all"), m3)
+    torch.testing.assert_close(
+        apply_lam_margin(m3, [0.02, 0.5, 0.48], 0.03)[:, 2], torch.full((2, 4, 4), 0.48)
+    )
+    # N = 2 upper side uses >=, N = 3 uses > (margin == 1 - lam_0 exactly)
+    assert apply_lam_margin(masks, [0.75, 0.25], 0.25) is not masks
+    assert apply_lam_margin(m3, [0.75, 0.2, 0.05], 0.25) is m3
+
+
+def test_mask_statistics() -> None:
+    m = torch.zeros(2, 2, 2, 2)
+    m[:, 0] = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    m[:, 1] = 1 - m[:, 0]
+    m[1] = m[1].flip(1) * 0 + 0.5
+    s = mask_statistics(m)
+    assert abs(s["mask_mean_0"] - 0.5) < 1e-6
+    assert abs(s["mask_spatial_std"] - 0.25) < 1e-6  # image 0: std 0.5, image 1: 0
+    assert s["mask_image_std"] == 0.0
