@@ -14,6 +14,8 @@ class TestTimeNorm(nn.Module):
     other plugins (e.g. TENT) can find and train them without importing the defining plugin.
     """
 
+    __test__ = False  # not a pytest test class, despite its name
+
     weight: Tensor | None
     bias: Tensor | None
 

@@ -227,14 +227,30 @@ class Trainer:
         return [g for g in groups if len(list(g["params"])) > 0]
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, overrides: dict[str, Any] | None = None, *, extra_plugins: dict[str, Any] | None = None, write: bool = False, out: str | Path | None = None) -> Trainer:
-        """Rebuild a trained run from a checkpoint (its saved config plus ``overrides``)."""
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        overrides: dict[str, Any] | None = None,
+        *,
+        extra_plugins: dict[str, Any] | None = None,
+        write: bool = False,
+        out: str | Path | None = None,
+        allow_new_plugins: bool = False,
+    ) -> Trainer:
+        """Rebuild a trained run from a checkpoint (its saved config plus ``overrides``).
+
+        ``allow_new_plugins`` lets ``overrides`` activate plugins the training run did not
+        have (test-time methods); plugins active in both runs get their saved state back.
+        """
         from .config import apply_overrides
 
         data = ckpt.load_checkpoint(path)
         raw = apply_overrides(data["config"], overrides or {})
         trainer = cls(raw, extra_plugins=extra_plugins, write=write, out=out or Path(path).parent.parent)
-        trainer.load_state(data, weights_only=True)
+        try:
+            trainer.load_state(data, weights_only=True, allow_new_plugins=allow_new_plugins)
+        except CheckpointError as exc:
+            raise CheckpointError(f"checkpoint {str(path)!r}: {exc}") from exc
         return trainer
 
     # ------------------------------------------------------------------ the step
@@ -380,8 +396,8 @@ class Trainer:
         outs: dict[str, list[Tensor]] = {}
         targets = []
         was_training = model.training
+        model.eval()  # before the wrappers, so a wrapper's own mode choice stands
         with host.wrap("mixhub_evaluate", model=model, state=state):
-            model.eval()
             for batch in loader:
                 batch = batch.to(self.device)
                 with self.autocast():
@@ -443,11 +459,15 @@ class Trainer:
             return None
         return ckpt.save_checkpoint(self.state_payload(), self.folder.checkpoints / f"{name}.pt", keep_previous=name == "last")
 
-    def load_state(self, data: dict[str, Any], weights_only: bool = False) -> None:
-        """Restore a checkpoint; ``weights_only`` restores the model, modules and plugin state only."""
+    def load_state(self, data: dict[str, Any], weights_only: bool = False, allow_new_plugins: bool = False) -> None:
+        """Restore a checkpoint; ``weights_only`` restores the model, modules and plugin state only.
+
+        ``allow_new_plugins`` accepts active plugins the checkpoint lacks (their modules and
+        state start fresh); plugins the checkpoint has must still all be active.
+        """
         saved = set(data.get("plugin_versions", {}))
         active = set(self.host.plugins)
-        if saved != active:
+        if saved != active and not (allow_new_plugins and saved <= active):
             raise CheckpointError(f"checkpoint was written with plugins {sorted(saved)}, this run activates {sorted(active)}")
         try:
             self.model.load_state_dict(data["model"])
