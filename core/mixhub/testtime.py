@@ -352,33 +352,11 @@ def evaluate_streams(trainer: Any, out_dir: str | Path | None = None, cfg: TestT
 # =============================================================================== checkpoints
 def load_for_testtime(checkpoint_path: str | Path, overrides: dict[str, Any] | None = None, *,
                       extra_plugins: dict[str, Any] | None = None) -> Any:
-    """Rebuild a trained run from a checkpoint with ``overrides`` (e.g. test-time plugins).
-
-    Unlike ``Trainer.from_checkpoint`` this allows plugins that were not active in training
-    (test-time methods are added at evaluation); the model (and EMA) weights are loaded, and
-    the saved state of plugins active in both runs is handed back to them.
-    """
-    from . import checkpoint as ckpt
-    from .config import apply_overrides
-    from .errors import CheckpointError
+    """Rebuild a trained run from a checkpoint with ``overrides`` that add test-time plugins
+    (``Trainer.from_checkpoint`` with ``allow_new_plugins=True``)."""
     from .trainer import Trainer
 
-    data = ckpt.load_checkpoint(checkpoint_path)
-    raw = apply_overrides(data["config"], overrides or {})
-    trainer = Trainer(raw, write=False, extra_plugins=extra_plugins)
-    try:
-        trainer.model.load_state_dict(data["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {str(checkpoint_path)!r} does not match the model {trainer.config.model.name!r}: {exc}") from exc
-    if trainer.ema is not None and data.get("ema") is not None:
-        trainer.ema.module.load_state_dict(data["ema"])
-    for key, sd in data.get("modules", {}).items():
-        if key in trainer.state.modules:
-            trainer.state.modules[key].module.load_state_dict(sd)
-    for name, sd in data.get("plugins", {}).items():
-        if name in trainer.host.plugins:
-            trainer.host.call_plugin(name, "mixhub_load_state_dict", state_dict=sd, state=trainer.state)
-    return trainer
+    return Trainer.from_checkpoint(checkpoint_path, overrides, extra_plugins=extra_plugins, allow_new_plugins=True)
 
 
 def evaluate_checkpoint_streams(checkpoint_path: str | Path, overrides: dict[str, Any], out_dir: str | Path | None, *,
