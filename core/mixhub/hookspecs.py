@@ -92,7 +92,9 @@ def mixhub_mix_batch(batch: Batch, plan: MixPlan, state: State) -> Batch | None:
 
     Default: linear interpolation of the inputs with ``plan.lam`` (and ``plan.mask`` per
     pixel, or ``plan.sources`` for N sources). Targets stay unmixed; losses read
-    ``plan.y_a``, ``plan.y_b`` and ``plan.lam``.
+    ``plan.y_a``, ``plan.y_b`` and ``plan.lam``. A mixer may return more rows than it received
+    (e.g. two-directional mixing gives 2B); it then updates the plan's ``lam``, ``index``,
+    ``y_a`` and ``y_b`` to describe the same rows, since the loss reads them row by row.
     """
 
 
