@@ -35,7 +35,7 @@ OPTIONS = {"color": True, "spurious_ratio": 0.9, "copies": 1, "max_angle": 360.0
 
 
 def rotate_images(images: np.ndarray, degrees: np.ndarray) -> np.ndarray:
-    """Rotate ``[N, S, S]`` gray images counter-clockwise by ``degrees`` (bilinear, zero fill)."""
+    """Rotate ``[N, S, S]`` gray images by ``degrees`` about their centre (bilinear, zero fill)."""
     x = torch.as_tensor(images, dtype=torch.float32)[:, None]
     rad = torch.as_tensor(degrees, dtype=torch.float32) * (math.pi / 180.0)
     cos, sin = torch.cos(rad), torch.sin(rad)
@@ -59,7 +59,9 @@ def _options(cfg: Any) -> dict[str, Any]:
     opts = dict(cfg.options)
     bad = set(opts) - set(OPTIONS)
     if bad:
-        raise DataError(f"data.options: unknown option(s) {sorted(bad)} for rotdigits (known: {sorted(OPTIONS)})")
+        raise DataError(
+            f"data.options: unknown option(s) {sorted(bad)} for rotdigits (known: {sorted(OPTIONS)})"
+        )
     out = {**OPTIONS, **opts}
     if not 0.0 <= float(out["spurious_ratio"]) <= 1.0:
         raise DataError(f"data.options.spurious_ratio must lie in [0, 1], got {out['spurious_ratio']!r}")
@@ -80,9 +82,13 @@ def build_rotdigits(cfg: Any, seed: int) -> DataBundle:
         raise DataError("data.val_frac + data.test_frac must be below 1")
     rng = np.random.default_rng(int(opts["data_seed"]))
     d = load_digits()
-    base = torch.as_tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    raw = torch.as_tensor(d.images, dtype=torch.float32)[:, None] / 16.0
     size = cfg.image_size
-    base = torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)[:, 0].clamp(0, 1).numpy()
+    base = (
+        torch.nn.functional.interpolate(raw, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+        .clamp(0, 1)
+        .numpy()
+    )
     copies = int(opts["copies"])
     gray_src = np.concatenate([base] * copies)
     degrees = rng.random(len(gray_src)) * float(opts["max_angle"])
@@ -90,7 +96,13 @@ def build_rotdigits(cfg: Any, seed: int) -> DataBundle:
     y = (degrees / 360.0).astype(np.float32)
     n = len(y)
     test_idx, val_idx, train_idx = stratified_split(y, (cfg.test_frac, cfg.val_frac), seed, stratify=False)
-    info: dict[str, Any] = {"name": "rotdigits", **opts, "train": len(train_idx), "val": len(val_idx), "test": len(test_idx)}
+    info: dict[str, Any] = {
+        "name": "rotdigits",
+        **opts,
+        "train": len(train_idx),
+        "val": len(val_idx),
+        "test": len(test_idx),
+    }
     extra: dict[str, Any] = {}
     if opts["color"]:
         p = float(opts["spurious_ratio"])
@@ -103,7 +115,7 @@ def build_rotdigits(cfg: Any, seed: int) -> DataBundle:
         ood_images = paint_red_blue(gray[test_idx], ratio_ood[test_idx])
         mean = tuple(float(v) for v in images[train_idx].mean(axis=(0, 1, 2)))
         std = tuple(float(max(v, 1e-3)) for v in images[train_idx].std(axis=(0, 1, 2)))
-        kw = dict(image=True, mean=mean, std=std)
+        kw: dict[str, Any] = dict(image=True, mean=mean, std=std)
         extra["test_ood"] = ArrayDataset(ood_images, y[test_idx], **kw)
         val = ArrayDataset(val_images, y[val_idx], **kw)
     else:
