@@ -83,6 +83,10 @@ def mixhub_sample_pairs(batch: Batch, state: State) -> MixPlan | None:
     identity plan (no mixing); the ``mixup`` plugin draws a permutation and Beta(alpha, alpha).
     A plan with ``partner_source="dataset"`` makes the core fetch ``plan.index`` from the
     training set (same transforms) into ``plan.partner`` before ``mixhub_mix_batch``.
+
+    Convention for samplers: an option named ``lam_mode`` says whether lam is drawn once per
+    batch (``"batch"``) or per sample (any other value), so loss plugins that need one lam per
+    batch (e.g. ``decoupled``) can reject an incompatible sampler at validation time.
     """
 
 
