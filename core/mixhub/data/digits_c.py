@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from torch.utils.data import Dataset
 
 from .._util import did_you_mean
 from ..errors import DataError
@@ -140,11 +141,11 @@ def build_digits_c(cfg: Any, seed: int) -> DataBundle:
     test_idx, val_idx, train_idx = stratified_split(y, (cfg.test_frac, cfg.val_frac), seed)
     train_idx = keep_fraction(train_idx, y, cfg.train_frac, seed)
     y_train = noisy_labels(y[train_idx], cfg.label_noise, 10, seed)
-    kw = dict(image=True, mean=DIGITS_MEAN, std=DIGITS_STD)
+    kw: dict[str, Any] = dict(image=True, mean=DIGITS_MEAN, std=DIGITS_STD)
     train = ArrayDataset(x[train_idx], y_train, transform=build_augment(cfg.augment, cfg.image_size), **kw)
     key = tuple((n, int(s)) for s in sevs for n in names)
     corrupted = _cached(cfg.image_size, seed, cfg.test_frac, cfg.val_frac, key, cseed)
-    extra = {name: ArrayDataset(imgs, y[test_idx], **kw) for name, imgs in corrupted.items()}
+    extra: dict[str, Dataset] = {name: ArrayDataset(imgs, y[test_idx], **kw) for name, imgs in corrupted.items()}
     return DataBundle(
         train=train,
         val=ArrayDataset(x[val_idx], y[val_idx], **kw),
