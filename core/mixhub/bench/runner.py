@@ -87,7 +87,7 @@ def run_suite(suite: Suite, out: str | Path, *, seeds: int | None = None, quick:
 
     out = Path(out)
     n_seeds = seeds if seeds is not None else (suite.quick_seeds if quick else suite.seeds)
-    cells = [(arm.name, s) for arm in suite.arms for s in range(n_seeds)]
+    cells = [(arm.name, s) for s in range(n_seeds) for arm in suite.arms]  # seed-major: an interrupted bench keeps whole paired seeds
     meta_path = out / "bench.json"
     meta = {"suite": suite.name, "quick": quick, "seeds": n_seeds}
     if meta_path.exists():
