@@ -12,6 +12,7 @@ from torch.utils.data import TensorDataset
 
 from mixhub import PluginSpec, hookimpl
 from mixhub.data.digits_c import CORRUPTIONS, corrupt_images
+from mixhub.testing import tiny_testtime_config, train_checkpoint
 from mixhub.testtime import (
     TestTimeConfig,
     build_episodes,
@@ -23,21 +24,12 @@ from mixhub.testtime import (
     stream_stats,
 )
 
-SOURCE = {
-    "seed": 0,
-    "data": {"name": "digits-c", "image_size": 16, "options": {"corruptions": ["gaussian_noise", "contrast"]}},
-    "model": {"name": "smallcnn", "kwargs": {"widths": [8, 16]}},
-    "train": {"epochs": 1, "batch_size": 32, "max_steps_per_epoch": 5, "plots": False, "device": "cpu"},
-}
+SOURCE = tiny_testtime_config()
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from mixhub.trainer import train
-
-    out = tmp_path_factory.mktemp("tt") / "run"
-    train(SOURCE, out=out)
-    return out / "checkpoints" / "best.pt"
+    return train_checkpoint(SOURCE, tmp_path_factory.mktemp("tt") / "run")
 
 
 class Probe:

@@ -26,7 +26,16 @@ import torch
 from .hookspecs import hookimpl
 from .plugins import TASK_KINDS, PluginSpec
 
-__all__ = ["HookRecorder", "Contract", "tiny_config", "tiny_regression_config", "model_fingerprint", "is_plain"]
+__all__ = [
+    "HookRecorder",
+    "Contract",
+    "tiny_config",
+    "tiny_regression_config",
+    "tiny_testtime_config",
+    "train_checkpoint",
+    "model_fingerprint",
+    "is_plain",
+]
 
 
 def tiny_config(**extra: Any) -> dict[str, Any]:
@@ -48,6 +57,25 @@ def tiny_regression_config(**extra: Any) -> dict[str, Any]:
         "train": {"epochs": 1, "batch_size": 16, "max_steps_per_epoch": 3, "plots": False, "sched": "none"},
     }
     return _merge(cfg, extra)
+
+
+def tiny_testtime_config(corruptions: tuple[str, ...] = ("gaussian_noise", "contrast"), **extra: Any) -> dict[str, Any]:
+    """A tiny source run on ``digits-c`` (16x16, a narrow smallcnn, five steps) for test-time tests."""
+    cfg: dict[str, Any] = {
+        "seed": 0,
+        "data": {"name": "digits-c", "image_size": 16, "options": {"corruptions": list(corruptions)}},
+        "model": {"name": "smallcnn", "kwargs": {"widths": [8, 16]}},
+        "train": {"epochs": 1, "batch_size": 32, "max_steps_per_epoch": 5, "plots": False, "device": "cpu"},
+    }
+    return _merge(cfg, extra)
+
+
+def train_checkpoint(config: dict[str, Any], out: Path, extra_plugins: dict[str, Any] | None = None) -> Path:
+    """Train ``config`` into ``out`` and return the path of its ``best.pt``."""
+    from .trainer import train
+
+    train(copy.deepcopy(config), extra_plugins, out=out)
+    return Path(out) / "checkpoints" / "best.pt"
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -7,23 +7,15 @@ import pytest
 import torch
 
 from mixhub import PluginSpec, SlotConflictError, hookimpl
+from mixhub.testing import tiny_testtime_config, train_checkpoint
 from mixhub.testtime import TestTimeConfig, evaluate_streams, load_for_testtime
 
-SOURCE = {
-    "seed": 0,
-    "data": {"name": "digits-c", "image_size": 16, "options": {"corruptions": ["contrast"]}},
-    "model": {"name": "smallcnn", "kwargs": {"widths": [8, 16]}},
-    "train": {"epochs": 1, "batch_size": 32, "max_steps_per_epoch": 5, "plots": False, "device": "cpu"},
-}
+SOURCE = tiny_testtime_config(("contrast",))
 
 
 @pytest.fixture(scope="module")
 def tent_checkpoint(tmp_path_factory):
-    from mixhub.trainer import train
-
-    out = tmp_path_factory.mktemp("tent") / "run"
-    train(SOURCE, out=out)
-    return out / "checkpoints" / "best.pt"
+    return train_checkpoint(SOURCE, tmp_path_factory.mktemp("tent") / "run")
 
 
 def _run(ckpt, overrides, **cfg):

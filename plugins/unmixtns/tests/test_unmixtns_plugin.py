@@ -10,23 +10,15 @@ from mixhub_unmixtns import UnMixTNS2d, unmix_layers
 from torch import nn
 
 from mixhub import PluginSpec, hookimpl
+from mixhub.testing import tiny_testtime_config, train_checkpoint
 from mixhub.testtime import TestTimeConfig, evaluate_streams, load_for_testtime
 
-SOURCE = {
-    "seed": 0,
-    "data": {"name": "digits-c", "image_size": 16, "options": {"corruptions": ["gaussian_noise", "contrast"]}},
-    "model": {"name": "smallcnn", "kwargs": {"widths": [8, 16]}},
-    "train": {"epochs": 1, "batch_size": 32, "max_steps_per_epoch": 5, "plots": False, "device": "cpu"},
-}
+SOURCE = tiny_testtime_config()
 
 
 @pytest.fixture(scope="module")
 def unmix_checkpoint(tmp_path_factory):
-    from mixhub.trainer import train
-
-    out = tmp_path_factory.mktemp("unmix") / "run"
-    train(SOURCE, out=out)
-    return out / "checkpoints" / "best.pt"
+    return train_checkpoint(SOURCE, tmp_path_factory.mktemp("unmix") / "run")
 
 
 class Recorder:
