@@ -43,6 +43,8 @@ def mixed_cross_entropy(logits: Tensor, plan: MixPlan, label_smoothing: float = 
     """``sum_k w_k * CE(logits, y_k)`` over the plan's sources, per-sample weights, mean over the batch."""
     logits = logits.float()
     assert plan.y_a is not None
+    if plan.known_identity:
+        return F.cross_entropy(logits, plan.y_a, label_smoothing=label_smoothing)
     total = logits.new_zeros(logits.shape[0])
     for targets, weight in plan.source_targets(plan.y_a):
         ce = F.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing)

@@ -48,6 +48,7 @@ class MixPlan:
         extras: method-specific data (e.g. ``extras["views"]``).
         y_a, y_b: targets of anchor and partner, filled in by the core (``resolve``).
         partner: the fetched partner ``Batch`` when ``partner_source == "dataset"``.
+        known_identity: set by ``identity()`` so the core can skip mixing without reading tensors.
     """
 
     index: Tensor
@@ -59,6 +60,7 @@ class MixPlan:
     y_a: Tensor | None = None
     y_b: Tensor | None = None
     partner: Batch | None = None
+    known_identity: bool = field(default=False, repr=False)
 
     # ----------------------------------------------------------------- constructors
     @classmethod
@@ -67,6 +69,7 @@ class MixPlan:
         return cls(
             index=torch.arange(batch_size, device=device),
             lam=torch.ones(batch_size, device=device),
+            known_identity=True,
         )
 
     @classmethod
@@ -91,6 +94,9 @@ class MixPlan:
 
     @property
     def is_identity(self) -> bool:
+        """No sample is mixed (cheap for plans built by ``MixPlan.identity``)."""
+        if self.known_identity:
+            return True
         if self.sources is not None or self.mask is not None or self.partner_source != "batch":
             return False
         return bool(
