@@ -56,3 +56,16 @@ def test_bench_resumes_per_cell(tmp_path):
     assert n == 3 and d == pytest.approx(0.1)
     with pytest.raises(Exception, match="full run"):
         run_suite(suite, tmp_path, quick=True, progress=False)
+
+
+def test_accuracy_matrix_plot_for_continual_suites(tmp_path):
+    def run(cfg, out):
+        (out / "run").mkdir(parents=True)
+        m = [[0.9, 0.0], [0.7, 0.95]]
+        (out / "run" / "summary.json").write_text(json.dumps({"continual": {"acc_matrix": m}}))
+        return {"test.avg_acc": 0.825}
+
+    suite = Suite("cl", "toy continual", {}, [Arm("er")], "er", ["test.avg_acc"], seeds=2, run=run, plots=["accuracy_matrix"])
+    run_suite(suite, tmp_path, progress=False)
+    assert (tmp_path / "accuracy_matrix.png").exists()
+    assert "accuracy_matrix.png" in (tmp_path / "REPORT.md").read_text()

@@ -177,6 +177,8 @@ def _plots(suite: Suite, results: dict[str, Any], agg: dict[str, Any], out: Path
         plt.close(fig)
     if "reliability" in suite.plots:
         written += _reliability(suite, results, out, plt)
+    if "accuracy_matrix" in suite.plots:
+        written += _accuracy_matrices(suite, results, out, plt)
     if suite.plot is not None:
         written += list(suite.plot(results, out) or [])
     return written
@@ -218,3 +220,33 @@ def _reliability(suite: Suite, results: dict[str, Any], out: Path, plt: Any) -> 
         fig.savefig(p, dpi=100)
     plt.close(fig)
     return [p] if drew else []
+
+
+def _accuracy_matrices(suite: Suite, results: dict[str, Any], out: Path, plt: Any) -> list[Path]:
+    """Continual suites: each arm's accuracy matrix a[i, j] (after task i, on task j), mean over seeds."""
+    mats: dict[str, list[torch.Tensor]] = {}
+    for cell in results["cells"]:
+        f = out / "cells" / cell["arm"] / f"seed{cell['seed']}" / "run" / "summary.json"
+        if f.exists():
+            m = json.loads(f.read_text()).get("continual", {}).get("acc_matrix")
+            if m:
+                mats.setdefault(cell["arm"], []).append(torch.tensor(m, dtype=torch.float64))
+    arms = [a.name for a in suite.arms if a.name in mats]
+    if not arms:
+        return []
+    fig, axes = plt.subplots(1, len(arms), figsize=(2.8 * len(arms), 2.8), squeeze=False)
+    for ax, arm in zip(axes[0], arms):
+        mean = torch.stack(mats[arm]).mean(0)
+        ax.imshow(mean.numpy(), vmin=0, vmax=1, cmap="viridis")
+        for i in range(mean.shape[0]):
+            for j in range(mean.shape[1]):
+                if j <= i:
+                    ax.text(j, i, f"{100 * mean[i, j]:.0f}", ha="center", va="center", fontsize=7, color="w")
+        ax.set_title(arm, fontsize=8)
+        ax.set_xlabel("task evaluated", fontsize=7)
+        ax.set_ylabel("after task", fontsize=7)
+    fig.tight_layout()
+    p = out / "accuracy_matrix.png"
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    return [p]

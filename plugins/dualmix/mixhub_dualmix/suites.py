@@ -94,7 +94,7 @@ def suites() -> list[Suite]:
             seeds=10,
             quick_seeds=3,
             quick=QUICK,
-            plots=["bars"],
+            plots=["bars", "accuracy_matrix"],
             comparisons=[("ER+DA", "ER+DA+EnMix"), ("ER+DA", "ER+DA+AdpMix"), ("ER+DA", "ER+DualMix")]
             + ([("ER+DualMix", "ER+DualMix(kappa=0.5)")] if m == 50 else []),
             notes=NOTES,
