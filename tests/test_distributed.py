@@ -34,3 +34,21 @@ def test_two_process_gloo_matches_single_process(tmp_path):
         for x, y in zip(a, b):
             assert abs(x - y) <= 1e-4 * max(1.0, abs(x)), (split, a, b)
     assert not (tmp_path / "ddp" / "rank1").exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test runs on Linux")
+@pytest.mark.parametrize(
+    "plugins",
+    [["mixup"], ["adautomix"], ["rankmixup"]],
+    ids=lambda p: "+".join(p),
+)
+def test_replicas_stay_identical_with_plugins(plugins, tmp_path):
+    """Plugins that run several forward calls, or reach features outside model(x), stay in sync."""
+    from mixhub.testing import tiny_config
+
+    cfg = tiny_config(plugins=plugins, train={"device": "cpu", "checkpoint": False})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "tests/ddp_worker.py"), json.dumps(cfg), str(tmp_path)]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    sums = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert sums[0] == sums[1], sums

@@ -65,3 +65,16 @@ def test_regression_target():
     b = Batch(inputs=torch.randn(3, 2), targets=torch.tensor([0.0, 1.0, 2.0]), index=torch.arange(3))
     p = MixPlan.pairs(torch.tensor([2, 0, 1]), 0.25).resolve(b)
     assert torch.allclose(p.mixed_regression_target(), torch.tensor([1.5, 0.25, 1.25]))
+
+
+def test_n_source_regression_target_and_validation():
+    b = Batch(inputs=torch.zeros(3, 1), targets=torch.tensor([0.0, 10.0, 20.0]), index=torch.arange(3))
+    w = torch.full((3,), 1 / 3)
+    sources = [(torch.arange(3), w), (torch.tensor([1, 2, 0]), w), (torch.tensor([2, 0, 1]), w)]
+    p = MixPlan(index=torch.arange(3), lam=w, sources=sources).resolve(b)
+    assert torch.allclose(p.mixed_regression_target(), torch.full((3,), 10.0))
+    bad = MixPlan(index=torch.arange(3), lam=w, sources=[(torch.tensor([0, 1, 7]), w), *sources[1:]])
+    with pytest.raises(ValueError, match=r"sources\[0\] index out of range"):
+        bad.validate(3)
+    with pytest.raises(ValueError, match="mask must lie in"):
+        MixPlan.pairs(torch.arange(3), 0.5, mask=torch.full((3, 1, 2, 2), 2.0)).validate(3)

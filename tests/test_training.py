@@ -184,3 +184,14 @@ def test_mlp_options():
     assert isinstance(m.blocks[0][1], torch.nn.BatchNorm1d) and isinstance(m.blocks[0][2], torch.nn.ReLU)
     with pytest.raises(ConfigError, match="model.kwargs.act"):
         build_model(ModelConfig(name="mlp", kwargs={"act": "tanh"}), (5,), 3)
+
+
+def test_export_file_is_not_a_training_checkpoint(tmp_path):
+    train(tiny_config(), out=tmp_path / "r")
+    with pytest.raises(CheckpointError, match="export file.*load last.pt or best.pt"):
+        Trainer.from_checkpoint(tmp_path / "r/checkpoints/export.pt")
+
+
+def test_best_weights_kept_in_memory_without_a_run_folder(tmp_path):
+    r = train(tiny_config(train={"epochs": 2}), out=tmp_path / "r", write=False)
+    assert r.trainer._best_in_memory is not None and r.summary["best_epoch"] in (0, 1)

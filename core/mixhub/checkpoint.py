@@ -33,7 +33,7 @@ def capture_rng(generator: torch.Generator | None = None) -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        out["cuda"] = torch.cuda.get_rng_state_all()
+        out["cuda"] = torch.cuda.get_rng_state()  # the current device only
     if generator is not None:
         out["generator"] = generator.get_state()
     return out
@@ -46,7 +46,7 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator | None = None)
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
     if generator is not None and "generator" in state:
         generator.set_state(state["generator"])
 

@@ -19,7 +19,7 @@ The training loop, as the core runs it (``trainer.py``)::
                     outputs = mixhub_forward(model, mixed, plan, state)     # slot
                     loss = mixhub_compute_loss(outputs, mixed, plan, state) # slot
                     loss += sum(w * v for v in mixhub_aux_losses(...))      # collectors
-                backward; clip; optimizer.step(); scheduler.step()
+                (lr for this step set) backward; (DDP: gradients all-reduced); clip; optimizer.step()
                 mixhub_after_step(state)                                     # collectors
             mixhub_epoch_end(state)
             with mixhub_evaluate(model, state):                # wrappers, around each eval pass

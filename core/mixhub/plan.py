@@ -132,9 +132,21 @@ class MixPlan:
                 f"(must be in [0, {limit}))"
             )
         if self.sources is not None:
+            for k, (idx, w) in enumerate(self.sources):
+                if idx.shape != (batch_size,) or w.shape != (batch_size,):
+                    raise ValueError(f"{owner}: MixPlan.sources[{k}] must hold two tensors of shape [{batch_size}]")
+                if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= batch_size):
+                    raise ValueError(f"{owner}: MixPlan.sources[{k}] index out of range [0, {batch_size})")
+                if (w < 0).any() or (w > 1).any():
+                    raise ValueError(f"{owner}: MixPlan.sources[{k}] weights must lie in [0, 1]")
             total = sum(w for _, w in self.sources)
             if not torch.allclose(torch.as_tensor(total), torch.ones(()), atol=1e-4):
                 raise ValueError(f"{owner}: MixPlan.sources weights must sum to 1 per sample")
+        if self.mask is not None:
+            if self.mask.shape[0] != batch_size:
+                raise ValueError(f"{owner}: MixPlan.mask must have {batch_size} rows, got shape {tuple(self.mask.shape)}")
+            if (self.mask < 0).any() or (self.mask > 1).any():
+                raise ValueError(f"{owner}: MixPlan.mask must lie in [0, 1]")
 
     # ----------------------------------------------------------------- targets
     def resolve(self, batch: Batch) -> MixPlan:
@@ -160,9 +172,11 @@ class MixPlan:
         return self.lam.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
     def mixed_regression_target(self) -> Tensor:
-        """``lam * y_a + (1 - lam) * y_b`` for real-valued targets."""
+        """``lam * y_a + (1 - lam) * y_b`` for real-valued targets (``sum_k w_k * y_k`` for N sources)."""
         if self.y_a is None or self.y_b is None:
             raise RuntimeError("MixPlan.resolve(batch) must run before the targets are read")
         y_a = self.y_a.float()
+        if self.sources is not None:
+            return sum(w.to(y_a.dtype).reshape(-1, *([1] * (y_a.dim() - 1))) * t.float() for t, w in self.source_targets(self.y_a))  # type: ignore[return-value]
         lam = self.lam_as(y_a)
         return lam * y_a + (1 - lam) * self.y_b.float()

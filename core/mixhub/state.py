@@ -39,7 +39,8 @@ class State:
 
     Attributes:
         config: the resolved, validated ``mixhub.config.Config``.
-        model: the model being trained (not DDP-wrapped; ``ddp_model`` is the wrapper, if any).
+        model: the model being trained (never wrapped: under DDP the core all-reduces gradients
+            after backward, so any forward path is synchronised).
         optimizer, scheduler: set once built.
         device: where tensors live.
         task_kind: ``"classification"``, ``"regression"``, ``"continual"`` or ``"test-time"``.
@@ -60,7 +61,6 @@ class State:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     task_kind: str = "classification"
     model: nn.Module | None = None
-    ddp_model: nn.Module | None = None
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None
     phase: str = "train"

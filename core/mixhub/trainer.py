@@ -179,8 +179,11 @@ class Trainer:
         if cfg.train.compile:
             self.net = torch.compile(self.model)  # type: ignore[assignment]
         if self.world_size > 1:
-            self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            self.state.ddp_model = self.net
+            # Gradients are averaged by an explicit all-reduce after backward (``_sync_grads``)
+            # rather than a DistributedDataParallel wrapper, so plugins may run any number of
+            # forward calls through any path (e.g. a partner pass through ``forward_features``).
+            for tensor in [*self.model.state_dict().values(), *(v for spec in self.state.modules.values() for v in spec.module.state_dict().values())]:
+                dist.broadcast(tensor, 0)
         # data
         per_rank = cfg.train.batch_size // self.world_size
         if per_rank < 1:
@@ -188,7 +191,11 @@ class Trainer:
         self.train_set = IndexedDataset(self.bundle.train)
         n_train = len(self.train_set)
         self.sampler = EpochSampler(n_train, seed, cfg.train.shuffle, per_rank, cfg.train.drop_last, self.rank, self.world_size)
-        self.loader = DataLoader(self.train_set, batch_size=per_rank, sampler=self.sampler, drop_last=cfg.train.drop_last, collate_fn=collate, num_workers=cfg.data.num_workers)
+        # the loader's own generator keeps ``iter(loader)`` from drawing on the global torch RNG (exact resume)
+        self.loader = DataLoader(
+            self.train_set, batch_size=per_rank, sampler=self.sampler, drop_last=cfg.train.drop_last,
+            collate_fn=collate, num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(seed),
+        )
         steps = len(self.sampler) // per_rank if cfg.train.drop_last else math.ceil(len(self.sampler) / per_rank)
         if cfg.train.max_steps_per_epoch:
             steps = min(steps, cfg.train.max_steps_per_epoch)
@@ -210,6 +217,7 @@ class Trainer:
         self.start_epoch = 0
         self.batch_in_epoch = 0
         self.best: dict[str, Any] = {"value": None, "epoch": -1}
+        self._best_in_memory: dict[str, Any] | None = None
         self.select_key, self.select_high = _selection(cfg.train.select, task_kind)
 
     # ------------------------------------------------------------------ construction helpers
@@ -224,7 +232,9 @@ class Trainer:
                 groups.append({"params": params, "name": f"{spec.owner}.{spec.name}", **spec.group})
         for extra in self.host.collect("mixhub_param_groups", model=self.model, state=self.state):
             groups.extend(extra)
-        return [g for g in groups if len(list(g["params"])) > 0]
+        for g in groups:
+            g["params"] = list(g["params"])  # a generator would be used up by the check below
+        return [g for g in groups if g["params"]]
 
     @classmethod
     def from_checkpoint(
@@ -306,8 +316,8 @@ class Trainer:
         """One optimizer step through the hooks; returns the logged scalars (None if skipped)."""
         state, host = self.state, self.host
         batch = batch.to(self.device)
-        if not self.check_batch(batch):
-            return None
+        if self._any_rank(not self.check_batch(batch)):
+            return None  # skipped on every rank together
         self._set_train_mode(True)
         state.phase = state.stage = "train"
         plan = host.slot("sample_pairs", expected=MixPlan, batch=batch, state=state)
@@ -332,7 +342,7 @@ class Trainer:
                     logged[name] = value.detach()
         if total.dim() != 0:
             raise MixhubError(f"the loss must be a scalar, got shape {tuple(total.shape)} (slot owner: {host.owner('compute_loss')})")
-        if not torch.isfinite(total):
+        if self._any_rank(not bool(torch.isfinite(total))):
             last = self.folder.checkpoints / "last.pt"
             msg = (
                 f"non-finite loss ({float(total.detach())}) at step {state.step} (epoch {state.epoch}), batch dataset indices "
@@ -347,14 +357,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(total).backward()
-            self.scaler.unscale_(self.optimizer)
         else:
             total.backward()
+        if self.world_size > 1:
+            self._sync_grads()  # before unscaling and clipping: every rank sees the averaged gradient
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         if self.config.train.clip_grad_norm is not None:
             params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, self.config.train.clip_grad_norm)
-        if self.world_size > 1:
-            self._sync_module_grads()
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -370,17 +381,41 @@ class Trainer:
         state.log.clear()
         return out
 
-    def _sync_module_grads(self) -> None:
-        """Average the gradients of plugin-registered trainable modules across processes
-        (the model itself is synchronised by DistributedDataParallel)."""
-        world = float(self.world_size)
-        for spec in self.state.modules.values():
-            if not spec.trainable:
-                continue
-            for p in spec.module.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad.div_(world)
+    def _any_rank(self, flag: bool) -> bool:
+        """``flag`` on any process (an all-reduce under DDP, so every rank takes the same branch)."""
+        if self.world_size == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def _sync_grads(self) -> None:
+        """Average the gradients of every optimized parameter across processes (one flat all-reduce).
+
+        A parameter keeps ``grad=None`` only when no process produced a gradient for it.
+        """
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=self.device)
+        dist.all_reduce(has)
+        live = [p for p, h in zip(params, has.tolist()) if h > 0]
+        if not live:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in live]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat.div_(self.world_size)
+        offset = 0
+        for p, g in zip(live, grads):
+            n = g.numel()
+            p.grad = flat[offset : offset + n].view_as(g).clone()
+            offset += n
+
+    def _sync_buffers(self) -> None:
+        """Give every process rank 0's buffers (BatchNorm statistics) before an evaluation."""
+        if self.world_size > 1:
+            for module in [self.model, *(spec.module for spec in self.state.modules.values())]:
+                for b in module.buffers():
+                    dist.broadcast(b, 0)
 
     # ------------------------------------------------------------------ evaluation
     def eval_model(self) -> nn.Module:
@@ -392,22 +427,27 @@ class Trainer:
         state, host = self.state, self.host
         model = self.eval_model()
         state.phase, state.stage = "eval", stage
-        loader = DataLoader(IndexedDataset(dataset), batch_size=batch_size or max(self.config.train.batch_size, 128), shuffle=False, collate_fn=collate)
+        loader = DataLoader(
+            IndexedDataset(dataset), batch_size=batch_size or max(self.config.train.batch_size, 128), shuffle=False,
+            collate_fn=collate, generator=torch.Generator(),
+        )
         outs: dict[str, list[Tensor]] = {}
         targets = []
         was_training = model.training
         model.eval()  # before the wrappers, so a wrapper's own mode choice stands
-        with host.wrap("mixhub_evaluate", model=model, state=state):
-            for batch in loader:
-                batch = batch.to(self.device)
-                with self.autocast():
-                    o = host.slot("eval_forward", expected=dict, model=model, batch=batch, state=state)
-                for k, v in o.items():
-                    if isinstance(v, Tensor) and k.startswith("logits"):
-                        outs.setdefault(k, []).append(v.float().cpu())
-                targets.append(batch.targets.cpu())
-        model.train(was_training)
-        state.phase = "train"
+        try:
+            with host.wrap("mixhub_evaluate", model=model, state=state):
+                for batch in loader:
+                    batch = batch.to(self.device)
+                    with self.autocast():
+                        o = host.slot("eval_forward", expected=dict, model=model, batch=batch, state=state)
+                    for k, v in o.items():
+                        if isinstance(v, Tensor) and k.startswith("logits"):
+                            outs.setdefault(k, []).append(v.float().cpu())
+                    targets.append(batch.targets.cpu())
+        finally:
+            model.train(was_training)
+            state.phase = "train"
         if not targets:
             raise DataError(f"the {stage} split is empty")
         return {k: torch.cat(v) for k, v in outs.items()}, torch.cat(targets)
@@ -465,6 +505,8 @@ class Trainer:
         ``allow_new_plugins`` accepts active plugins the checkpoint lacks (their modules and
         state start fresh); plugins the checkpoint has must still all be active.
         """
+        if "model" not in data:
+            raise CheckpointError(f"this is an export file (module {data.get('module')!r}), not a training checkpoint; load last.pt or best.pt")
         saved = set(data.get("plugin_versions", {}))
         active = set(self.host.plugins)
         if saved != active and not (allow_new_plugins and saved <= active):
@@ -494,21 +536,23 @@ class Trainer:
         self.batch_in_epoch = int(data.get("batch_in_epoch", 0))
         self.start_epoch = self.state.epoch
         ckpt.restore_rng(data["rng"], self.state.generator)
+        if self.world_size > 1:  # rank 0 saved its own generator: give the others their own stream back
+            self.state.generator.manual_seed(self.config.seed + 12345 + 7919 * self.rank + self.state.step)
 
     def resume(self) -> None:
         data, _ = ckpt.load_latest(self.folder.checkpoints, "last", warn=log.warning)
         self.load_state(data)
-        self.folder.truncate_log(self.start_epoch if self.batch_in_epoch == 0 else self.start_epoch)
+        self.folder.truncate_log(self.start_epoch)
 
     # ------------------------------------------------------------------ the loop
     @property
     def stop_requested(self) -> bool:
-        """True once SIGTERM/SIGINT arrived: finish the step, checkpoint, raise ``RunInterrupted``."""
-        return self._stop_signal is not None
+        """True once SIGTERM/SIGINT arrived on any process: finish the step, checkpoint, raise ``RunInterrupted``."""
+        return self._any_rank(self._stop_signal is not None)
 
     @contextmanager
     def _signals(self) -> Iterator[None]:
-        if self.rank != 0 and self.world_size > 1 or not _main_thread():
+        if not _main_thread():
             yield
             return
 
@@ -570,7 +614,7 @@ class Trainer:
                     for k, v in out.items():
                         sums[k] = sums.get(k, 0.0) + v
                     inner.set_postfix(loss=f"{out['loss']:.4f}")
-                if self._stop_signal is not None:
+                if self.stop_requested:
                     self.save_checkpoint("last")
                     raise RunInterrupted(f"stopped by signal {self._stop_signal} at step {self.state.step}; resume with `mixhub train --resume {self.folder.path}`")
             self.batch_in_epoch = 0
@@ -580,6 +624,7 @@ class Trainer:
             for extra in self.host.collect("mixhub_metrics", stage="train", state=self.state):
                 train_rec.update({k: float(v) for k, v in extra.items()})
             self.folder.log(train_rec)
+            self._sync_buffers()
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
                 val = self.evaluate(self.bundle.val, "val")
                 self.folder.log({"epoch": epoch, "split": "val", **val})
@@ -618,6 +663,16 @@ class Trainer:
         payload = {"module": name, "state_dict": module.state_dict(), "config": self.config.to_dict()}
         return ckpt.save_checkpoint(payload, self.folder.checkpoints / "export.pt", keep_previous=False)
 
+    def _load_weights(self, data: dict[str, Any]) -> None:
+        """Model, EMA, plugin modules and plugin state from a checkpoint payload."""
+        self.model.load_state_dict(data["model"])
+        if self.ema is not None and data.get("ema") is not None:
+            self.ema.module.load_state_dict(data["ema"])
+        for key, sd in data.get("modules", {}).items():
+            self.state.modules[key].module.load_state_dict(sd)
+        for name, sd in data.get("plugins", {}).items():
+            self.host.call_plugin(name, "mixhub_load_state_dict", state_dict=sd, state=self.state)
+
     def _maybe_best(self, val: dict[str, float], epoch: int) -> None:
         key = self.select_key
         if key not in val:
@@ -626,20 +681,20 @@ class Trainer:
         best = self.best["value"]
         if best is None or (value > best if self.select_high else value < best):
             self.best = {"value": value, "epoch": epoch, "metric": key}
-            self.save_checkpoint("best")
+            if self.folder.enabled and self.config.train.checkpoint:
+                self.save_checkpoint("best")
+            else:  # no run folder: keep the best weights in memory for the final test
+                import copy
+
+                self._best_in_memory = copy.deepcopy({k: v for k, v in self.state_payload().items() if k in ("model", "ema", "modules", "plugins")})
 
     def final_evaluation(self) -> dict[str, Any]:
         """Test metrics of the best-validation checkpoint (temperature fitted on validation)."""
         best_path = self.folder.checkpoints / "best.pt"
         if self.folder.enabled and best_path.exists() and self.config.train.checkpoint:
-            data = ckpt.load_checkpoint(best_path)
-            self.model.load_state_dict(data["model"])
-            if self.ema is not None and data.get("ema") is not None:
-                self.ema.module.load_state_dict(data["ema"])
-            for key, sd in data.get("modules", {}).items():
-                self.state.modules[key].module.load_state_dict(sd)
-            for name, sd in data.get("plugins", {}).items():
-                self.host.call_plugin(name, "mixhub_load_state_dict", state_dict=sd, state=self.state)
+            self._load_weights(ckpt.load_checkpoint(best_path))
+        elif self._best_in_memory is not None:
+            self._load_weights(self._best_in_memory)
         self.write_export()
         summary: dict[str, Any] = {"best_epoch": self.best["epoch"], "select": self.select_key, "steps": self.state.step}
         temperature = None

@@ -61,7 +61,7 @@ def build_digits(cfg: Any, seed: int) -> DataBundle:
     test_idx, val_idx, train_idx = stratified_split(y, (cfg.test_frac, cfg.val_frac), seed)
     train_idx = keep_fraction(train_idx, y, cfg.train_frac, seed)
     y_train = noisy_labels(y[train_idx], cfg.label_noise, 10, seed)
-    aug = build_augment(cfg.augment, cfg.image_size)
+    aug = build_augment(cfg.augment, cfg.image_size, seed)
     kw: dict[str, Any] = dict(image=True, mean=DIGITS_MEAN, std=DIGITS_STD)
     train = ArrayDataset(x[train_idx], y_train, transform=aug, **kw)
     return DataBundle(

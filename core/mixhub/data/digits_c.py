@@ -142,7 +142,7 @@ def build_digits_c(cfg: Any, seed: int) -> DataBundle:
     train_idx = keep_fraction(train_idx, y, cfg.train_frac, seed)
     y_train = noisy_labels(y[train_idx], cfg.label_noise, 10, seed)
     kw: dict[str, Any] = dict(image=True, mean=DIGITS_MEAN, std=DIGITS_STD)
-    train = ArrayDataset(x[train_idx], y_train, transform=build_augment(cfg.augment, cfg.image_size), **kw)
+    train = ArrayDataset(x[train_idx], y_train, transform=build_augment(cfg.augment, cfg.image_size, seed), **kw)
     key = tuple((n, int(s)) for s in sevs for n in names)
     corrupted = _cached(cfg.image_size, seed, cfg.test_frac, cfg.val_frac, key, cseed)
     extra: dict[str, Dataset] = {name: ArrayDataset(imgs, y[test_idx], **kw) for name, imgs in corrupted.items()}

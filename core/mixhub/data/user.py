@@ -35,7 +35,7 @@ def _image_bundle(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: Any, se
     mean = tuple(float(m) for m in x[train_idx].mean((0, 1, 2)))
     std = tuple(float(s) + 1e-6 for s in x[train_idx].std((0, 1, 2)))
     kw: dict[str, Any] = dict(image=True, mean=mean, std=std)
-    train = ArrayDataset(x[train_idx], y[train_idx], transform=build_augment(cfg.augment, cfg.image_size), **kw)
+    train = ArrayDataset(x[train_idx], y[train_idx], transform=build_augment(cfg.augment, cfg.image_size, seed), **kw)
     return DataBundle(
         train=train,
         val=ArrayDataset(x[val_idx], y[val_idx], **kw),
@@ -150,7 +150,7 @@ def build_torchvision(cfg: Any, seed: int) -> DataBundle:
     mean = tuple(float(m) for m in x_tr[train_idx].mean((0, 1, 2)))
     std = tuple(float(s) + 1e-6 for s in x_tr[train_idx].std((0, 1, 2)))
     kw: dict[str, Any] = dict(image=True, mean=mean, std=std)
-    train = ArrayDataset(x_tr[train_idx], y_tr[train_idx], transform=build_augment(cfg.augment, cfg.image_size), **kw)
+    train = ArrayDataset(x_tr[train_idx], y_tr[train_idx], transform=build_augment(cfg.augment, cfg.image_size, seed), **kw)
     classes = int(max(y_tr.max(), y_te.max()) + 1)
     return DataBundle(
         train=train,

@@ -1,4 +1,4 @@
-"""Two forward calls before one backward under DistributedDataParallel (gloo, two CPU processes)."""
+"""Two forward calls before one backward in a two-process run (gloo, CPU): replicas stay identical."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def _worker(
         raw = cfg(rankmixup={"variant": variant})
         raw["train"] = {**raw["train"], "device": "cpu"}
         trainer = Trainer(raw, write=False)
-        assert isinstance(trainer.net, torch.nn.parallel.DistributedDataParallel)
+        assert trainer.world_size == 2
         for batch in list(trainer.loader)[:2]:
             out = trainer.train_step(batch)
         flat = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
