@@ -195,3 +195,10 @@ def test_export_file_is_not_a_training_checkpoint(tmp_path):
 def test_best_weights_kept_in_memory_without_a_run_folder(tmp_path):
     r = train(tiny_config(train={"epochs": 2}), out=tmp_path / "r", write=False)
     assert r.trainer._best_in_memory is not None and r.summary["best_epoch"] in (0, 1)
+
+
+def test_select_mode_overrides_the_guess(tmp_path):
+    t = Trainer(tiny_config(train={"select": "nll", "select_mode": "min"}), out=tmp_path / "a")
+    assert t.select_key == "nll" and t.select_high is False
+    t = Trainer(tiny_config(train={"select": "f1", "select_mode": "max"}), out=tmp_path / "b")
+    assert t.select_high is True

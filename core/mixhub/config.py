@@ -83,6 +83,7 @@ class TrainConfig(Section):
     drop_last: bool = True
     shuffle: Literal["epoch", "once", "none"] = Field("epoch", description="reshuffle every epoch, once at start, or never")
     select: str = Field("auto", description="validation metric that picks best.pt (auto: accuracy / rmse)")
+    select_mode: Literal["auto", "max", "min"] = Field("auto", description="whether higher or lower `select` is better (auto: guessed from its name)")
     nan_policy: Literal["stop", "skip"] = Field("stop", description="non-finite inputs, targets or loss: stop the run or skip the batch")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     eval_every: int = Field(1, ge=1)

@@ -73,7 +73,7 @@ def check_plugin(name: str, info: Any, smoke: bool = True) -> dict[str, Any]:
 
             try:
                 with tempfile.TemporaryDirectory() as d:
-                    train(cfg, out=d, write=False)
+                    train(cfg, out=d)  # writes and reloads best.pt, so checkpoints are smoke-tested too
                 row["smoke"] = "ok"
             except Exception as exc:
                 row["smoke"] = "FAIL"

@@ -219,6 +219,8 @@ class Trainer:
         self.best: dict[str, Any] = {"value": None, "epoch": -1}
         self._best_in_memory: dict[str, Any] | None = None
         self.select_key, self.select_high = _selection(cfg.train.select, task_kind)
+        if cfg.train.select_mode != "auto":
+            self.select_high = cfg.train.select_mode == "max"
 
     # ------------------------------------------------------------------ construction helpers
     def _param_groups(self) -> list[dict[str, Any]]:
