@@ -217,9 +217,7 @@ def test_fit_continual_er_order_and_summary(tmp_path: Path) -> None:
     assert s["test"]["avg_acc"] == pytest.approx(average_accuracy(m))
     assert s["test"]["avg_forgetting"] == pytest.approx(average_forgetting(m))
     assert "er_on" in s["test"] and "avg_acc" in s["val"]
-    assert (res.out / "accuracy_matrix.png").exists() and (
-        res.out / "checkpoints" / "last.continual.pt"
-    ).exists()
+    assert (res.out / "accuracy_matrix.png").exists()
     # the update runs after each step with the raw stream batch (no memory attached)
     steps = [u[0] for u in log["update"]]
     assert steps == list(range(1, len(steps) + 1)) and not any(u[2] for u in log["update"])
@@ -228,7 +226,7 @@ def test_fit_continual_er_order_and_summary(tmp_path: Path) -> None:
     for _, idx, mem in log["memory"][1:]:
         assert mem is not None and not set(idx) & set(mem)
     # the buffer stores raw stream images
-    buf = torch.load(res.out / "checkpoints" / "last.continual.pt", weights_only=True)["buffer"]
+    buf = torch.load(res.out / "checkpoints" / "last.pt", weights_only=True)["extra"]["continual"]["buffer"]
     train_set = res.trainer.bundle.train
     for slot in range(3):
         x, y = train_set[int(buf["index"][slot])]
@@ -284,3 +282,19 @@ def test_replay_plugin_rejects_supervised_data() -> None:
             {"data": {"name": "digits", "image_size": 8}, "plugins": ["replay"], "train": {"epochs": 1}},
             write=False,
         )
+
+
+def test_continual_state_travels_in_checkpoints_with_fallback(tmp_path: Path) -> None:
+    """The buffer and accuracy matrix live in last.pt's ``extra``, so the previous-good fallback covers them."""
+    from mixhub.checkpoint import load_checkpoint
+    from mixhub.trainer import Trainer, train
+
+    cfg = tiny(plugins=["replay"])
+    train(cfg, out=tmp_path / "run")
+    last = tmp_path / "run/checkpoints/last.pt"
+    prev = load_checkpoint(tmp_path / "run/checkpoints/last.prev.pt")
+    assert "continual" in prev["extra"] and len(prev["extra"]["continual"]["buffer"]["index"]) > 0
+    last.write_bytes(last.read_bytes()[:64])
+    t = Trainer(cfg, out=tmp_path / "run")
+    t.resume()  # falls back to last.prev.pt
+    assert t._pending_extra["continual"]["buffer"]["index"].tolist() == prev["extra"]["continual"]["buffer"]["index"].tolist()

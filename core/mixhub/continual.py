@@ -397,7 +397,7 @@ def _load_batch(dataset: Any, rows: Tensor, offset: int, task: int) -> Batch:
 
 
 class _Progress:
-    """What the core must restore to resume mid-stream (saved beside each checkpoint)."""
+    """What the core must restore to resume mid-stream (saved in each checkpoint's ``extra``)."""
 
     def __init__(self) -> None:
         self.matrix: list[list[float]] = []
@@ -422,41 +422,17 @@ class _Progress:
         self.task_metrics, self.steps = sd["task_metrics"], sd["steps"]
 
 
-def _side_file(trainer: Any, name: str) -> Path:
-    return trainer.folder.checkpoints / f"{name}.continual.pt"
+def _register_state(trainer: Any, buffer: ReplayBuffer, progress: _Progress) -> None:
+    """The buffer and the accuracy matrix travel in the trainer's own checkpoints."""
 
+    def get() -> dict[str, Any]:
+        return {"buffer": buffer.state_dict(), "progress": progress.state_dict()}
 
-def _save(trainer: Any, name: str, buffer: ReplayBuffer, progress: _Progress) -> None:
-    """Checkpoint: the trainer's payload, then the buffer and the accuracy matrix beside it."""
-    from . import checkpoint as ckpt
+    def load(sd: dict[str, Any]) -> None:
+        buffer.load_state_dict(sd["buffer"])
+        progress.load_state_dict(sd["progress"])
 
-    if trainer.save_checkpoint(name) is None:
-        return
-    payload = {
-        "step": trainer.state.step,
-        "task": trainer.state.task,
-        "buffer": buffer.state_dict(),
-        "progress": progress.state_dict(),
-    }
-    ckpt.save_checkpoint(payload, _side_file(trainer, name), keep_previous=False)
-
-
-def _restore(trainer: Any, buffer: ReplayBuffer, progress: _Progress) -> None:
-    from . import checkpoint as ckpt
-    from .errors import CheckpointError
-
-    path = _side_file(trainer, "last")
-    if not path.is_file():
-        raise CheckpointError(
-            f"resuming a continual run needs {str(path)!r} (the replay buffer and accuracy matrix)"
-        )
-    data = ckpt.load_checkpoint(path)
-    if int(data["step"]) != trainer.state.step or int(data["task"]) != trainer.state.task:
-        raise CheckpointError(
-            f"{str(path)!r} (step {data['step']}) does not match the checkpoint last.pt (step {trainer.state.step})"
-        )
-    buffer.load_state_dict(data["buffer"])
-    progress.load_state_dict(data["progress"])
+    trainer.register_state("continual", get, load)
 
 
 def _evaluate_tasks(
@@ -509,8 +485,9 @@ def fit_continual(trainer: Any) -> dict[str, Any]:
     buffer = ReplayBuffer(0 if iid else cfg.memory_size, state.device)
     progress = _Progress()
     start_task, skip = 0, 0
-    if state.step > 0 or state.task > 0:  # resumed by Trainer.resume()
-        _restore(trainer, buffer, progress)
+    resumed = state.step > 0 or state.task > 0  # resumed by Trainer.resume()
+    _register_state(trainer, buffer, progress)  # restores them now when resuming
+    if resumed:
         start_task, skip = state.task, int(trainer.batch_in_epoch)
     t_start = time.time()
     for t in range(start_task, len(phases)):
@@ -536,7 +513,7 @@ def fit_continual(trainer: Any) -> dict[str, Any]:
                 for key, v in out.items():
                     sums[key] = sums.get(key, 0.0) + v
             if _stop_requested(trainer):
-                _save(trainer, "last", buffer, progress)
+                trainer.save_checkpoint("last")
                 raise RunInterrupted(
                     f"stopped at step {state.step} (task {t + 1}, batch {k + 1}); resume with `mixhub train --resume {trainer.folder.path}`"
                 )
@@ -579,7 +556,7 @@ def fit_continual(trainer: Any) -> dict[str, Any]:
         )
         state.task = state.epoch = t + 1
         trainer.batch_in_epoch = 0
-        _save(trainer, "last", buffer, progress)
+        trainer.save_checkpoint("last")
     state.task = len(phases) - 1
     return _summary(trainer, cfg, progress, buffer, time.time() - t_start)
 

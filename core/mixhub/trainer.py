@@ -218,6 +218,8 @@ class Trainer:
         self.batch_in_epoch = 0
         self.best: dict[str, Any] = {"value": None, "epoch": -1}
         self._best_in_memory: dict[str, Any] | None = None
+        self._extra_state: dict[str, tuple[Any, Any]] = {}
+        self._pending_extra: dict[str, Any] = {}
         self.select_key, self.select_high = _selection(cfg.train.select, task_kind)
         if cfg.train.select_mode != "auto":
             self.select_high = cfg.train.select_mode == "max"
@@ -494,7 +496,18 @@ class Trainer:
             "task": self.state.task,
             "batch_in_epoch": self.batch_in_epoch,
             "best": dict(self.best),
+            "extra": {name: get() for name, (get, _) in self._extra_state.items()},
         }
+
+    def register_state(self, name: str, get: Any, load: Any) -> None:
+        """Add core-owned state to every checkpoint (e.g. the continual protocol's replay buffer).
+
+        ``get() -> dict`` of tensors and plain types is saved under ``extra[name]``; ``load(sd)``
+        restores it, at once when a resumed checkpoint already holds ``name``.
+        """
+        self._extra_state[name] = (get, load)
+        if name in self._pending_extra:
+            load(self._pending_extra.pop(name))
 
     def save_checkpoint(self, name: str = "last") -> Path | None:
         if not self.folder.enabled or not self.config.train.checkpoint:
@@ -536,6 +549,10 @@ class Trainer:
             self.scaler.load_state_dict(data["scaler"])
         self.best = dict(data.get("best", self.best))
         self.batch_in_epoch = int(data.get("batch_in_epoch", 0))
+        self._pending_extra = dict(data.get("extra", {}))
+        for name in list(self._pending_extra):
+            if name in self._extra_state:
+                self._extra_state[name][1](self._pending_extra.pop(name))
         self.start_epoch = self.state.epoch
         ckpt.restore_rng(data["rng"], self.state.generator)
         if self.world_size > 1:  # rank 0 saved its own generator: give the others their own stream back
