@@ -202,3 +202,10 @@ def test_select_mode_overrides_the_guess(tmp_path):
     assert t.select_key == "nll" and t.select_high is False
     t = Trainer(tiny_config(train={"select": "f1", "select_mode": "max"}), out=tmp_path / "b")
     assert t.select_high is True
+
+
+def test_unknown_aux_loss_weight_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"losses.rankmixup_mlr: no active plugin .* did you mean 'rankmixup_mrl'"):
+        train(tiny_config(plugins=["rankmixup"], losses={"rankmixup_mlr": 0.2}, train={"clip_grad_norm": 2.0}), out=tmp_path / "r")
+    r = train(tiny_config(plugins=["rankmixup"], losses={"rankmixup_mrl": 0.2}, train={"clip_grad_norm": 2.0}), out=tmp_path / "ok")
+    assert r.trainer.aux_weight("rankmixup_mrl") == 0.2

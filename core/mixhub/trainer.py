@@ -344,6 +344,8 @@ class Trainer:
                 for name, value in terms.items():
                     total = total + self.aux_weight(name) * value
                     logged[name] = value.detach()
+        if state.step == 0 and self.config.losses:
+            self._check_loss_names(set(logged) - {"loss_main"})
         if total.dim() != 0:
             raise MixhubError(f"the loss must be a scalar, got shape {tuple(total.shape)} (slot owner: {host.owner('compute_loss')})")
         if self._any_rank(not bool(torch.isfinite(total))):
@@ -384,6 +386,18 @@ class Trainer:
         out.update({k: float(v) for k, v in state.log.items()})
         state.log.clear()
         return out
+
+    def _check_loss_names(self, emitted: set[str]) -> None:
+        """``losses.<name>`` must name an aux loss a plugin emits or declares (no silent weight 1 for a typo)."""
+        known = emitted | {n for p in self.host.plugins.values() for n in p.spec.aux_loss_weights}
+        unknown = sorted(set(self.config.losses) - known)
+        if unknown:
+            from ._util import did_you_mean
+
+            raise ConfigError(
+                f"losses.{unknown[0]}: no active plugin produces an aux loss of that name"
+                f"{did_you_mean(unknown[0], known)} (known: {', '.join(sorted(known)) or 'none'})"
+            )
 
     def _any_rank(self, flag: bool) -> bool:
         """``flag`` on any process (an all-reduce under DDP, so every rank takes the same branch)."""
