@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 
-__all__ = ["ArrayDataset", "IndexedDataset", "DataBundle", "TaskStream", "stratified_split"]
+__all__ = ["ArrayDataset", "IndexedDataset", "DataBundle", "TaskStream", "stratified_split", "standardise", "split_bundle"]
 
 
 class ArrayDataset(Dataset):
@@ -151,3 +151,41 @@ def stratified_split(
             start += cnt
         parts[-1].append(g[start:])
     return [np.sort(np.concatenate(p)) if p else np.zeros(0, dtype=np.int64) for p in parts]
+
+
+def standardise(x: np.ndarray, train_idx: np.ndarray) -> np.ndarray:
+    """Standardise columns with the training rows' mean and std (float32)."""
+    mu = x[train_idx].mean(0)
+    sd = x[train_idx].std(0) + 1e-8
+    return ((x - mu) / sd).astype(np.float32)
+
+
+def split_bundle(
+    x: np.ndarray,
+    y: np.ndarray,
+    test_idx: np.ndarray,
+    val_idx: np.ndarray,
+    train_idx: np.ndarray,
+    *,
+    task: str,
+    num_classes: int | None,
+    input_shape: tuple[int, ...],
+    y_train: np.ndarray | None = None,
+    train_transform: Callable[..., dict[str, Any]] | None = None,
+    dataset_kwargs: dict[str, Any] | None = None,
+    info: dict[str, Any] | None = None,
+) -> DataBundle:
+    """The bundle of one table/image array split by index (``y_train`` replaces the training labels,
+    e.g. with label noise; ``train_transform`` augments the training split only)."""
+    kw = dataset_kwargs or {}
+    train = ArrayDataset(x[train_idx], y[train_idx] if y_train is None else y_train, transform=train_transform, **kw)
+    return DataBundle(
+        train=train,
+        val=ArrayDataset(x[val_idx], y[val_idx], **kw),
+        test=ArrayDataset(x[test_idx], y[test_idx], **kw),
+        task=task,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        train_targets=train.target_tensor,
+        info={**(info or {}), "train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+    )

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import DataError
 from . import register_dataset
-from .base import ArrayDataset, DataBundle, stratified_split
+from .base import DataBundle, split_bundle, standardise, stratified_split
 from .transforms import build_augment
 
 
@@ -61,43 +61,24 @@ def build_digits(cfg: Any, seed: int) -> DataBundle:
     test_idx, val_idx, train_idx = stratified_split(y, (cfg.test_frac, cfg.val_frac), seed)
     train_idx = keep_fraction(train_idx, y, cfg.train_frac, seed)
     y_train = noisy_labels(y[train_idx], cfg.label_noise, 10, seed)
-    aug = build_augment(cfg.augment, cfg.image_size, seed)
-    kw: dict[str, Any] = dict(image=True, mean=DIGITS_MEAN, std=DIGITS_STD)
-    train = ArrayDataset(x[train_idx], y_train, transform=aug, **kw)
-    return DataBundle(
-        train=train,
-        val=ArrayDataset(x[val_idx], y[val_idx], **kw),
-        test=ArrayDataset(x[test_idx], y[test_idx], **kw),
+    return split_bundle(
+        x, y, test_idx, val_idx, train_idx,
         task="classification",
         num_classes=10,
         input_shape=(3, cfg.image_size, cfg.image_size),
-        train_targets=train.target_tensor,
-        info={"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+        y_train=y_train,
+        train_transform=build_augment(cfg.augment, cfg.image_size, seed),
+        dataset_kwargs=dict(image=True, mean=DIGITS_MEAN, std=DIGITS_STD),
     )
-
-
-def _standardise(x: np.ndarray, train_idx: np.ndarray) -> np.ndarray:
-    mu = x[train_idx].mean(0)
-    sd = x[train_idx].std(0) + 1e-8
-    return ((x - mu) / sd).astype(np.float32)
 
 
 def regression_bundle(x: np.ndarray, y: np.ndarray, cfg: Any, seed: int, info: dict[str, Any]) -> DataBundle:
     """Split a table into train/val/test by seed, standardising inputs with training statistics."""
     _check_split(cfg)
     test_idx, val_idx, train_idx = stratified_split(y, (cfg.test_frac, cfg.val_frac), seed, stratify=False)
-    x = _standardise(x, train_idx)
-    y = y.astype(np.float32)
-    train = ArrayDataset(x[train_idx], y[train_idx])
-    return DataBundle(
-        train=train,
-        val=ArrayDataset(x[val_idx], y[val_idx]),
-        test=ArrayDataset(x[test_idx], y[test_idx]),
-        task="regression",
-        num_classes=None,
-        input_shape=(x.shape[1],),
-        train_targets=train.target_tensor,
-        info={**info, "train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+    return split_bundle(
+        standardise(x, train_idx), y.astype(np.float32), test_idx, val_idx, train_idx,
+        task="regression", num_classes=None, input_shape=(x.shape[1],), info=info,
     )
 
 
@@ -139,14 +120,7 @@ def build_synthetic(cfg: Any, seed: int) -> DataBundle:
     x, y = synthetic_regression(**opts)
     _check_split(cfg)
     test_idx, val_idx, train_idx = stratified_split(y, (cfg.test_frac, cfg.val_frac), seed, stratify=False)
-    train = ArrayDataset(x[train_idx], y[train_idx])
-    return DataBundle(
-        train=train,
-        val=ArrayDataset(x[val_idx], y[val_idx]),
-        test=ArrayDataset(x[test_idx], y[test_idx]),
-        task="regression",
-        num_classes=None,
-        input_shape=(x.shape[1],),
-        train_targets=train.target_tensor,
-        info={"kind": opts.get("kind", "tanh"), "train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+    return split_bundle(
+        x, y, test_idx, val_idx, train_idx,
+        task="regression", num_classes=None, input_shape=(x.shape[1],), info={"kind": opts.get("kind", "tanh")},
     )

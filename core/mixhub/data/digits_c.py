@@ -14,6 +14,7 @@ Options (``data.options``):
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
@@ -24,8 +25,7 @@ from .._util import did_you_mean
 from ..errors import DataError
 from . import register_dataset
 from .base import ArrayDataset, DataBundle, stratified_split
-from .bundled import DIGITS_MEAN, DIGITS_STD, _check_split, digits_images, keep_fraction, noisy_labels
-from .transforms import build_augment
+from .bundled import DIGITS_MEAN, DIGITS_STD, _check_split, build_digits, digits_images
 
 __all__ = ["CORRUPTIONS", "corrupt_images", "build_digits_c"]
 
@@ -137,24 +137,11 @@ def build_digits_c(cfg: Any, seed: int) -> DataBundle:
         if not isinstance(s, int) or not 1 <= s <= 5:
             raise DataError(f"data.options.severities: severities are ints in 1..5, got {s!r}")
     cseed = int(opts.get("corruption_seed", seed))
-    x, y = digits_images(cfg.image_size)
-    test_idx, val_idx, train_idx = stratified_split(y, (cfg.test_frac, cfg.val_frac), seed)
-    train_idx = keep_fraction(train_idx, y, cfg.train_frac, seed)
-    y_train = noisy_labels(y[train_idx], cfg.label_noise, 10, seed)
-    kw: dict[str, Any] = dict(image=True, mean=DIGITS_MEAN, std=DIGITS_STD)
-    train = ArrayDataset(x[train_idx], y_train, transform=build_augment(cfg.augment, cfg.image_size, seed), **kw)
+    base = build_digits(cfg, seed)  # the same train/val/test split as `digits`; corruptions apply to its test images
     key = tuple((n, int(s)) for s in sevs for n in names)
     corrupted = _cached(cfg.image_size, seed, cfg.test_frac, cfg.val_frac, key, cseed)
-    extra: dict[str, Dataset] = {name: ArrayDataset(imgs, y[test_idx], **kw) for name, imgs in corrupted.items()}
-    return DataBundle(
-        train=train,
-        val=ArrayDataset(x[val_idx], y[val_idx], **kw),
-        test=ArrayDataset(x[test_idx], y[test_idx], **kw),
-        task="classification",
-        num_classes=10,
-        input_shape=(3, cfg.image_size, cfg.image_size),
-        train_targets=train.target_tensor,
-        extra_splits=extra,
-        info={"train": len(train_idx), "val": len(val_idx), "test": len(test_idx), "corruptions": list(names),
-              "severities": list(sevs), "corruption_seed": cseed},
-    )
+    kw: dict[str, Any] = dict(image=True, mean=DIGITS_MEAN, std=DIGITS_STD)
+    test_y = base.test.targets  # type: ignore[attr-defined]
+    extra: dict[str, Dataset] = {name: ArrayDataset(imgs, test_y, **kw) for name, imgs in corrupted.items()}
+    info = {**base.info, "corruptions": list(names), "severities": list(sevs), "corruption_seed": cseed}
+    return replace(base, extra_splits=extra, info=info)

@@ -17,8 +17,8 @@ import numpy as np
 
 from ..errors import DataError
 from . import register_dataset
-from .base import ArrayDataset, DataBundle, stratified_split
-from .bundled import noisy_labels
+from .base import DataBundle, split_bundle, standardise, stratified_split
+from .bundled import _check_split, keep_fraction, noisy_labels
 
 __all__ = ["DEFAULTS", "noisy_classification", "build_noisy_synthetic"]
 
@@ -61,26 +61,16 @@ def build_noisy_synthetic(cfg: Any, seed: int) -> DataBundle:
     Split by ``data.test_frac`` and ``data.val_frac`` (stratified, by seed); ``data.train_frac``
     and ``data.label_noise`` apply to the training split as for the other bundled datasets.
     """
-    if cfg.val_frac + cfg.test_frac >= 1.0:
-        raise DataError("data.val_frac + data.test_frac must be below 1")
+    _check_split(cfg)
     x, y = noisy_classification(**dict(cfg.options))
     num_classes = int(y.max()) + 1
     test_idx, val_idx, train_idx = stratified_split(y, (cfg.test_frac, cfg.val_frac), seed)
-    if cfg.train_frac < 1.0:
-        keep, _ = stratified_split(y[train_idx], (cfg.train_frac,), seed + 7919)
-        train_idx = train_idx[keep]
-    mu = x[train_idx].mean(0)
-    sd = x[train_idx].std(0) + 1e-8
-    x = ((x - mu) / sd).astype(np.float32)
-    y_train = noisy_labels(y[train_idx], cfg.label_noise, num_classes, seed)
-    train = ArrayDataset(x[train_idx], y_train)
-    return DataBundle(
-        train=train,
-        val=ArrayDataset(x[val_idx], y[val_idx]),
-        test=ArrayDataset(x[test_idx], y[test_idx]),
+    train_idx = keep_fraction(train_idx, y, cfg.train_frac, seed)
+    return split_bundle(
+        standardise(x, train_idx), y, test_idx, val_idx, train_idx,
         task="classification",
         num_classes=num_classes,
         input_shape=(x.shape[1],),
-        train_targets=train.target_tensor,
-        info={"name": "noisy-synthetic", "train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+        y_train=noisy_labels(y[train_idx], cfg.label_noise, num_classes, seed),
+        info={"name": "noisy-synthetic"},
     )

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import DataError
 from . import register_dataset
-from .base import ArrayDataset, DataBundle, stratified_split
+from .base import ArrayDataset, DataBundle, split_bundle, standardise, stratified_split
 from .bundled import regression_bundle
 from .transforms import build_augment
 
@@ -34,17 +34,14 @@ def _image_bundle(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: Any, se
     test_idx, val_idx, train_idx = stratified_split(y, (cfg.test_frac, cfg.val_frac), seed)
     mean = tuple(float(m) for m in x[train_idx].mean((0, 1, 2)))
     std = tuple(float(s) + 1e-6 for s in x[train_idx].std((0, 1, 2)))
-    kw: dict[str, Any] = dict(image=True, mean=mean, std=std)
-    train = ArrayDataset(x[train_idx], y[train_idx], transform=build_augment(cfg.augment, cfg.image_size, seed), **kw)
-    return DataBundle(
-        train=train,
-        val=ArrayDataset(x[val_idx], y[val_idx], **kw),
-        test=ArrayDataset(x[test_idx], y[test_idx], **kw),
+    return split_bundle(
+        x, y, test_idx, val_idx, train_idx,
         task="classification",
         num_classes=len(classes),
         input_shape=(3, cfg.image_size, cfg.image_size),
-        train_targets=train.target_tensor,
-        info={"source": source, "classes": classes, "train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+        train_transform=build_augment(cfg.augment, cfg.image_size, seed),
+        dataset_kwargs=dict(image=True, mean=mean, std=std),
+        info={"source": source, "classes": classes},
     )
 
 
@@ -104,17 +101,11 @@ def build_csv(cfg: Any, seed: int) -> DataBundle:
     remap = {c: i for i, c in enumerate(classes)}
     y_idx = np.asarray([remap[c] for c in y_int], dtype=np.int64)
     test_idx, val_idx, train_idx = stratified_split(y_idx, (cfg.test_frac, cfg.val_frac), seed)
-    mu, sd = x[train_idx].mean(0), x[train_idx].std(0) + 1e-8
-    x = ((x - mu) / sd).astype(np.float32)
-    train = ArrayDataset(x[train_idx], y_idx[train_idx])
-    return DataBundle(
-        train=train,
-        val=ArrayDataset(x[val_idx], y_idx[val_idx]),
-        test=ArrayDataset(x[test_idx], y_idx[test_idx]),
+    return split_bundle(
+        standardise(x, train_idx), y_idx, test_idx, val_idx, train_idx,
         task="classification",
         num_classes=len(classes),
         input_shape=(x.shape[1],),
-        train_targets=train.target_tensor,
         info={"source": str(path), "classes": classes},
     )
 
