@@ -20,6 +20,13 @@ The defaults reproduce the official implementation (``cvlab-yonsei/RankMixup@e5d
   zeroes same-class rows; ``"none"`` keeps every row.
 * ``ratio="minmax"``: M-NDCG is ``DCG/IDCG`` when ``IDCG > DCG`` else ``IDCG/DCG``;
   ``"plain"`` is ``DCG/IDCG`` always.
+* same-class pairs: a mixed target entry **exactly** 1.0 (``target_re == 1.0``), as officially.
+
+Mixing happens on the inputs (official ``layer_mix: 0``) or on the output of an intermediate
+module (``mix_at_layer``; official ``layer_mix: 4`` mixes the output of ``layer4`` of the CIFAR
+ResNets, ``calibrate/net/resnet_mixup.py``: ``ResNet_Cifar.forward_multimixup``). Samples whose
+target is ``ignore_index`` are left out of CE (official: ``nn.CrossEntropyLoss`` / the
+``ignore_index`` filter) and, with every mixed copy that involves them, out of the ranking term.
 
 Mixed logits and targets are **copy-major**: row ``k * B + i`` is copy ``k`` of sample ``i``
 (``calibrate/net/resnet_mixup.py``: ``forward_multimixup`` concatenates the copies along dim 0).
@@ -28,21 +35,26 @@ Mixed logits and targets are **copy-major**: row ``k * B + i`` is copy ``k`` of 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
-    "SAME_CLASS_TOL",
     "same_class_rows",
+    "ranking_rows",
+    "mix_copies",
+    "mixed_copy_targets",
+    "mix_at_layer",
     "mrl_loss",
     "mndcg_per_sample",
     "mndcg_loss",
     "rankmixup_loss",
+    "masked_cross_entropy",
     "make_mixed_views",
     "sample_lams",
 ]
@@ -51,20 +63,35 @@ MrlMask = Literal["official", "per_sample", "none"]
 MrlSpace = Literal["logit", "prob"]
 NdcgRatio = Literal["minmax", "plain"]
 
-#: A mixed target entry at or above ``1 - SAME_CLASS_TOL`` marks a same-class pair (the
-#: official code tests ``== 1.0`` exactly; the tolerance only guards against rounding).
-SAME_CLASS_TOL = 1e-6
-
-
 def _check_2d(name: str, t: Tensor) -> None:
     if t.dim() != 2:
         raise ValueError(f"{name} must be 2-D [rows, classes], got shape {tuple(t.shape)}")
 
 
 def same_class_rows(mixed_targets: Tensor) -> Tensor:
-    """Bool ``[N]``: rows of soft targets whose two sources share a class (some entry is 1)."""
+    """Bool ``[N]``: rows of soft targets with an entry exactly 1.0 (a same-class pair).
+
+    The test is exact equality, as the official ``(target_re == 1.0)``: a float32 entry just
+    below 1 (e.g. ``lam`` within 6e-8 of 1 for two different classes) is *not* a same-class pair,
+    which matters for small Beta parameters (alpha <= 0.5) where such draws are common.
+    """
     _check_2d("mixed_targets", mixed_targets)
-    return (mixed_targets.float() >= 1.0 - SAME_CLASS_TOL).any(dim=1)
+    return (mixed_targets == 1.0).any(dim=1)
+
+
+def ranking_rows(targets: Tensor, perms: Sequence[Tensor], ignore_index: int | None) -> Tensor | None:
+    """Bool ``[B]``: raw samples that enter the ranking term, or ``None`` when all do.
+
+    A sample is left out when its own target or the target of a partner in any copy
+    (``targets[perm_k]``) equals ``ignore_index``: its mixed copies have no defined target.
+    """
+    if ignore_index is None:
+        return None
+    labelled = targets != ignore_index
+    keep = labelled.clone()
+    for perm in perms:
+        keep &= labelled[perm.to(targets.device)]
+    return keep
 
 
 def _top_score(logits: Tensor, space: MrlSpace) -> Tensor:
@@ -84,6 +111,7 @@ def mrl_loss(
     mask: MrlMask = "official",
     *,
     space: MrlSpace = "logit",
+    valid: Tensor | None = None,
 ) -> Tensor:
     """Mixup ranking loss (paper Eq. 4; official ``RankMixup_MRL``), the ranking term alone.
 
@@ -99,6 +127,8 @@ def mrl_loss(
         margin: the hinge margin (logit units for ``space="logit"``).
         mask: ``"official"``, ``"per_sample"`` or ``"none"``.
         space: ``"logit"`` (official) or ``"prob"``.
+        valid: optional bool ``[B]`` (``ranking_rows``): the term is computed on these rows
+            alone, as if the batch held only them (0 when none is valid).
     """
     _check_2d("logits", logits)
     _check_2d("mixed_logits", mixed_logits)
@@ -115,6 +145,10 @@ def mrl_loss(
         )
     if b == 0:
         raise ValueError("mrl_loss: empty batch")
+    if valid is not None:
+        logits, mixed_logits, mixed_targets = _select(valid, b, logits, mixed_logits, mixed_targets)
+        if logits.shape[0] == 0:
+            return mixed_logits.float().sum() * 0.0
     hinge = F.relu(_top_score(mixed_logits, space) - _top_score(logits, space) + margin)
     keep = (~same_class_rows(mixed_targets)).to(hinge.dtype)
     if mask == "official":
@@ -124,6 +158,12 @@ def mrl_loss(
     if mask == "none":
         return hinge.mean()
     raise ValueError(f"mask must be 'official', 'per_sample' or 'none', got {mask!r}")
+
+
+def _select(valid: Tensor, b: int, *tensors: Tensor) -> list[Tensor]:
+    if valid.shape != (b,) or valid.dtype != torch.bool:
+        raise ValueError(f"valid must be a bool tensor of shape [{b}], got {valid.dtype} {tuple(valid.shape)}")
+    return [t[valid] for t in tensors]
 
 
 def mndcg_per_sample(
@@ -184,12 +224,22 @@ def mndcg_loss(
     *,
     ratio: NdcgRatio = "minmax",
     stable_sort: bool = True,
+    valid: Tensor | None = None,
 ) -> Tensor:
-    """The M-NDCG ranking term ``mean_i(1 - M-NDCG_i)`` (official ``RankMixup_MNDCG``'s ``loss_mixup``)."""
+    """The M-NDCG ranking term ``mean_i(1 - M-NDCG_i)`` (official ``RankMixup_MNDCG``'s ``loss_mixup``).
+
+    ``valid`` (bool ``[B]``, see ``ranking_rows``) restricts the mean to those raw samples (and
+    their copies); 0 when none is valid.
+    """
     ndcg = mndcg_per_sample(
         logits, mixed_logits, mixed_targets, num_mixup, ratio=ratio, stable_sort=stable_sort
     )
-    return (1.0 - ndcg).mean()
+    if valid is None:
+        return (1.0 - ndcg).mean()
+    (kept,) = _select(valid, logits.shape[0], ndcg)
+    if kept.numel() == 0:
+        return ndcg.sum() * 0.0
+    return (1.0 - kept).mean()
 
 
 def rankmixup_loss(
@@ -205,11 +255,18 @@ def rankmixup_loss(
     mask: MrlMask = "official",
     space: MrlSpace = "logit",
     ratio: NdcgRatio = "minmax",
+    ignore_index: int | None = None,
+    perms: Sequence[Tensor] | None = None,
 ) -> Tensor:
     """``CE(logits, targets) + weight * term``: the full RankMixup objective.
 
     CE (mean reduction) is applied to the **raw** logits only; the mixed logits enter through
     the ranking term alone (official ``RankMixup_MRL.forward`` / ``RankMixup_MNDCG.forward``).
+
+    ``ignore_index``: samples with this target are left out of CE (the mean runs over the
+    others, as ``nn.CrossEntropyLoss(ignore_index=...)`` and the official filter) and, together
+    with every copy whose partner is such a sample (``perms``, the copies' permutations, as
+    returned by ``make_mixed_views``), out of the ranking term. ``None``: every target is a class.
 
     Example (a plain timm loop)::
 
@@ -217,16 +274,34 @@ def rankmixup_loss(
         logits, mixed_logits = model(x), model(x_mix)   # two calls: separate BN statistics
         loss = rankmixup_loss(logits, y, mixed_logits, t_mix, variant="mrl")
     """
-    ce = F.cross_entropy(logits.float(), targets)
+    valid = None
+    if ignore_index is None:
+        ce = F.cross_entropy(logits.float(), targets)
+    else:
+        if perms is None:
+            raise ValueError("rankmixup_loss: ignore_index needs the copies' permutations (perms=...)")
+        ce = masked_cross_entropy(logits, targets, ignore_index)
+        valid = ranking_rows(targets, perms, ignore_index)
     if variant == "mrl":
         if num_mixup != 1:
             raise ValueError(f"rankmixup_loss: MRL is defined for num_mixup=1, got {num_mixup}")
-        term = mrl_loss(logits, mixed_logits, mixed_targets, margin, mask, space=space)
+        term = mrl_loss(logits, mixed_logits, mixed_targets, margin, mask, space=space, valid=valid)
     elif variant == "mndcg":
-        term = mndcg_loss(logits, mixed_logits, mixed_targets, num_mixup, ratio=ratio)
+        term = mndcg_loss(logits, mixed_logits, mixed_targets, num_mixup, ratio=ratio, valid=valid)
     else:
         raise ValueError(f"variant must be 'mrl' or 'mndcg', got {variant!r}")
     return ce + weight * term
+
+
+def masked_cross_entropy(
+    logits: Tensor, targets: Tensor, ignore_index: int, label_smoothing: float = 0.0
+) -> Tensor:
+    """Mean CE (float32) over the rows whose target is not ``ignore_index`` (0 with graph when none is)."""
+    labelled = targets != ignore_index
+    safe = torch.where(labelled, targets, torch.zeros_like(targets))
+    per_row = F.cross_entropy(logits.float(), safe, reduction="none", label_smoothing=label_smoothing)
+    count = labelled.sum().clamp(min=1)
+    return (per_row * labelled).sum() / count
 
 
 def sample_lams(num_mixup: int, alpha: float, generator: torch.Generator | None = None) -> list[float]:
@@ -242,6 +317,39 @@ def sample_lams(num_mixup: int, alpha: float, generator: torch.Generator | None 
     return [float(v) for v in rng.beta(alpha, alpha, size=num_mixup)]
 
 
+def mix_copies(h: Tensor, lams: Sequence[float], perms: Sequence[Tensor]) -> Tensor:
+    """``cat_k(lam_k h + (1 - lam_k) h[perm_k])`` along dim 0: the copy-major mixed copies ``[m*B, ...]``.
+
+    The same arithmetic on inputs (official ``mixup_process`` at ``layer_mix: 0``) and on the
+    features of an intermediate layer (``mix_at_layer``).
+    """
+    if len(lams) != len(perms):
+        raise ValueError(f"mix_copies: {len(lams)} lams but {len(perms)} permutations")
+    return torch.cat([float(lam) * h + (1.0 - float(lam)) * h[p.to(h.device)] for lam, p in zip(lams, perms)], dim=0)
+
+
+def mixed_copy_targets(
+    targets: Tensor,
+    num_classes: int,
+    lams: Sequence[float],
+    perms: Sequence[Tensor],
+    ignore_index: int | None = None,
+) -> Tensor:
+    """Soft targets of the copies, copy-major ``[m*B, C]`` float32: ``lam_k e_y + (1 - lam_k) e_{y[perm_k]}``.
+
+    With ``ignore_index``, such targets get an all-zero one-hot row (their rows are then left
+    out of the ranking term by ``ranking_rows``).
+    """
+    t = targets.long()
+    if ignore_index is not None:
+        labelled = t != ignore_index
+        onehot = F.one_hot(torch.where(labelled, t, torch.zeros_like(t)), num_classes).float()
+        onehot = onehot * labelled.unsqueeze(1)
+    else:
+        onehot = F.one_hot(t, num_classes).float()
+    return mix_copies(onehot, lams, perms)
+
+
 def make_mixed_views(
     x: Tensor,
     targets: Tensor,
@@ -252,6 +360,7 @@ def make_mixed_views(
     *,
     lams: Sequence[float] | None = None,
     perms: Sequence[Tensor] | None = None,
+    ignore_index: int | None = None,
 ) -> tuple[Tensor, Tensor, list[float], list[Tensor]]:
     """Build the m mixed copies of a batch, copy-major (official ``mixup_process`` per copy).
 
@@ -267,6 +376,7 @@ def make_mixed_views(
         alpha: the Beta parameter (``<= 0``: lam = 1).
         generator: the source of lam and the permutations (a CPU ``torch.Generator``).
         lams, perms: explicit lam and permutation per copy (tests, replays).
+        ignore_index: targets with this value get all-zero one-hot rows (see ``mixed_copy_targets``).
 
     Returns:
         ``(x_views [m*B, ...], t_views [m*B, C] float32, lams, perms)``.
@@ -277,26 +387,74 @@ def make_mixed_views(
     b = x.shape[0]
     if targets.shape != (b,):
         raise ValueError(f"make_mixed_views: targets must have shape [{b}], got {tuple(targets.shape)}")
-    lam_list = list(lams) if lams is not None else sample_lams(m, alpha, generator)
+    lam_list, perm_list = _views(b, m, alpha, generator, lams, perms, x.device)
+    x_views = mix_copies(x, lam_list, perm_list)
+    t_views = mixed_copy_targets(targets, num_classes, lam_list, perm_list, ignore_index)
+    return x_views, t_views, lam_list, perm_list
+
+
+def _views(
+    b: int,
+    m: int,
+    alpha: float,
+    generator: torch.Generator | None,
+    lams: Sequence[float] | None,
+    perms: Sequence[Tensor] | None,
+    device: torch.device,
+) -> tuple[list[float], list[Tensor]]:
+    lam_list = [float(v) for v in lams] if lams is not None else sample_lams(m, alpha, generator)
     if perms is None:
-        perm_list = [torch.randperm(b, generator=generator).to(x.device) for _ in range(m)]
+        perm_list = [torch.randperm(b, generator=generator).to(device) for _ in range(m)]
     else:
-        perm_list = [torch.as_tensor(p, dtype=torch.long, device=x.device) for p in perms]
+        perm_list = [torch.as_tensor(p, dtype=torch.long, device=device) for p in perms]
     if len(lam_list) != m or len(perm_list) != m:
-        raise ValueError(
-            f"make_mixed_views: need {m} lams and perms, got {len(lam_list)} and {len(perm_list)}"
-        )
+        raise ValueError(f"make_mixed_views: need {m} lams and perms, got {len(lam_list)} and {len(perm_list)}")
     for lam in lam_list:
-        if not (0.0 <= float(lam) <= 1.0) or math.isnan(float(lam)):
+        if not (0.0 <= lam <= 1.0) or math.isnan(lam):
             raise ValueError(f"make_mixed_views: lam must lie in [0, 1], got {lam}")
-    onehot = F.one_hot(targets.long(), num_classes).float()
-    xs, ts = [], []
-    for lam, perm in zip(lam_list, perm_list):
+    for perm in perm_list:
         if perm.shape != (b,):
-            raise ValueError(
-                f"make_mixed_views: a permutation must have shape [{b}], got {tuple(perm.shape)}"
+            raise ValueError(f"make_mixed_views: a permutation must have shape [{b}], got {tuple(perm.shape)}")
+    return lam_list, perm_list
+
+
+@contextmanager
+def mix_at_layer(
+    layer: nn.Module, lams: Sequence[float], perms: Sequence[Tensor], *, keep_raw: bool = False
+) -> Iterator[None]:
+    """Inside the block, ``layer``'s output ``h [B, ...]`` is replaced by its m mixed copies.
+
+    Feature-level mixing (official ``layer_mix: 4``: ``ResNet_Cifar.forward_multimixup`` runs
+    the raw batch up to ``layer4``, mixes its output with ``mixup_process`` once per copy and
+    finishes the forward on the ``[m*B, ...]`` copies). Here a forward hook on any module does
+    the same, so it works for any model whose layers after ``layer`` are batch-size agnostic
+    (timm CNNs, ViT blocks, the core models)::
+
+        with mix_at_layer(model.layer4, lams, perms):
+            mixed_logits = model(x)            # [m*B, C], copy-major
+        t_mix = mixed_copy_targets(y, num_classes, lams, perms)
+
+    ``keep_raw=True`` returns ``cat([h, copies])`` so that one call gives the raw logits
+    (first B rows) and the mixed ones. Only the first call of ``layer`` inside the block is
+    mixed; a second call (a module reused in one forward) raises ``RuntimeError``.
+    """
+    calls = [0]
+
+    def hook(module: nn.Module, args: Any, out: Any) -> Tensor:
+        calls[0] += 1
+        if calls[0] > 1:
+            raise RuntimeError(
+                "mix_at_layer: the mixing layer ran twice in one forward pass; choose a module that runs once"
             )
-        lam = float(lam)
-        xs.append(lam * x + (1.0 - lam) * x[perm])
-        ts.append(lam * onehot + (1.0 - lam) * onehot[perm])
-    return torch.cat(xs, dim=0), torch.cat(ts, dim=0), [float(v) for v in lam_list], perm_list
+        if not isinstance(out, Tensor):
+            raise TypeError(f"mix_at_layer: the mixing layer must return a tensor, got {type(out).__name__}")
+        copies = mix_copies(out, lams, perms)
+        return torch.cat([out, copies], dim=0) if keep_raw else copies
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+    if calls[0] == 0:
+        raise RuntimeError("mix_at_layer: the mixing layer did not run in the forward pass")

@@ -4,10 +4,12 @@ One training step (official ``calibrate/engine/trainer.py``, ``train_epoch``):
 
 * ``mixhub_sample_pairs``: an identity plan for the raw batch, plus ``plan.extras["views"]``,
   m independent ``{"index": pi_k [B], "lam": lam_k [B]}`` (one lam per copy).
-* ``mixhub_mix_batch``: inputs stay raw; ``extras["rank_inputs"]`` [m*B, ...] and
-  ``extras["rank_targets"]`` [m*B, C] hold the copy-major mixed copies.
+* ``mixhub_mix_batch``: inputs stay raw; ``extras["rank_inputs"]`` [m*B, ...] (input mixing
+  only) and ``extras["rank_targets"]`` [m*B, C] hold the copy-major mixed copies.
 * ``mixhub_forward``: ``model(x)`` then ``model(x~)`` in a separate call (BatchNorm sees the
   raw and the mixed batch separately, as the official ``forward`` / ``forward_multimixup``).
+  With ``layer_mix`` naming a module, the second call runs the raw batch and a forward hook
+  mixes that module's output (official ``layer_mix: 4``).
 * ``mixhub_compute_loss``: CE on the raw logits only (claimed, so another loss owner is a
   startup conflict rather than a silent replacement).
 * ``mixhub_aux_losses``: ``rankmixup_mrl`` or ``rankmixup_mndcg`` (the ranking term; the core
@@ -27,7 +29,17 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mixhub import Batch, ConfigError, MixPlan, PluginOptions, PluginSpec, State, hookimpl
 
-from .functional import make_mixed_views, mndcg_loss, mrl_loss, same_class_rows, sample_lams
+from .functional import (
+    make_mixed_views,
+    masked_cross_entropy,
+    mix_at_layer,
+    mixed_copy_targets,
+    mndcg_loss,
+    mrl_loss,
+    ranking_rows,
+    same_class_rows,
+    sample_lams,
+)
 
 NAME = "rankmixup"
 LOSS_NAMES = {"mrl": "rankmixup_mrl", "mndcg": "rankmixup_mndcg"}
@@ -65,6 +77,16 @@ class RankMixupOptions(PluginOptions):
         "afterwards so evaluation uses raw-batch statistics only (ours, not in the paper)",
     )
     stable_sort: bool = Field(True, description="order tied M-NDCG gains by copy index (deterministic)")
+    layer_mix: str = Field(
+        "input",
+        description="where the copies are mixed: input (official layer_mix 0), last (the model's last "
+        "feature_info module, e.g. layer4 of a ResNet: official layer_mix 4) or a module name (model.get_submodule)",
+    )
+    ignore_index: int | None = Field(
+        None,
+        description="samples with this target are left out of CE and of the ranking term, and are never "
+        "partners (null: every target is a class)",
+    )
 
     @property
     def copies(self) -> int:
@@ -81,6 +103,11 @@ def _validate(options: RankMixupOptions, config: Any) -> list[str]:
             f"got num_mixup={options.copies}; use num_mixup=1 or variant=mndcg (options of plugin 'rankmixup')"
         )
     warnings: list[str] = []
+    if options.layer_mix != "input" and not options.separate_forward:
+        warnings.append(
+            "rankmixup.separate_forward=false with feature mixing: one call returns the raw and the mixed rows "
+            "(the layers after rankmixup.layer_mix see them together)"
+        )
     clip = getattr(getattr(config, "train", None), "clip_grad_norm", None)
     if clip is None:
         warnings.append(
@@ -142,6 +169,14 @@ def _restore_bn_stats(model: torch.nn.Module) -> Iterator[None]:
 
 # ---------------------------------------------------------------------------------- slots
 @hookimpl
+def mixhub_configure_model(model: torch.nn.Module, state: State) -> None:
+    """Resolve ``layer_mix`` once, so that a wrong module name fails at startup."""
+    opts: RankMixupOptions = state.options(NAME)
+    if opts.layer_mix != "input":
+        _mix_layer(state, model, opts.layer_mix)
+
+
+@hookimpl
 def mixhub_sample_pairs(batch: Batch, state: State) -> MixPlan:
     opts: RankMixupOptions = state.options(NAME)
     b, device = batch.size, batch.inputs.device
@@ -149,12 +184,28 @@ def mixhub_sample_pairs(batch: Batch, state: State) -> MixPlan:
     lams = sample_lams(opts.copies, opts.alpha, state.generator)
     plan.extras["views"] = [
         {
-            "index": torch.randperm(b, generator=state.generator).to(device),
+            "index": _permutation(b, batch.targets, opts.ignore_index, state.generator, device),
             "lam": torch.full((b,), lam, device=device),
         }
         for lam in lams
     ]
     return plan
+
+
+def _permutation(
+    b: int, targets: torch.Tensor, ignore_index: int | None, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """A random permutation of the batch; with ``ignore_index``, labelled samples are permuted among
+    themselves and unlabelled ones stay in place (no host synchronisation)."""
+    if ignore_index is None:
+        return torch.randperm(b, generator=generator).to(device)
+    labelled = (targets != ignore_index).to(device)
+    keys = torch.rand(b, generator=generator).to(device)
+    # positions of labelled rows (natural order) and the same rows in random order; unlabelled rows
+    # follow in natural order in both lists, so they map to themselves
+    slots = torch.argsort((~labelled).to(torch.int8), stable=True)
+    shuffled = torch.argsort(torch.where(labelled, keys, torch.full_like(keys, 2.0)), stable=True)
+    return torch.empty_like(slots).scatter_(0, slots, shuffled)
 
 
 @hookimpl
@@ -164,24 +215,56 @@ def mixhub_mix_batch(batch: Batch, plan: MixPlan, state: State) -> Batch:
         raise RuntimeError(
             "rankmixup: the plan carries no mixed views (extras['views']); is sample_pairs owned by rankmixup?"
         )
-    x_views, t_views, _, _ = make_mixed_views(
-        batch.inputs,
-        batch.targets,
-        _num_classes(state, state.model),
-        len(views),
-        alpha=0.0,
-        lams=[float(v["lam"].reshape(-1)[0]) for v in views],
-        perms=[v["index"] for v in views],
-    )
+    opts: RankMixupOptions = state.options(NAME)
+    lams = [float(v["lam"].reshape(-1)[0]) for v in views]
+    perms = [v["index"] for v in views]
+    num_classes = _num_classes(state, state.model)
     out = batch.replace()
-    out.extras["rank_inputs"] = x_views
+    if opts.layer_mix == "input":
+        x_views, t_views, _, _ = make_mixed_views(
+            batch.inputs, batch.targets, num_classes, len(views), alpha=0.0, lams=lams, perms=perms,
+            ignore_index=opts.ignore_index,
+        )
+        out.extras["rank_inputs"] = x_views
+    else:
+        t_views = mixed_copy_targets(batch.targets, num_classes, lams, perms, opts.ignore_index)
     out.extras["rank_targets"] = t_views
+    out.extras["rank_lams"] = lams
+    out.extras["rank_perms"] = perms
     return out
+
+
+def _mix_layer(state: State, model: torch.nn.Module, name: str) -> torch.nn.Module:
+    """The module whose output is mixed: ``last`` = the last ``feature_info`` entry, else a module name."""
+    scratch = state.scratch(NAME)
+    key = (id(model), name)
+    if getattr(scratch, "layer_key", None) == key:
+        return scratch.layer  # type: ignore[no-any-return]
+    target = name
+    if name == "last":
+        info = getattr(model, "feature_info", None)
+        entries = info.get_dicts() if hasattr(info, "get_dicts") else info
+        if not entries:
+            raise ConfigError(
+                "rankmixup.layer_mix=last: the model has no feature_info; name a module instead (options of plugin 'rankmixup')"
+            )
+        target = entries[-1]["module"]
+    try:
+        layer = model.get_submodule(target)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n][:40]
+        raise ConfigError(
+            f"rankmixup.layer_mix: the model has no module {target!r} (some modules: {', '.join(names)})"
+        ) from None
+    scratch.layer, scratch.layer_key = layer, key
+    return layer
 
 
 @hookimpl
 def mixhub_forward(model: torch.nn.Module, batch: Batch, plan: MixPlan, state: State) -> dict[str, Any]:
     opts: RankMixupOptions = state.options(NAME)
+    if opts.layer_mix != "input":
+        return _forward_feature_mix(model, batch, state, opts)
     x_mix = batch.extras["rank_inputs"]
     if opts.separate_forward:
         logits = model(batch.inputs)
@@ -193,12 +276,31 @@ def mixhub_forward(model: torch.nn.Module, batch: Batch, plan: MixPlan, state: S
     return {"logits": logits, "mixed_logits": mixed_logits}
 
 
+def _forward_feature_mix(
+    model: torch.nn.Module, batch: Batch, state: State, opts: RankMixupOptions
+) -> dict[str, Any]:
+    base = state.model if state.model is not None else model
+    layer = _mix_layer(state, base, opts.layer_mix)
+    lams, perms = batch.extras["rank_lams"], batch.extras["rank_perms"]
+    if opts.separate_forward:
+        logits = model(batch.inputs)
+        with nullcontext() if opts.mixed_bn_update else _restore_bn_stats(base), mix_at_layer(layer, lams, perms):
+            mixed_logits = model(batch.inputs)
+    else:
+        with mix_at_layer(layer, lams, perms, keep_raw=True):
+            both = model(batch.inputs)
+        logits, mixed_logits = both[: batch.size], both[batch.size :]
+    return {"logits": logits, "mixed_logits": mixed_logits}
+
+
 @hookimpl
 def mixhub_compute_loss(outputs: dict[str, Any], batch: Batch, plan: MixPlan, state: State) -> torch.Tensor:
     # Plain CE on the raw batch: RankMixup never trains on mixed labels.
-    return F.cross_entropy(
-        outputs["logits"].float(), batch.targets, label_smoothing=state.config.train.label_smoothing
-    )
+    opts: RankMixupOptions = state.options(NAME)
+    smoothing = state.config.train.label_smoothing
+    if opts.ignore_index is not None:
+        return masked_cross_entropy(outputs["logits"], batch.targets, opts.ignore_index, smoothing)
+    return F.cross_entropy(outputs["logits"].float(), batch.targets, label_smoothing=smoothing)
 
 
 # ---------------------------------------------------------------------------------- collectors
@@ -211,11 +313,15 @@ def mixhub_aux_losses(
         return None
     opts: RankMixupOptions = state.options(NAME)
     logits, targets = outputs["logits"], batch.extras["rank_targets"]
+    valid = ranking_rows(batch.targets, batch.extras["rank_perms"], opts.ignore_index)
     if opts.variant == "mrl":
-        term = mrl_loss(logits, mixed_logits, targets, opts.margin, opts.mrl_mask, space=opts.mrl_space)
+        term = mrl_loss(
+            logits, mixed_logits, targets, opts.margin, opts.mrl_mask, space=opts.mrl_space, valid=valid
+        )
     else:
         term = mndcg_loss(
-            logits, mixed_logits, targets, opts.copies, ratio=opts.mndcg_ratio, stable_sort=opts.stable_sort
+            logits, mixed_logits, targets, opts.copies, ratio=opts.mndcg_ratio, stable_sort=opts.stable_sort,
+            valid=valid,
         )
     _track(state, logits, mixed_logits, targets, opts.copies)
     return {LOSS_NAMES[opts.variant]: term}
