@@ -7,9 +7,12 @@
 from .functional import (
     decoupled_log_softmax,
     decoupled_mixup_loss,
+    decoupled_multimix_loss,
     decoupled_regularizer,
     eta_weights,
+    lambda_adjust,
     mixup_soft_cross_entropy,
+    multi_eta_weights,
     official_skip_reason,
 )
 from .mechanism import fixed_test_mixes, mixed_top2_rate
@@ -19,6 +22,9 @@ __version__ = "0.1.0"
 __all__ = [
     "decoupled_log_softmax",
     "decoupled_mixup_loss",
+    "decoupled_multimix_loss",
+    "lambda_adjust",
+    "multi_eta_weights",
     "decoupled_regularizer",
     "eta_weights",
     "fixed_test_mixes",

@@ -2,7 +2,8 @@
 
 Owns only the ``compute_loss`` slot: it reads ``plan.y_a``, ``plan.y_b`` and ``plan.lam`` from
 whichever plugin samples and mixes (the ``mixup`` plugin in mixup or CutMix mode, C-Mixup in
-classification mode, a third-party mixer) and never sees smoothed soft targets. The math lives
+classification mode, a third-party mixer) and never sees smoothed soft targets. N-source plans
+(``plan.sources``, k >= 3 classes per mix) go through ``decoupled_multimix_loss``. The math lives
 in ``mixhub_decoupled.functional``.
 """
 
@@ -11,12 +12,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from mixhub import Batch, ConfigError, MixPlan, PluginOptions, PluginSpec, State, Suite, hookimpl
 
-from .functional import OFFICIAL_MIN_SMOOTHING, decoupled_mixup_loss
+from .functional import OFFICIAL_MIN_SMOOTHING, decoupled_mixup_loss, decoupled_multimix_loss
 from .mechanism import fixed_test_mixes, mixed_top2_rate
 
 NAME = "decoupled"
@@ -34,7 +35,18 @@ class DecoupledOptions(PluginOptions):
     )
     thr: float = Field(0.5, ge=0.0, le=1.0, description="lam threshold of modes less/more")
     lam_pow: float = Field(
-        1.0, ge=0.0, description="exponent p of the weights eta * lam**p (0: constant eta)"
+        1.0, ge=0.0, description="exponent p of the weights eta * lam**p (0: constant eta); the base of lam_scale_mode=exp"
+    )
+    lam_scale_mode: Literal["pow", "exp", "none"] = Field(
+        "pow",
+        description="rescaling of each eta weight below lam_thr: pow (thr**-p * w**p), exp (an exponential ramp "
+        "to 1 at lam_thr) or none (constant eta); the head's lam_scale_mode",
+    )
+    lam_thr: float = Field(
+        1.0, gt=0.0, le=1.0, description="weights at or above lam_thr are not rescaled (eta * 1); the head's lam_thr"
+    )
+    class_weight: list[float] | None = Field(
+        None, description="one weight per class for the mixup CE and the decoupled terms (null: all 1)"
     )
     official_eta_order: bool = Field(
         True,
@@ -60,6 +72,17 @@ class DecoupledOptions(PluginOptions):
     top2_stages: list[str] = Field(
         default_factory=lambda: ["test"], description="evaluation stages that report decoupled/mixed_top2"
     )
+
+
+    @model_validator(mode="after")
+    def _exp_base(self) -> DecoupledOptions:
+        if self.lam_scale_mode == "exp" and self.lam_pow in (0.0, 1.0):
+            raise ValueError(
+                f"lam_scale_mode=exp needs lam_pow (the base) other than 0 and 1, got {self.lam_pow}"
+            )
+        if self.class_weight is not None and any(w < 0 for w in self.class_weight):
+            raise ValueError("class_weight must be non-negative")
+        return self
 
 
 def _sampler_lam_modes(config: Any) -> list[tuple[str, str]]:
@@ -127,10 +150,15 @@ PLUGIN = PluginSpec(
 @hookimpl
 def mixhub_compute_loss(outputs: dict[str, Any], batch: Batch, plan: MixPlan, state: State) -> Tensor:
     opts: DecoupledOptions = state.options(NAME)
-    if plan.sources is not None:
-        raise ValueError(
-            "decoupled: Decoupled Mixup needs a two-source plan (y_a, y_b, lam); the sampler gave N sources"
+    if opts.class_weight is not None and state.num_classes and len(opts.class_weight) != state.num_classes:
+        raise ConfigError(
+            f"decoupled.class_weight: {len(opts.class_weight)} weights for {state.num_classes} classes"
         )
+    if plan.sources is not None and len(plan.sources) > 2:
+        return _multimix_loss(outputs, batch, plan, state, opts)
+    if plan.sources is not None:  # two sources given in the N-source form
+        (idx_a, w_a), (idx_b, _) = plan.sources
+        plan = MixPlan.pairs(idx_b, w_a, y_a=batch.targets[idx_a], y_b=batch.targets[idx_b], mask=plan.mask)
     if plan.y_a is None or plan.y_b is None:
         raise ValueError("decoupled: the plan's targets (plan.y_a, plan.y_b) are not resolved")
     official = opts.official_eta_order or opts.official_skip
@@ -159,12 +187,63 @@ def mixhub_compute_loss(outputs: dict[str, Any], batch: Batch, plan: MixPlan, st
         official_skip=opts.official_skip,
         label_smoothing=opts.label_smoothing,
         smoothing_target=opts.smoothing_target,
+        lam_scale_mode=opts.lam_scale_mode,
+        lam_thr=opts.lam_thr,
+        class_weight=opts.class_weight,
         return_parts=True,
     )
+    _log(state, plan, parts)
+    return loss
+
+
+def _log(state: State, plan: MixPlan, parts: dict[str, Tensor]) -> None:
     scratch = state.scratch(NAME)
     scratch.saw_mask = bool(getattr(scratch, "saw_mask", False) or plan.mask is not None)
     state.log[f"{NAME}/reg"] = parts["reg"].detach().mean()  # tensors: the core syncs once per step
     state.log[f"{NAME}/skipped_frac"] = parts["skipped"].float()
+
+
+def _multimix_loss(
+    outputs: dict[str, Any], batch: Batch, plan: MixPlan, state: State, opts: DecoupledOptions
+) -> Tensor:
+    """A k-source plan (k >= 3): one class per source, batch-constant source weights."""
+    assert plan.sources is not None
+    k = len(plan.sources)
+    if opts.mode != "both":
+        raise ConfigError(
+            f"decoupled.mode={opts.mode!r}: the sampler mixes {k} classes, and modes less/more name one of two "
+            "components; use decoupled.mode=both"
+        )
+    if opts.label_smoothing > 0 and opts.smoothing_target == "official":
+        raise ConfigError(
+            "decoupled.smoothing_target=official: the official loss forbids label smoothing with mixes of more "
+            "than two classes; use decoupled.smoothing_target=onehot"
+        )
+    lams = []
+    for j, (_, w) in enumerate(plan.sources):
+        first = w.reshape(-1)[:1]
+        if not bool(torch.all(w == first)):
+            raise ValueError(
+                f"decoupled: source {j} of the {k}-source plan has per-sample weights; Decoupled Mixup's "
+                "k-source loss needs one weight per source for the whole batch"
+            )
+        lams.append(float(first))
+    ys = torch.stack([batch.targets[idx] for idx, _ in plan.sources], dim=1)
+    loss, parts = decoupled_multimix_loss(
+        outputs["logits"],
+        ys,
+        lams,
+        eta=opts.eta,
+        lam_pow=opts.lam_pow,
+        official_eta_order=opts.official_eta_order,
+        official_skip=opts.official_skip,
+        lam_scale_mode=opts.lam_scale_mode,
+        lam_thr=opts.lam_thr,
+        class_weight=opts.class_weight,
+        label_smoothing=opts.label_smoothing,
+        return_parts=True,
+    )
+    _log(state, plan, parts)
     return loss
 
 
