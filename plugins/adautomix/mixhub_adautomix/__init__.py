@@ -12,6 +12,7 @@ from .functional import (
     mask_statistics,
     mix_ce,
     mix_with_masks,
+    no_repeat_permutation,
     sample_mix_lambdas,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "mix_ce",
     "mix_logits",
     "mix_with_masks",
+    "no_repeat_permutation",
     "one_hot_logits",
     "sample_mix_lambdas",
     "stage_features",

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "MaskGenerator",
+    "no_repeat_permutation",
     "mix_with_masks",
     "sample_mix_lambdas",
     "mix_ce",
@@ -46,6 +47,39 @@ def _lam_list(lams: LamLike, n: int) -> list[float]:
     if len(values) != n:
         raise ValueError(f"expected {n} lambda values (one per source), got {len(values)}")
     return values
+
+
+# =============================================================================== pairing
+def no_repeat_permutation(
+    n: int, generator: torch.Generator | None = None, *, ignore_failure: bool = False, tries: int = 10
+) -> Tensor:
+    """A random permutation of ``range(n)`` that tries to move every element (official ``mix_shuffle_no_repeat``).
+
+    Mirrors ``AdAutoMix._no_repeat_shuffle_idx``: draw ``randperm(n)``; up to ``tries`` times, if
+    some ``i`` maps to itself, draw again. After the last try the newest draw is kept
+    *unchecked* with ``ignore_failure=True`` (the official classifier-branch call), while with
+    ``ignore_failure=False`` (the generator-branch call) a failure -- the last checked draw had
+    a fixed point -- falls back to a cyclic shift ``i -> (i + s) % n`` with ``s`` uniform in
+    ``[1, n - 2]`` (``np.random.randint(1, n - 1)``), which moves every element. For ``n = 2``
+    the only derangement ``s = 1`` is used (the official range is empty there); ``n = 1`` returns
+    ``[0]``. Draws come from ``generator`` (CPU), so a seeded generator reproduces them.
+    """
+    if n < 1:
+        raise ValueError(f"no_repeat_permutation: n must be >= 1, got {n}")
+    ident = torch.arange(n)
+    perm = torch.randperm(n, generator=generator)
+    repeat = False
+    for _ in range(tries):
+        if bool((perm == ident).any()):
+            repeat = True
+            perm = torch.randperm(n, generator=generator)
+        else:
+            repeat = False
+            break
+    if repeat and not ignore_failure and n > 1:
+        shift = int(torch.randint(1, n - 1, (1,), generator=generator)) if n > 2 else 1
+        perm = (ident + shift) % n
+    return perm
 
 
 # =============================================================================== generator

@@ -36,6 +36,7 @@ from .functional import (
     mask_statistics,
     mix_ce,
     mix_with_masks,
+    no_repeat_permutation,
     sample_mix_lambdas,
 )
 
@@ -49,6 +50,11 @@ class AdAutoMixOptions(PluginOptions):
     alpha: float = Field(1.0, gt=0.0, description="Beta(alpha, alpha) of the lambda draws")
     mix_samples: int = Field(3, ge=2, description="N, the number of mixed samples (2 or 3 officially)")
     is_random: bool = Field(False, description="draw N ~ U{2..mix_samples} every step")
+    mix_shuffle_no_repeat: bool = Field(
+        False,
+        description="official mix_shuffle_no_repeat: the generator-branch partner permutation moves every "
+        "sample (redraws, then a cyclic shift) and the classifier-branch one is redrawn up to 10 times",
+    )
     export: Literal["teacher", "student"] = Field("teacher", description="which network `checkpoints/export.pt` holds")
     momentum: float = Field(0.999, ge=0.0, lt=1.0, description="teacher EMA momentum m_0")
     momentum_end: float = Field(0.999999, ge=0.0, le=1.0, description="final momentum of the cosine schedule")
@@ -160,6 +166,14 @@ def _perm(n: int, state: State, device: torch.device) -> Tensor:
     return torch.randperm(n, generator=state.generator).to(device)
 
 
+def _no_repeat_pair(n: int, state: State, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(generator-branch, classifier-branch)`` partners under ``mix_shuffle_no_repeat``, drawn in the
+    official order (classifier branch first, ``ignore_failure=True``; generator branch strict)."""
+    bb = no_repeat_permutation(n, state.generator, ignore_failure=True)
+    mb = no_repeat_permutation(n, state.generator, ignore_failure=False)
+    return mb.to(device), bb.to(device)
+
+
 # =============================================================================== model surgery
 @hookimpl
 def mixhub_configure_model(model: nn.Module, state: State) -> None:
@@ -223,11 +237,19 @@ def mixhub_sample_pairs(batch: Batch, state: State) -> MixPlan:
     if n == 2:
         lam_mb, lam_bb = sample_mix_lambdas(2, opts.alpha, g, sampler="raw_beta")
         ident = torch.arange(b, device=device)
-        mb_index, bb_index = [ident, _perm(b, state, device)], [ident, _perm(b, state, device)]
+        if opts.mix_shuffle_no_repeat:
+            mb_partner, bb_partner = _no_repeat_pair(b, state, device)
+        else:
+            mb_partner, bb_partner = _perm(b, state, device), _perm(b, state, device)
+        mb_index, bb_index = [ident, mb_partner], [ident, bb_partner]
         mb_lams, bb_lams = [lam_mb, 1.0 - lam_mb], [lam_bb, 1.0 - lam_bb]
     else:
         lams = sample_mix_lambdas(n, opts.alpha, g, sampler=opts.lam_sampler)
-        mb_index = [_perm(b, state, device) for _ in range(n)]
+        if opts.mix_shuffle_no_repeat:
+            # official co-mix: the generator branch's first two sources are the no-repeat draws
+            mb_index = [*_no_repeat_pair(b, state, device), *(_perm(b, state, device) for _ in range(n - 2))]
+        else:
+            mb_index = [_perm(b, state, device) for _ in range(n)]
         bb_index = [_perm(b, state, device) for _ in range(n)]
         mb_lams = bb_lams = lams
     extras = {
