@@ -5,7 +5,7 @@ from pathlib import Path
 
 import tomllib
 
-from mixhub.registry import REQUIRED_FIELDS, load_registry
+from mixhub.registry import load_registry, required_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,9 +14,12 @@ def test_registry_is_packaged_and_complete():
     reg = load_registry()
     assert reg, "empty registry"
     for name, entry in reg.items():
-        missing = [f for f in REQUIRED_FIELDS if f not in entry]
+        missing = [f for f in required_fields(entry) if f not in entry]
         assert not missing, f"{name}: missing {missing}"
-        assert {"title", "venue", "link"} <= set(entry["paper"]), name
+        if entry.get("kind", "method") == "method":
+            assert {"title", "venue", "link"} <= set(entry["paper"]), name
+        else:
+            assert {"name", "link"} <= set(entry["tool"]), name
     assert (ROOT / "registry.yaml").resolve() == (ROOT / "core/mixhub/registry.yaml").resolve()
 
 
@@ -46,3 +49,10 @@ def test_registry_slots_match_plugin_declarations():
         if plugin.spec.claims is None:
             assert declared == set(reg[name]["slots"]), f"{name}: registry slots {reg[name]['slots']} vs declared {sorted(declared)}"
         assert set(plugin.spec.task_kinds) == set(reg[name]["task_kinds"]), name
+
+
+def test_unknown_registry_kind_is_named():
+    import pytest
+
+    with pytest.raises(ValueError, match="'x'.*unknown kind 'plugin'"):
+        required_fields({"name": "x", "kind": "plugin"})

@@ -23,6 +23,7 @@ from .hookspecs import SLOTS, hookimpl, hookspec
 from .norm import TestTimeNorm
 from .plan import MixPlan
 from .plugins import PluginOptions, PluginSpec
+from .runlog import LogRecord, TrackInfo, track_info
 from .state import ModuleSpec, State
 
 __version__ = "0.1.0"
@@ -33,6 +34,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "LogRecord",
     "MixPlan",
     "MixhubError",
     "ModuleSpec",
@@ -46,8 +48,10 @@ __all__ = [
     "State",
     "Suite",
     "TestTimeNorm",
+    "TrackInfo",
     "hookimpl",
     "hookspec",
     "mix_inputs",
     "mixed_cross_entropy",
+    "track_info",
 ]

@@ -23,6 +23,7 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "OptimizerConfig",
+    "TrackConfig",
     "Config",
     "RunConfig",
     "register_section",
@@ -90,6 +91,16 @@ class TrainConfig(Section):
     max_steps_per_epoch: int | None = Field(None, ge=1)
     checkpoint: bool = True
     plots: bool = True
+    log_every: int = Field(50, ge=1, description="optimizer steps between step records (loss, lr, images/s, grad norm) and console lines")
+
+
+class TrackConfig(Section):
+    """How trackers (logger plugins such as tensorboard, mlflow, wandb) name and file the run."""
+
+    experiment: str | None = Field(None, description="experiment (MLflow) / project (W&B) the run belongs to (default: mixhub)")
+    name: str | None = Field(None, description="the run's name in trackers (default: the run folder's name)")
+    tags: dict[str, str] = Field(default_factory=dict, description="tags every tracker attaches to the run")
+    dir: str | None = Field(None, description="folder for trackers' local stores shared by several runs (default: inside the run folder)")
 
 
 class OptimizerConfig(Section):
@@ -110,6 +121,7 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    track: TrackConfig = Field(default_factory=TrackConfig)
 
     @field_validator("plugins", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ The training loop, as the core runs it (``trainer.py``)::
     optimizer = mixhub_create_optimizer(groups, config, state)              # slot
     (EMA, torch.compile, DDP wrap)
     with mixhub_fit(state):                                   # wrappers, around the whole run
+        mixhub_log(config record, state)                      # collectors: every record, see below
         for epoch:
             mixhub_epoch_start(state)
             for batch in loader:                                # (continual: one task at a time,
@@ -21,12 +22,15 @@ The training loop, as the core runs it (``trainer.py``)::
                     loss += sum(w * v for v in mixhub_aux_losses(...))      # collectors
                 (lr for this step set) backward; (DDP: gradients all-reduced); clip; optimizer.step()
                 mixhub_after_step(state)                                     # collectors
+                every train.log_every steps: mixhub_log(step record, state)
             mixhub_epoch_end(state)
             with mixhub_evaluate(model, state):                # wrappers, around each eval pass
                 for batch in val:
                     outputs = mixhub_eval_forward(model, batch, state)      # slot
             metrics |= mixhub_metrics("val", state)                         # collectors
+            mixhub_log(epoch records: train, val, state)
             checkpoint: model, optimizer, ... + mixhub_state_dict(state)    # collectors
+        final test; mixhub_log(final epoch records, summary record, artifact records, state)
 
 Three kinds of hook:
 
@@ -56,6 +60,7 @@ if TYPE_CHECKING:
 
     from .batch import Batch
     from .plan import MixPlan
+    from .runlog import LogRecord
     from .state import State
 
 hookspec = pluggy.HookspecMarker("mixhub")
@@ -221,6 +226,35 @@ def mixhub_state_dict(state: State) -> dict[str, Any] | None:
 @hookspec
 def mixhub_load_state_dict(state_dict: dict[str, Any], state: State) -> None:
     """Restore what ``mixhub_state_dict`` returned (the plugin's own entry)."""
+
+
+@hookspec
+def mixhub_log(record: LogRecord, state: State) -> None:
+    """Receive every record the run logs (main process only); trackers implement this.
+
+    ``record`` is a frozen ``mixhub.LogRecord``; ``record.kind`` is one of:
+
+    * ``"config"``: first, once per run (also when resumed: ``record.data["resumed"]``):
+      ``data["config"]`` (the resolved config as plain data), ``data["plugins"]``
+      (``{name: version}``) and ``data["run_dir"]`` (also ``state.run_dir``; ``None`` when the
+      run writes no folder).
+    * ``"step"``: every ``train.log_every`` optimizer steps and at the last step. ``scalars``:
+      the mean ``loss``, ``loss_main`` and aux losses over the steps since the last record,
+      ``lr`` and ``lr/<group>``, ``images_per_s``, ``data_wait_s``, ``step_time_s``,
+      ``grad_norm``, ``eta_s``, and plugin scalars (``state.log``).
+    * ``"epoch"``: per epoch (continual: per task) and ``record.split`` (``train``, ``val``,
+      ``task``, ``final_test`` ...): what the run writes to ``metrics.jsonl``.
+    * ``"summary"``: once at the end: ``data`` is the summary, ``scalars`` its numbers
+      flattened (``test/acc``).
+    * ``"artifact"``: a file worth keeping (``record.path``): plots, ``summary.json``,
+      ``checkpoints/export.pt``.
+
+    ``record.step`` is the x axis (optimizer steps done); ``record.metrics()`` gives the
+    scalars under the names every tracker uses (``train/loss``, ``val/acc``, ``train_epoch/loss``).
+    Every record is emitted inside ``mixhub_fit``, so a tracker may open lazily on its first
+    record and close (marking the run failed on error) in its ``mixhub_fit`` teardown. Called on
+    the host at log steps only: never read device tensors here.
+    """
 
 
 @hookspec

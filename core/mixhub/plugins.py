@@ -322,17 +322,22 @@ class PluginHost:
     def _unwind(self, entered: list[tuple[Any, Any]], error: BaseException | None, hookname: str) -> BaseException | None:
         for _impl, gen in reversed(entered):
             try:
-                with self.context(hookname):
-                    try:
-                        if error is None:
-                            gen.send(None)
-                        else:
-                            gen.throw(error)
-                    except StopIteration:
-                        continue  # a wrapper cannot swallow the error: it propagates on
-                    raise RuntimeError(f"a {hookname} wrapper yielded more than once")
+                try:
+                    if error is None:
+                        gen.send(None)
+                    else:
+                        gen.throw(error)
+                except StopIteration:
+                    continue  # a wrapper cannot swallow the error: it propagates on
+                raise RuntimeError(f"a {hookname} wrapper yielded more than once")
             except BaseException as exc:  # noqa: BLE001
-                error = exc
+                if exc is error:  # the block's own error passing through: not the wrapper's fault
+                    continue
+                try:
+                    with self.context(hookname):
+                        raise exc
+                except BaseException as named:  # noqa: BLE001
+                    error = named
         return error
 
 

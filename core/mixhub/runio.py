@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["RunFolder", "plot_curves", "plot_reliability", "to_jsonable"]
+__all__ = ["RunFolder", "plot_curves", "plot_reliability", "binned_ece", "to_jsonable"]
 
 
 def to_jsonable(value: Any) -> Any:
@@ -91,17 +91,26 @@ def _plt() -> Any:
     return plt
 
 
-def plot_curves(records: list[dict[str, Any]], out: Path) -> list[Path]:
-    """Loss and validation metric curves, one PNG each."""
+def _series(ax: Any, xs: list[Any], ys: list[Any], **kw: Any) -> None:
+    """A line with markers, so a curve of one point (a one-epoch run) still shows."""
+    ax.plot(xs, ys, marker="o", markersize=4 if len(xs) < 60 else 0, **kw)
+
+
+def plot_curves(records: list[dict[str, Any]], out: Path, steps: list[dict[str, Any]] | None = None) -> list[Path]:
+    """Loss and validation metric curves per epoch, and the learning rate per step; one PNG each.
+
+    ``steps`` are the step records (``steps.jsonl``); ``lr.png`` plots ``lr`` (or each
+    ``lr/<group>``) against the optimizer step.
+    """
     plt = _plt()
     written = []
     train = [r for r in records if r.get("split") == "train"]
     val = [r for r in records if r.get("split") == "val"]
     if train:
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([r["epoch"] for r in train], [r.get("loss", float("nan")) for r in train], label="train loss")
+        _series(ax, [r["epoch"] for r in train], [r.get("loss", float("nan")) for r in train], label="train loss")
         if val and "loss" in val[0]:
-            ax.plot([r["epoch"] for r in val], [r["loss"] for r in val], label="val loss")
+            _series(ax, [r["epoch"] for r in val], [r["loss"] for r in val], label="val loss")
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
         ax.legend()
@@ -115,7 +124,7 @@ def plot_curves(records: list[dict[str, Any]], out: Path) -> list[Path]:
         if keys:
             fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 3), squeeze=False)
             for ax, k in zip(axes[0], keys):
-                ax.plot([r["epoch"] for r in val], [r.get(k, float("nan")) for r in val])
+                _series(ax, [r["epoch"] for r in val], [r.get(k, float("nan")) for r in val])
                 ax.set_title(f"val {k}")
                 ax.set_xlabel("epoch")
             fig.tight_layout()
@@ -123,22 +132,58 @@ def plot_curves(records: list[dict[str, Any]], out: Path) -> list[Path]:
             fig.savefig(p, dpi=100)
             plt.close(fig)
             written.append(p)
+    lr_keys = [] if not steps else sorted({k for r in steps for k in r if k.startswith("lr/")}) or ["lr"]
+    if steps and any(k in r for r in steps for k in lr_keys):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for k in lr_keys:
+            pts = [(r["step"], r[k]) for r in steps if k in r]
+            _series(ax, [x for x, _ in pts], [y for _, y in pts], label=k.removeprefix("lr/"))
+        ax.set_xlabel("step")
+        ax.set_ylabel("learning rate")
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        if len(lr_keys) > 1:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        p = out / "lr.png"
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        written.append(p)
     return written
 
 
-def plot_reliability(conf: Any, acc: Any, counts: Any, out: Path, title: str = "reliability") -> Path:
-    """Reliability diagram: accuracy per confidence bin against the diagonal."""
+def binned_ece(conf: Any, acc: Any, counts: Any) -> float:
+    """ECE from reliability bins: ``sum_b n_b / n * |acc_b - conf_b|`` (0 for no samples)."""
+    n = sum(float(c) for c in counts)
+    if n == 0:
+        return 0.0
+    return sum(float(c) / n * abs(float(a) - float(f)) for f, a, c in zip(conf, acc, counts))
+
+
+def plot_reliability(conf: Any, acc: Any, counts: Any, out: Path, title: str = "reliability", ece: float | None = None) -> Path:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, with the bin counts.
+
+    The title carries the ECE (``ece``, else computed from the bins with ``binned_ece``); a
+    second panel shows how many samples fall in each bin.
+    """
     plt = _plt()
     n = len(conf)
     centers = [(i + 0.5) / n for i in range(n)]
-    fig, ax = plt.subplots(figsize=(4, 4))
+    value = binned_ece(conf, acc, counts) if ece is None else float(ece)
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(4, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     mask = [float(c) > 0 for c in counts]
     ax.bar([c for c, m in zip(centers, mask) if m], [float(a) for a, m in zip(acc, mask) if m], width=1 / n, edgecolor="k", alpha=0.7, label="accuracy")
     ax.plot([0, 1], [0, 1], "k--", label="perfect")
-    ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
-    ax.set_title(title)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{title} (ECE {100 * value:.2f}%)")
     ax.legend(loc="upper left")
+    ax_n.bar(centers, [float(c) for c in counts], width=1 / n, edgecolor="k", color="tab:gray")
+    for x, c in zip(centers, counts):
+        if float(c) > 0:
+            ax_n.annotate(f"{int(c)}", (x, float(c)), ha="center", va="bottom", fontsize=6)
+    ax_n.set_xlabel("confidence")
+    ax_n.set_ylabel("samples")
+    ax_n.set_xlim(0, 1)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -54,7 +55,9 @@ class State:
         world_size, rank: distributed layout.
         domain: test-time runs: the current domain name(s).
         data: the run's ``DataBundle`` (read-only: train/val/test datasets).
-        log: per-step scalars a plugin wants logged (``state.log["name"] = value``).
+        log: per-step scalars a plugin wants logged (``state.log["name"] = value``); they reach
+            the step records (``mixhub_log``) as window means.
+        run_dir: the run folder (``None`` when the run writes none); trackers write under it.
     """
 
     config: Any
@@ -83,6 +86,7 @@ class State:
     amp_dtype: torch.dtype | None = None
     data: Any = None
     log: dict[str, float] = field(default_factory=dict)
+    run_dir: Path | None = None
     modules: dict[str, ModuleSpec] = field(default_factory=dict)
     _scratch: dict[str, SimpleNamespace] = field(default_factory=dict, repr=False)
     _options: dict[str, Any] = field(default_factory=dict, repr=False)

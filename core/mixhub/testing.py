@@ -8,6 +8,9 @@ Fixtures:
         ``extra_plugins={"recorder": recorder}`` and ``plugins: [..., "recorder"]``).
     ``mixhub_contract``: the ``Contract`` helper below.
 
+``logging_run(plugins, run_dir)`` drives logger plugins (``mixhub_log``) without training: a
+context manager yielding the run's ``RunLog`` inside the ``mixhub_fit`` wrappers.
+
 Contract checks every plugin should pass (``Contract`` methods, each raising ``AssertionError``):
     ``hooks_in_order``, ``slot_types``, ``determinism``, ``resume_equality``,
     ``state_dict_is_plain``, ``functional_matches_plugin``.
@@ -16,7 +19,8 @@ Contract checks every plugin should pass (``Contract`` methods, each raising ``A
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,7 @@ __all__ = [
     "train_checkpoint",
     "model_fingerprint",
     "is_plain",
+    "logging_run",
 ]
 
 
@@ -76,6 +81,39 @@ def train_checkpoint(config: dict[str, Any], out: Path, extra_plugins: dict[str,
 
     train(copy.deepcopy(config), extra_plugins, out=out)
     return Path(out) / "checkpoints" / "best.pt"
+
+
+@contextmanager
+def logging_run(
+    plugins: list[str],
+    run_dir: str | Path | None,
+    extra_plugins: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+    rank: int = 0,
+) -> Iterator[Any]:
+    """A ``RunLog`` over the named plugins, inside their ``mixhub_fit`` wrappers (no training).
+
+    ``config`` is a raw config overlay (e.g. ``{"track": {"experiment": "e"}, "mlflow": {...}}``);
+    ``run_dir=None`` makes a run without a folder. Emit records with the ``RunLog`` methods
+    (``config``, ``step``, ``epoch``, ``summary``, ``artifact``); leaving the block closes the
+    trackers (marking them failed when the block raised).
+    """
+    from .config import load_config
+    from .plugins import PluginHost, resolve_plugins
+    from .runio import RunFolder
+    from .runlog import RunLog
+    from .state import State
+
+    raw = _merge({"plugins": list(plugins)}, config or {})
+    loaded = resolve_plugins(list(plugins), extra_plugins)
+    run = load_config(raw, {p.name: p.spec for p in loaded})
+    host = PluginHost(loaded, {})
+    state = State(config=run, rank=rank, run_dir=Path(run_dir) if run_dir is not None else None)
+    state._options = dict(run.options)
+    folder = RunFolder(run_dir, enabled=rank == 0) if run_dir is not None else None
+    runlog = RunLog(folder, host, state)
+    with host.wrap("mixhub_fit", state=state):
+        yield runlog
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

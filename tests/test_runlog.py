@@ -1,0 +1,265 @@
+"""The logging layer: records, the step meter, the dispatcher, the console and the run's plots."""
+
+import io
+import json
+import math
+
+import pytest
+import torch
+
+from mixhub import LogRecord, PluginSpec, hookimpl
+from mixhub.console import Console, format_duration, format_step
+from mixhub.runio import binned_ece, plot_curves, plot_reliability
+from mixhub.runlog import StepMeter, flatten_numbers, grad_norm, group_lrs, read_jsonl, truncate_steps
+from mixhub.testing import logging_run
+
+
+class Collector:
+    """An in-process logger plugin: keeps every record it receives."""
+
+    PLUGIN = PluginSpec(name="collector", task_kinds=("classification", "regression", "continual", "test-time"))
+
+    def __init__(self):
+        self.records = []
+        self.closed_with = "open"
+
+    @hookimpl
+    def mixhub_log(self, record, state):
+        assert state.run_dir is None or state.run_dir.exists()
+        self.records.append(record)
+
+    @hookimpl(wrapper=True)
+    def mixhub_fit(self, state):
+        try:
+            result = yield
+            self.closed_with = "ok"
+            return result
+        except BaseException:
+            self.closed_with = "error"
+            raise
+
+
+# ---------------------------------------------------------------------------- records
+def test_record_kinds_and_names():
+    with pytest.raises(ValueError, match="kind"):
+        LogRecord("metric", step=0)
+    with pytest.raises(ValueError, match="path"):
+        LogRecord("artifact", step=0)
+    with pytest.raises(ValueError, match="split"):
+        LogRecord("epoch", step=0)
+    assert LogRecord("step", step=5, scalars={"loss": 1.0, "lr/head": 0.1}).metrics() == {"train/loss": 1.0, "train/lr/head": 0.1}
+    assert LogRecord("epoch", step=5, split="train", scalars={"loss": 2.0}).metrics() == {"train_epoch/loss": 2.0}
+    assert LogRecord("epoch", step=5, split="val", scalars={"acc": 0.5}).metrics() == {"val/acc": 0.5}
+    assert LogRecord("summary", step=5, scalars={"test/acc": 0.5}).metrics() == {"summary/test/acc": 0.5}
+
+
+def test_flatten_numbers_keeps_numbers_only():
+    tree = {"test": {"acc": 0.9, "name": "x", "flag": True}, "steps": 10, "nested": {"a": {"b": 1}}}
+    assert flatten_numbers(tree) == {"test/acc": 0.9, "steps": 10.0, "nested/a/b": 1.0}
+
+
+# ---------------------------------------------------------------------------- step meter
+class FakeClock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_step_meter_window_means_rates_and_eta():
+    clock = FakeClock()
+    meter = StepMeter(log_every=3, max_steps=9, clock=clock)
+    losses = [torch.tensor(1.0), torch.tensor(2.0), torch.tensor(6.0)]
+    for i, loss in enumerate(losses):
+        meter.data_wait(0.1 * (i + 1))
+        meter.add({"loss": loss, "mix": torch.tensor(float(i)), "plugin/x": 4.0}, images=32)
+        clock.t += 2.0
+        assert meter.due(i + 1) == (i + 1 == 3)
+    opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.5, "name": "model"},
+                           {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.25, "name": "head"}])
+    out = meter.flush(3, opt, grad_norm=torch.tensor(7.0))
+    assert out["loss"] == pytest.approx(3.0) and out["mix"] == pytest.approx(1.0) and out["plugin/x"] == pytest.approx(4.0)
+    assert out["images_per_s"] == pytest.approx(96 / 6.0)
+    assert out["step_time_s"] == pytest.approx(2.0)
+    assert out["data_wait_s"] == pytest.approx(0.2)
+    assert out["eta_s"] == pytest.approx(6 * 2.0)
+    assert out["grad_norm"] == pytest.approx(7.0)
+    assert out["lr"] == 0.5 and out["lr/model"] == 0.5 and out["lr/head"] == 0.25
+    # the window restarts: the next flush only sees the next steps
+    meter.add({"loss": torch.tensor(10.0)}, images=8)
+    clock.t += 1.0
+    assert meter.due(4) is False and meter.due(9) is True
+    assert meter.flush(4)["loss"] == pytest.approx(10.0)
+
+
+def test_step_meter_rejects_bad_interval():
+    with pytest.raises(ValueError, match="log_every"):
+        StepMeter(0, 10)
+
+
+def test_group_lrs_single_and_unnamed_groups():
+    p = [torch.nn.Parameter(torch.zeros(1)) for _ in range(3)]
+    assert group_lrs(torch.optim.SGD(p[:1], lr=0.1)) == {"lr": 0.1}
+    opt = torch.optim.SGD([{"params": p[:1]}, {"params": p[1:2], "lr": 0.01}, {"params": p[2:], "name": "x"}], lr=0.1)
+    assert group_lrs(opt) == {"lr": 0.1, "lr/group0": 0.1, "lr/group1": 0.01, "lr/x": 0.1}
+
+
+def test_grad_norm_matches_independent_computation():
+    a, b, c = (torch.nn.Parameter(torch.zeros(n)) for n in (3, 2, 4))
+    a.grad = torch.tensor([1.0, 2.0, 2.0])
+    b.grad = torch.tensor([4.0, 0.0])
+    expected = math.sqrt(1 + 4 + 4 + 16)
+    assert float(grad_norm([a, b, c])) == pytest.approx(expected)
+    assert grad_norm([c]) is None
+
+
+# ---------------------------------------------------------------------------- dispatcher
+def test_runlog_dispatches_every_kind_and_writes_files(tmp_path):
+    col = Collector()
+    plot = tmp_path / "plot.png"
+    plot.write_bytes(b"png")
+    with logging_run(["collector"], tmp_path, {"collector": col}) as log:
+        log.state.step = 0
+        log.config({"seed": 0}, {"collector": "0"})
+        log.state.step = 10
+        log.step({"loss": 0.5, "lr": 0.1})
+        log.epoch({"epoch": 0, "split": "train", "step": 10, "loss": 0.6, "time_s": 1.0})
+        log.epoch({"epoch": 0, "split": "val", "acc": 0.75, "loss": 0.7})
+        log.summary({"test": {"acc": 0.8, "ece": float("nan")}, "best_epoch": 0, "config": {"seed": 0}})
+        assert log.artifact(plot) is not None
+        assert log.artifact(tmp_path / "missing.png") is None
+    assert col.closed_with == "ok"
+    kinds = [r.kind for r in col.records]
+    assert kinds == ["config", "step", "epoch", "epoch", "summary", "artifact"]
+    cfg, step, train, val, summary, art = col.records
+    assert cfg.data["config"] == {"seed": 0} and cfg.data["run_dir"] == tmp_path and cfg.data["resumed"] is False
+    assert step.step == 10 and step.scalars == {"loss": 0.5, "lr": 0.1}
+    assert train.split == "train" and train.scalars == {"loss": 0.6, "time_s": 1.0} and train.step == 10
+    assert val.split == "val" and val.scalars == {"acc": 0.75, "loss": 0.7} and val.step == 10
+    assert summary.scalars == {"test/acc": 0.8, "best_epoch": 0.0}
+    assert art.path == plot and art.name == "plot.png"
+    assert read_jsonl(tmp_path / "steps.jsonl") == [{"step": 10, "epoch": 0, "loss": 0.5, "lr": 0.1}]
+    assert [r["split"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == ["train", "val"]
+
+
+def test_runlog_marks_error_and_stays_silent_off_the_main_process(tmp_path):
+    col = Collector()
+    with pytest.raises(RuntimeError):
+        with logging_run(["collector"], tmp_path, {"collector": col}) as log:
+            log.config({}, {})
+            raise RuntimeError("boom")
+    assert col.closed_with == "error" and [r.kind for r in col.records] == ["config"]
+    other = Collector()
+    with logging_run(["collector"], tmp_path / "r1", {"collector": other}, rank=1) as log:
+        log.config({}, {})
+        log.step({"loss": 1.0})
+        log.epoch({"epoch": 0, "split": "val", "acc": 1.0})
+    assert other.records == [] and not (tmp_path / "r1" / "steps.jsonl").exists()
+
+
+def test_truncate_steps_keeps_records_up_to_the_checkpoint(tmp_path):
+    p = tmp_path / "steps.jsonl"
+    p.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (5, 10, 15, 20)))
+    truncate_steps(p, 10)
+    assert [r["step"] for r in read_jsonl(p)] == [5, 10]
+
+
+# ---------------------------------------------------------------------------- console
+def step_record(step=40, **scalars):
+    base = {"loss": 0.123456, "lr": 0.001, "images_per_s": 1234.4, "eta_s": 3725, "data_wait_s": 0.002}
+    return LogRecord("step", step=step, epoch=1, scalars={**base, **scalars})
+
+
+def test_console_in_a_pipe_prints_plain_lines():
+    buf = io.StringIO()  # not a terminal
+    con = Console(quiet=False, stream=buf)
+    assert con.mode == "lines"
+    assert list(con.progress(range(3), total=3, desc="x")) == [0, 1, 2]
+    con.step(step_record(), 200)
+    con.message("epoch 1/2 done")
+    text = buf.getvalue()
+    assert "\r" not in text and text.count("\n") == 2
+    first = text.splitlines()[0]
+    for part in ("step  40/200", "epoch 1", "loss 0.1235", "lr 1.000e-03", "img/s 1234", "eta 1:02:05"):
+        assert part in first, (part, first)
+
+
+def test_console_on_a_terminal_uses_bars(monkeypatch):
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    buf = Tty()
+    con = Console(quiet=False, stream=buf)
+    assert con.mode == "bars"
+    for _ in con.progress(range(2), total=2, desc="epoch 0"):
+        con.step(step_record(), 200)  # shown on the bar, not as a line
+    assert "step  40/200" not in buf.getvalue()
+
+
+def test_console_quiet_goes_to_the_logger(caplog):
+    con = Console(quiet=True, stream=io.StringIO())
+    with caplog.at_level("INFO", logger="mixhub"):
+        con.step(step_record(), 200)
+    assert "loss 0.1235" in caplog.text and con.stream.getvalue() == ""
+    assert Console(quiet=False, enabled=False, stream=io.StringIO()).enabled is False
+
+
+def test_format_helpers():
+    assert format_duration(65) == "0:01:05" and format_duration(-3) == "0:00:00"
+    assert format_step(LogRecord("step", step=3, scalars={}), 0) == "step 3"
+
+
+# ---------------------------------------------------------------------------- plots
+def _capture_figures(monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    saved = []
+    original = Figure.savefig
+
+    def savefig(self, path, *a, **k):
+        saved.append((str(path), self))
+        return original(self, path, *a, **k)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return saved
+
+
+def test_one_epoch_curves_have_markers_and_lr_curve(tmp_path, monkeypatch):
+    saved = _capture_figures(monkeypatch)
+    records = [{"epoch": 0, "split": "train", "loss": 1.0}, {"epoch": 0, "split": "val", "loss": 1.1, "acc": 0.5}]
+    steps = [{"step": s, "lr": 0.1 * s, "lr/model": 0.1 * s, "lr/head": 0.2 * s} for s in (1, 2, 3)]
+    written = plot_curves(records, tmp_path, steps)
+    assert {p.name for p in written} == {"loss.png", "val_metrics.png", "lr.png"}
+    figs = {p.rsplit("/", 1)[-1]: f for p, f in saved}
+    for name in ("loss.png", "val_metrics.png"):
+        for line in figs[name].axes[0].lines:
+            assert line.get_marker() == "o" and len(line.get_xdata()) == 1
+    lr_lines = figs["lr.png"].axes[0].lines
+    assert sorted(line.get_label() for line in lr_lines) == ["head", "model"]
+    head = next(line for line in lr_lines if line.get_label() == "head")
+    assert list(head.get_xdata()) == [1, 2, 3] and list(head.get_ydata()) == pytest.approx([0.2, 0.4, 0.6])
+
+
+def test_binned_ece_independent_value():
+    conf, acc, counts = [0.2, 0.6, 0.9], [0.0, 0.5, 1.0], [2, 0, 6]
+    # |0 - .2| * 2/8 + |1 - .9| * 6/8
+    assert binned_ece(conf, acc, counts) == pytest.approx(0.2 * 0.25 + 0.1 * 0.75)
+    assert binned_ece(conf, acc, [0, 0, 0]) == 0.0
+
+
+def test_reliability_diagram_shows_ece_and_bin_counts(tmp_path, monkeypatch):
+    saved = _capture_figures(monkeypatch)
+    conf, acc, counts = torch.tensor([0.2, 0.6, 0.9]), torch.tensor([0.0, 0.5, 1.0]), torch.tensor([2.0, 0.0, 6.0])
+    plot_reliability(conf, acc, counts, tmp_path / "r.png", "test reliability")
+    fig = saved[-1][1]
+    assert fig.axes[0].get_title() == "test reliability (ECE 12.50%)"
+    heights = [p.get_height() for p in fig.axes[1].patches]
+    assert heights == [2.0, 0.0, 6.0]
+    assert sorted(t.get_text() for t in fig.axes[1].texts) == ["2", "6"]
+    plot_reliability(conf, acc, counts, tmp_path / "r2.png", "x", ece=0.031)
+    assert saved[-1][1].axes[0].get_title() == "x (ECE 3.10%)"
