@@ -1,7 +1,7 @@
 """Generate the docs pages that come from code: the plugin catalogue (registry.yaml), the config
-reference (the pydantic schemas) and the method cards (each plugin's README).
+reference (the pydantic schemas) and the plugin cards (each plugin's README: methods and loggers).
 
-    python docs/gen_docs.py            # writes docs/catalogue.md, docs/config.md, docs/methods/*.md
+    python docs/gen_docs.py            # writes docs/catalogue.md, docs/config.md, docs/{methods,loggers}/*.md
 """
 
 from __future__ import annotations
@@ -69,31 +69,45 @@ def config_reference() -> str:
 def catalogue() -> str:
     from mixhub.registry import load_registry
 
-    lines = ["# Plugin catalogue", "", "Generated from `registry.yaml` (`python docs/gen_docs.py`).", ""]
+    entries = sorted(load_registry().items())
+    lines = ["# Plugin catalogue", "", "Generated from `registry.yaml` (`python docs/gen_docs.py`).", "", "## Training methods", ""]
     lines += ["| plugin | paper | slots | task kinds | status | install |", "|---|---|---|---|---|---|"]
-    for name, e in sorted(load_registry().items()):
+    for name, e in entries:
+        if e.get("kind", "method") != "method":
+            continue
         paper = e["paper"]
         card = f"[{name}](methods/{name}.md)" if (ROOT / "plugins" / name / "README.md").exists() else name
         lines.append(
             f"| {card} | [{paper['title']}]({paper['link']}) ({paper['venue']}) | {', '.join(e['slots']) or '-'} | "
             f"{', '.join(e['task_kinds'])} | {e['status']} | `{e['install']}` |"
         )
+    loggers = [(n, e) for n, e in entries if e.get("kind") == "logger"]
+    if loggers:
+        lines += ["", "## Loggers", "", "Collectors of `mixhub_log` records: any number can be active in one run.", ""]
+        lines += ["| plugin | tool | status | install |", "|---|---|---|---|"]
+        for name, e in loggers:
+            card = f"[{name}](loggers/{name}.md)" if (ROOT / "plugins" / name / "README.md").exists() else name
+            lines.append(f"| {card} | [{e['tool']['name']}]({e['tool']['link']}) | {e['status']} | `{e['install']}` |")
     return "\n".join(lines) + "\n"
 
 
 def main(out: Path = ROOT / "docs") -> None:
+    from mixhub.registry import load_registry
+
     (out / "config.md").write_text(config_reference())
     (out / "catalogue.md").write_text(catalogue())
-    methods = out / "methods"
-    if methods.exists():
-        shutil.rmtree(methods)
-    methods.mkdir()
+    kinds = {name: e.get("kind", "method") for name, e in load_registry().items()}
+    for folder in ("methods", "loggers"):
+        if (out / folder).exists():
+            shutil.rmtree(out / folder)
+        (out / folder).mkdir()
     for readme in sorted(ROOT.glob("plugins/*/README.md")):
         text = readme.read_text()
         # links inside a card are relative to the plugin folder: show them as repository paths
         text = re.sub(r"!\[([^\]]*)\]\((?!https?:)([^)]+)\)", lambda m: f"(figure `{m.group(2)}`)", text)
         text = re.sub(r"\[([^\]]+)\]\((?!https?:|#)([^)]+)\)", lambda m: f"{m.group(1)} (`{m.group(2)}`)", text)
-        (methods / f"{readme.parent.name}.md").write_text(text)
+        folder = "loggers" if kinds.get(readme.parent.name) == "logger" else "methods"
+        (out / folder / f"{readme.parent.name}.md").write_text(text)
 
 
 if __name__ == "__main__":

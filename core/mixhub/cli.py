@@ -84,7 +84,8 @@ def _bench(args: argparse.Namespace) -> int:
     suite = suites[args.suite]
     out = Path(args.out or f"bench-out/{suite.name}{'-quick' if args.quick else ''}")
     cmd = "mixhub bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else f"mixhub bench {suite.name}"
-    run_suite(suite, out, seeds=args.seeds, quick=args.quick, progress=not args.quiet, command=cmd)
+    loggers = [n.strip() for n in (args.log or "").split(",") if n.strip()]
+    run_suite(suite, out, seeds=args.seeds, quick=args.quick, progress=not args.quiet, command=cmd, log=loggers)
     print((out / "REPORT.md").read_text())
     return 0
 
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="small seeded version (CI)")
     b.add_argument("--out")
     b.add_argument("--quiet", action="store_true")
+    b.add_argument("--log", metavar="PLUGINS", help="logger plugins recording each cell as a run (one experiment per suite), e.g. tensorboard,mlflow,wandb")
     b.set_defaults(func=_bench)
     pl = sub.add_parser("plugins", help="list or check installed plugins")
     pl.add_argument("action", choices=["list", "doctor"])

@@ -17,7 +17,7 @@ from ..config import apply_overrides
 from ..errors import PluginError
 from .suite import Suite
 
-__all__ = ["collect_suites", "run_suite", "default_run", "cell_config", "flatten_summary"]
+__all__ = ["collect_suites", "run_suite", "default_run", "cell_config", "tracked_config", "flatten_summary"]
 
 log = logging.getLogger("mixhub.bench")
 
@@ -79,13 +79,57 @@ def cell_config(suite: Suite, arm_name: str, seed: int, quick: bool) -> dict[str
     return cfg
 
 
-def run_suite(suite: Suite, out: str | Path, *, seeds: int | None = None, quick: bool = False, progress: bool = True, command: str = "") -> dict[str, Any]:
-    """Run every cell not yet finished, then write ``results.json``, ``REPORT.md`` and plots."""
+def tracked_config(config: dict[str, Any], suite: Suite, arm: str, seed: int, loggers: list[str], out: Path) -> dict[str, Any]:
+    """``config`` with the logger plugins added and the cell filed as one tracked run.
+
+    One experiment per suite (``track.experiment``), the cell's run named ``<arm>-seed<k>`` and
+    tagged with suite, arm and seed, every cell in one shared store ``OUT/tracking``.
+    """
+    cfg = dict(config)
+    plugins = list(cfg.get("plugins") or [])
+    cfg["plugins"] = plugins + [name for name in loggers if name not in plugins]
+    cfg["track"] = {
+        **(cfg.get("track") or {}),
+        "experiment": suite.name,
+        "name": f"{arm}-seed{seed}",
+        "tags": {"suite": suite.name, "arm": arm, "seed": str(seed)},
+        "dir": str(Path(out).resolve() / "tracking"),
+    }
+    return cfg
+
+
+def _check_loggers(loggers: list[str]) -> None:
+    from .._util import did_you_mean
+    from ..plugins import discover
+
+    installed = discover()
+    for name in loggers:
+        if name not in installed:
+            raise PluginError(f"--log {name!r}: no installed plugin of that name{did_you_mean(name, installed)}")
+
+
+def run_suite(
+    suite: Suite,
+    out: str | Path,
+    *,
+    seeds: int | None = None,
+    quick: bool = False,
+    progress: bool = True,
+    command: str = "",
+    log: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run every cell not yet finished, then write ``results.json``, ``REPORT.md`` and plots.
+
+    ``log`` names logger plugins (``tensorboard``, ``mlflow``, ``wandb``) that record each
+    cell as a run (see ``tracked_config``).
+    """
     from tqdm.auto import tqdm
 
     from .report import write_report
 
     out = Path(out)
+    loggers = list(log or [])
+    _check_loggers(loggers)
     n_seeds = seeds if seeds is not None else (suite.quick_seeds if quick else suite.seeds)
     cells = [(arm.name, s) for s in range(n_seeds) for arm in suite.arms]  # seed-major: an interrupted bench keeps whole paired seeds
     meta_path = out / "bench.json"
@@ -97,14 +141,17 @@ def run_suite(suite: Suite, out: str | Path, *, seeds: int | None = None, quick:
     out.mkdir(parents=True, exist_ok=True)
     meta_path.write_text(json.dumps(meta))
     run = suite.run or default_run
-    bar = tqdm(cells, desc=suite.name, disable=not progress)
+    bar = tqdm(cells, desc=suite.name, disable=None if progress else True)  # None: no bar off a terminal
     for arm, seed in bar:
         cell_path = out / "cells" / arm / f"seed{seed}.json"
         if cell_path.exists():
             continue
         bar.set_postfix(arm=arm, seed=seed)
         t0 = time.time()
-        metrics = run(cell_config(suite, arm, seed, quick), out / "cells" / arm / f"seed{seed}")
+        config = cell_config(suite, arm, seed, quick)
+        if loggers:
+            config = tracked_config(config, suite, arm, seed, loggers, out)
+        metrics = run(config, out / "cells" / arm / f"seed{seed}")
         cell = {"arm": arm, "seed": seed, "metrics": metrics, "time_s": time.time() - t0}
         cell_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cell_path.with_suffix(".tmp")
