@@ -34,6 +34,9 @@ __all__ = [
     "classifier_norm_ratio",
     "pair_old_with_stream",
     "augment",
+    "color_jitter",
+    "rgb_to_hsv",
+    "hsv_to_rgb",
     "soft_cross_entropy",
     "one_hot",
 ]
@@ -261,26 +264,107 @@ def _uniform(lo: float, hi: float, n: int, g: torch.Generator | None) -> Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=g)
 
 
+#: Luma weights of torchvision's ``rgb_to_grayscale`` (ITU-R 601-2 as torchvision rounds them).
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+#: ColorJitter's operations, in the index order torchvision's ``ColorJitter`` permutes.
+JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
+
+
 def _gray(x: Tensor) -> Tensor:
     if x.shape[1] == 1:
         return x
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)
+    w = torch.tensor(GRAY_WEIGHTS, dtype=x.dtype, device=x.device)
     return (x[:, :3] * w.reshape(1, 3, 1, 1)).sum(1, keepdim=True)
 
 
-def _hue_shift(x: Tensor, shift: Tensor) -> Tensor:
-    """Rotate the chroma of RGB images by ``2 pi * shift`` (per sample) in YIQ space."""
-    m = torch.tensor(
-        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-        dtype=x.dtype,
-        device=x.device,
+def _blend(a: Tensor, b: Tensor | float, f: Tensor) -> Tensor:
+    """``(f a + (1 - f) b)`` clamped to [0, 1], ``f`` per sample ``[n]``."""
+    w = f.to(a.dtype).reshape(-1, 1, 1, 1)
+    return (w * a + (1 - w) * b).clamp(0.0, 1.0)
+
+
+def rgb_to_hsv(x: Tensor) -> Tensor:
+    """RGB ``[B, 3, H, W]`` in [0, 1] to HSV (each in [0, 1]; hue 0 for grey pixels).
+
+    Hexcone model: ``v = max``, ``s = (max - min) / max`` and the hue sector from whichever
+    channel holds the maximum (red first, then green, as torchvision resolves ties).
+    """
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    v = x.amax(dim=1)
+    c = v - x.amin(dim=1)
+    grey = c == 0
+    safe_c = torch.where(grey, torch.ones_like(c), c)
+    s = torch.where(grey, torch.zeros_like(c), c / torch.where(v == 0, torch.ones_like(v), v))
+    sector = torch.where(
+        v == r,
+        (g - b) / safe_c,
+        torch.where(v == g, 2.0 + (b - r) / safe_c, 4.0 + (r - g) / safe_c),
     )
-    yiq = torch.einsum("ij,bjhw->bihw", m, x)
-    th = (2 * math.pi * shift).to(x.dtype).reshape(-1, 1, 1)
-    cos, sin = torch.cos(th), torch.sin(th)
-    i, q = yiq[:, 1], yiq[:, 2]
-    yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], 1)
-    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(m), yiq)
+    h = torch.where(grey, torch.zeros_like(c), torch.remainder(sector / 6.0, 1.0))
+    return torch.stack([h, s, v], dim=1)
+
+
+def hsv_to_rgb(x: Tensor) -> Tensor:
+    """HSV ``[B, 3, H, W]`` to RGB: channel ``n`` (5 red, 3 green, 1 blue) is
+    ``v - v s clamp(min(k, 4 - k), 0, 1)`` with ``k = (n + 6 h) mod 6``."""
+    h, s, v = x[:, 0], x[:, 1], x[:, 2]
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(n + 6.0 * h, 6.0)
+        out.append(v - v * s * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0))
+    return torch.stack(out, dim=1)
+
+
+def _adjust(op: str, x: Tensor, f: Tensor) -> Tensor:
+    """One ColorJitter operation with per-sample factors (torchvision's tensor semantics)."""
+    if op == "brightness":
+        return _blend(x, 0.0, f)
+    if op == "contrast":
+        return _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True), f)
+    if x.shape[1] == 1:  # saturation and hue leave one-channel images alone
+        return x
+    if op == "saturation":
+        return _blend(x, _gray(x), f)
+    hsv = rgb_to_hsv(x)
+    hue = torch.remainder(hsv[:, 0] + f.to(x.dtype).reshape(-1, 1, 1), 1.0)
+    return hsv_to_rgb(torch.stack([hue, hsv[:, 1], hsv[:, 2]], dim=1))
+
+
+def color_jitter(x: Tensor, factors: dict[str, Tensor | None], order: Tensor) -> Tensor:
+    """torchvision's ``ColorJitter`` on a batch, with each sample's own factors and order.
+
+    For sample i the operations run in the order ``order[i]`` (a permutation of 0..3 over
+    ``JITTER_OPS``, torchvision's ``fn_idx``), with ``factors[op][i]``:
+
+    * brightness: ``clamp(f x, 0, 1)``;
+    * contrast: ``clamp(f x + (1 - f) mean(gray(x)), 0, 1)`` (one mean per image);
+    * saturation: ``clamp(f x + (1 - f) gray(x), 0, 1)``;
+    * hue: the HSV hue shifted by ``f`` turns (mod 1).
+
+    ``gray`` uses torchvision's weights (0.2989, 0.587, 0.114). An operation whose factors are
+    ``None`` is skipped (torchvision's ``None`` for a zero strength). Saturation and hue leave
+    one-channel images unchanged. Images are ``[B, C, H, W]`` floats in [0, 1].
+    ``order``/``factors`` may live on the CPU (the grouping by operation then needs no device
+    synchronisation); samples are processed in groups that share an operation at each position.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"color_jitter needs images [B, C, H, W], got shape {tuple(x.shape)}")
+    b = x.shape[0]
+    order_cpu = torch.as_tensor(order).cpu().long()
+    if order_cpu.shape != (b, len(JITTER_OPS)):
+        raise ValueError(f"color_jitter: order must have shape [{b}, 4], got {tuple(order_cpu.shape)}")
+    out = x
+    for pos in range(len(JITTER_OPS)):
+        for k, op in enumerate(JITTER_OPS):
+            f = factors.get(op)
+            if f is None:
+                continue
+            rows = (order_cpu[:, pos] == k).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            idx = rows.to(x.device)
+            out = out.index_copy(0, idx, _adjust(op, out.index_select(0, idx), f.cpu()[rows].to(x.device)))
+    return out
 
 
 def augment(
@@ -296,24 +380,29 @@ def augment(
     per_sample: bool = True,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
-) -> Tensor:
+    return_params: bool = False,
+) -> Tensor | tuple[Tensor, dict[str, Any]]:
     """SCR/kornia-style augmentation of images ``[B, C, H, W]``, batched on ``x``'s device.
 
     RandomResizedCrop (area share in ``crop_scale``, aspect ratio in ``crop_ratio``, resized
     back to H x W by bilinear sampling), horizontal flip with probability 0.5 (``hflip``),
-    ColorJitter with probability ``jitter_p`` (brightness, contrast, saturation factors in
-    ``[1 - v, 1 + v]``, hue shift in ``[-h, h]`` turns; applied in that fixed order), and
-    grayscale with probability ``grayscale_p``. With ``per_sample`` every image gets its own
-    parameters (kornia semantics); otherwise one set per call (a torchvision transform called
-    on a batch tensor). With ``mean``/``std`` the inputs are normalised images: the colour
-    operations run in [0, 1] pixel space (un-normalise, clamp, re-normalise). Saturation, hue
-    and grayscale do nothing on one-channel images.
+    ColorJitter with probability ``jitter_p`` with torchvision's semantics (``color_jitter``:
+    brightness, contrast, saturation factors in ``[max(0, 1 - v), 1 + v]``, hue shift in
+    ``[-h, h]`` turns, the four operations in a random order, every result clamped to [0, 1],
+    hue rotated in HSV; a zero strength skips its operation), and grayscale with probability
+    ``grayscale_p`` (torchvision's luma weights). With ``per_sample`` every image gets its own
+    parameters and order (kornia semantics); otherwise one set per call (a torchvision
+    transform called on a batch tensor). The colour operations work in [0, 1] pixel space:
+    with ``mean``/``std`` the inputs are un-normalised first and re-normalised after; without,
+    they are taken as [0, 1] images. Saturation, hue and grayscale do nothing on one-channel
+    images. ``return_params`` also returns the drawn colour parameters (``jitter`` [B] bool,
+    ``factors`` per operation [B], ``order`` [B, 4], ``gray`` [B] bool; CPU tensors).
     """
     if x.dim() != 4:
         raise ValueError(f"augment needs images [B, C, H, W], got shape {tuple(x.shape)}")
     b, ch, h, w = x.shape
     if b == 0:
-        return x.clone()
+        return (x.clone(), {}) if return_params else x.clone()
     g, dev = generator, x.device
     n = b if per_sample else 1
 
@@ -340,6 +429,8 @@ def augment(
     fc = expand(_uniform(max(0.0, 1 - con), 1 + con, n, g))
     fs = expand(_uniform(max(0.0, 1 - sat), 1 + sat, n, g))
     fh = expand(_uniform(-hue, hue, n, g))
+    order = torch.rand(n, len(JITTER_OPS), generator=g).argsort(dim=1)
+    order = order.expand(b, -1).clone() if n == 1 else order
     do_gray = expand(torch.rand(n, generator=g) < grayscale_p)
 
     grid = F.affine_grid(theta.to(dev, x.dtype), [b, ch, h, w], align_corners=False)
@@ -348,24 +439,22 @@ def augment(
         m = torch.as_tensor(mean, dtype=x.dtype, device=dev).reshape(1, -1, 1, 1)
         s = torch.as_tensor(std, dtype=x.dtype, device=dev).reshape(1, -1, 1, 1)
         out = out * s + m
-    keep = (~do_jit).to(dev).reshape(-1, 1, 1, 1)
-    j = out * fb.to(dev, x.dtype).reshape(-1, 1, 1, 1)
-    if mean is not None:
-        j = j.clamp(0, 1)
-    gm = _gray(j).mean((1, 2, 3), keepdim=True)
-    j = gm + fc.to(dev, x.dtype).reshape(-1, 1, 1, 1) * (j - gm)
-    if mean is not None:
-        j = j.clamp(0, 1)
-    if ch == 3:
-        gr = _gray(j)
-        j = gr + fs.to(dev, x.dtype).reshape(-1, 1, 1, 1) * (j - gr)
-        if hue > 0:
-            j = _hue_shift(j, fh.to(dev))
-        if mean is not None:
-            j = j.clamp(0, 1)
-    out = torch.where(keep, out, j)
+    factors: dict[str, Tensor | None] = {
+        "brightness": fb if bri > 0 else None,
+        "contrast": fc if con > 0 else None,
+        "saturation": fs if sat > 0 else None,
+        "hue": fh if hue > 0 else None,
+    }
+    rows = do_jit.nonzero().squeeze(1)  # CPU: no device synchronisation
+    if rows.numel() and any(f is not None for f in factors.values()):
+        idx = rows.to(dev)
+        sub = {k: None if f is None else f[rows] for k, f in factors.items()}
+        out = out.index_copy(0, idx, color_jitter(out.index_select(0, idx).clamp(0, 1), sub, order[rows]))
     if ch == 3 and grayscale_p > 0:
         out = torch.where(do_gray.to(dev).reshape(-1, 1, 1, 1), _gray(out).expand(-1, 3, -1, -1), out)
     if mean is not None and std is not None:
         out = (out - m) / s
+    if return_params:
+        params = {"jitter": do_jit, "factors": factors, "order": order, "gray": do_gray}
+        return out, params
     return out

@@ -68,7 +68,9 @@ class DualMixOptions(PluginOptions):
     da_crop_scale: tuple[float, float] = Field((0.2, 1.0), description="RandomResizedCrop area range")
     da_hflip: bool = Field(True, description="random horizontal flip")
     da_jitter: tuple[float, float, float, float] = Field(
-        (0.4, 0.4, 0.4, 0.1), description="ColorJitter brightness, contrast, saturation, hue"
+        (0.4, 0.4, 0.4, 0.1),
+        description="ColorJitter brightness, contrast, saturation, hue (torchvision semantics: random order per "
+        "sample, results clamped to [0, 1], hue shifted in HSV)",
     )
     da_jitter_p: float = Field(0.8, ge=0.0, le=1.0)
     da_grayscale_p: float = Field(0.2, ge=0.0, le=1.0)
