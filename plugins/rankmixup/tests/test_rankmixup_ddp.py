@@ -20,7 +20,7 @@ def _free_port() -> int:
 
 
 def _worker(
-    rank: int, world: int, port: int, variant: str, queue
+    rank: int, world: int, port: int, variant: str, options: dict, queue
 ) -> None:  # pragma: no cover - child process
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -36,7 +36,7 @@ def _worker(
     from mixhub.trainer import Trainer
 
     try:
-        raw = cfg(rankmixup={"variant": variant})
+        raw = cfg(rankmixup={"variant": variant, **options})
         raw["train"] = {**raw["train"], "device": "cpu"}
         trainer = Trainer(raw, write=False)
         assert trainer.world_size == 2
@@ -54,14 +54,14 @@ def _worker(
 
 
 @pytest.mark.slow  # two spawned processes: ~13 s of CPU, but slow to start on a loaded machine
-@pytest.mark.parametrize("variant", ["mrl"])
-def test_two_forward_calls_under_ddp(variant):
+@pytest.mark.parametrize("variant, options", [("mrl", {}), ("mrl", {"layer_mix": "blocks.0"})])
+def test_two_forward_calls_under_ddp(variant, options):
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("gloo is not available")
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, variant, queue)) for r in range(2)]
+    procs = [ctx.Process(target=_worker, args=(r, 2, port, variant, options, queue)) for r in range(2)]
     for p in procs:
         p.start()
     results = [queue.get(timeout=180) for _ in procs]
