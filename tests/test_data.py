@@ -57,8 +57,10 @@ def test_image_folder(tmp_path):
     assert d.num_classes == 2 and d.info["classes"] == ["cat", "dog"]
     assert d.train[0][0].shape == (3, 16, 16)
     (tmp_path / "dog" / "broken.png").write_bytes(b"not a png")
+    d = build_data(DataConfig(name=f"imagefolder:{tmp_path}", image_size=16, val_frac=0.0, test_frac=0.0), 0)  # lazy: listed, not decoded
+    broken = next(i for i in range(len(d.train)) if d.train.name(i).endswith("broken.png"))
     with pytest.raises(DataError, match="broken.png"):
-        build_data(DataConfig(name=f"imagefolder:{tmp_path}", image_size=16), 0)
+        d.train[broken]
 
 
 def test_missing_folders_and_files(tmp_path):
@@ -88,7 +90,7 @@ def test_csv_table(tmp_path):
 def test_empty_image_folder(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    with pytest.raises(DataError, match="no images found"):
+    with pytest.raises(DataError, match="holds no image files"):
         build_data(DataConfig(name=f"imagefolder:{tmp_path}"), 0)
 
 

@@ -95,7 +95,12 @@ def _plugins(args: argparse.Namespace) -> int:
 
     if args.action == "list":
         rows = plugin_rows(import_plugins=not args.no_import)
-        print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        else:
+            from .listing import dataset_rows, format_datasets
+
+            print(format_table(rows) + "\n\n" + format_datasets(dataset_rows()))
         return 0
     if args.action == "doctor":
         from .doctor import run_doctor

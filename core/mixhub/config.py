@@ -20,6 +20,7 @@ from .errors import ConfigError
 __all__ = [
     "Section",
     "DataConfig",
+    "TransformConfig",
     "ModelConfig",
     "TrainConfig",
     "OptimizerConfig",
@@ -40,19 +41,50 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
+class TransformConfig(Section):
+    """timm's transform options (``timm.data.create_transform``) for lazily loaded image datasets.
+
+    ``None`` means timm's default, or the model's pretrained config where it has one (mean, std,
+    interpolation, ``crop_pct``), resolved with ``timm.data.resolve_data_config``.
+    """
+
+    crop_pct: float | None = Field(None, gt=0.0, le=1.0, description="eval: resize to size / crop_pct, then centre-crop (default: the model's, else 0.875)")
+    interpolation: str | None = Field(None, description="bilinear, bicubic, nearest or random (default: the model's, else bilinear)")
+    scale: tuple[float, float] | None = Field(None, description="RandomResizedCrop area range (timm default 0.08, 1.0)")
+    ratio: tuple[float, float] | None = Field(None, description="RandomResizedCrop aspect-ratio range (timm default 3/4, 4/3)")
+    hflip: float = Field(0.5, ge=0.0, le=1.0, description="horizontal flip probability")
+    vflip: float = Field(0.0, ge=0.0, le=1.0, description="vertical flip probability")
+    color_jitter: float | tuple[float, ...] | None = Field(0.4, description="colour jitter strength (ignored when auto_augment is set, as in timm)")
+    auto_augment: str | None = Field(None, description="timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, original")
+    re_prob: float = Field(0.0, ge=0.0, le=1.0, description="random erasing probability")
+    re_mode: Literal["const", "rand", "pixel"] = Field("pixel", description="random erasing fill")
+    re_count: int = Field(1, ge=1, description="random erasing boxes per image")
+    mean: tuple[float, float, float] | None = Field(None, description="normalisation mean (default: the model's pretrained config, else ImageNet's)")
+    std: tuple[float, float, float] | None = Field(None, description="normalisation std (default: the model's pretrained config, else ImageNet's)")
+    no_aug: bool = Field(False, description="training transform without augmentation (resize + centre crop, as eval)")
+
+
 class DataConfig(Section):
-    name: str = Field("digits", description="dataset name (see `mixhub.data.list_datasets()`), `imagefolder:PATH`, `csv:PATH` or `torchvision:NAME`")
+    name: str = Field("digits", description="dataset name (see `mixhub.data.list_datasets()`), `imagefolder:PATH`, `tar:PATH`, `webdataset:PATTERN`, `csv:PATH`, `torchvision:NAME`, or one a plugin package registers")
     root: str | None = Field(None, description="local folder of a torchvision dataset (never downloaded)")
-    target: str | None = Field(None, description="target column of a CSV table (default: the last column)")
+    target: str | list[str] | None = Field(None, description="target column(s) of a CSV table (default: the last column; with image_column: every other column)")
+    image_column: str | None = Field(None, description="CSV column of image paths (relative to the CSV file): images are loaded lazily, targets are the numeric target column(s)")
     task: Literal["auto", "classification", "regression"] = Field("auto", description="task kind of a CSV table")
     val_frac: float = Field(0.15, ge=0.0, lt=1.0, description="share of the data kept for validation")
     test_frac: float = Field(0.2, ge=0.0, lt=1.0, description="share of the data kept for testing (datasets without a fixed test split)")
     train_frac: float = Field(1.0, gt=0.0, le=1.0, description="stratified share of the training split kept (low-data runs)")
     label_noise: float = Field(0.0, ge=0.0, lt=1.0, description="share of training labels replaced by random classes")
     image_size: int = Field(32, ge=8, description="side of square images")
-    augment: str = Field("none", description="augmentation pipeline: none, light (shift-scale-rotate), flip-crop")
-    options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options")
-    num_workers: int = Field(0, ge=0)
+    augment: str = Field("none", description="augmentation pipeline of the bundled image proxies: none, light (shift-scale-rotate), flip-crop")
+    transform: TransformConfig = Field(default_factory=TransformConfig, description="timm transform options of lazily loaded image datasets")
+    albumentations: str | None = Field(None, description="training augmentation of lazily loaded images: an albumentations pipeline file (A.save, .json or .yaml) instead of `transform`")
+    options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options (unknown keys are errors)")
+    num_workers: int | None = Field(None, ge=0, description="DataLoader workers (default: the machine's cores, at most 8, for lazily decoded datasets; 0 for in-memory arrays)")
+    pin_memory: bool | None = Field(None, description="pin host batches (default: on when training on CUDA)")
+    persistent_workers: bool = Field(True, description="keep training workers alive across epochs")
+    prefetch_factor: int = Field(2, ge=1, description="batches each worker loads ahead")
+    channels_last: bool = Field(False, description="image batches and the model in channels_last memory format")
+    on_bad_sample: Literal["error", "skip"] = Field("error", description="an unreadable image stops the run naming the file, or is skipped (counted and reported at the end of each epoch)")
     split_seed: int | None = Field(None, description="seed of the train/val/test split (default: `seed`)")
 
 

@@ -11,7 +11,10 @@ The training loop, as the core runs it (``trainer.py``)::
         mixhub_log(config record, state)                      # collectors: every record, see below
         for epoch:
             mixhub_epoch_start(state)
-            for batch in loader:                                # (continual: one task at a time,
+            for batch in loader:                                # (the loader's batch sampler calls
+                                                                #  mixhub_extend_indices(index, epoch,
+                                                                #  generator, state) before loading;
+                                                                #  continual: one task at a time,
                                                                 #  mixhub_task_start/end around it)
                 plan = mixhub_sample_pairs(batch, state)                    # slot, outside autocast
                 (core fetches dataset partners when plan.partner_source == "dataset")
@@ -254,6 +257,25 @@ def mixhub_log(record: LogRecord, state: State) -> None:
     Every record is emitted inside ``mixhub_fit``, so a tracker may open lazily on its first
     record and close (marking the run failed on error) in its ``mixhub_fit`` teardown. Called on
     the host at log steps only: never read device tensors here.
+    """
+
+
+@hookspec
+def mixhub_extend_indices(index: Tensor, epoch: int, generator: torch.Generator, state: State) -> Tensor | None:
+    """Extra dataset indices to load with a training batch, chosen before it is loaded.
+
+    Called in the training process by the loader's batch sampler with the anchors' dataset
+    indices ``index`` ``[B]`` (CPU, long) and the epoch; the samples returned (a 1-D long tensor
+    of training-set indices) are decoded in the DataLoader workers together with the anchors
+    (same transforms, their own augmentation draws) and reach the plugin's hooks as
+    ``batch.extras["extended"][<plugin name>]``, a ``Batch`` whose ``index`` holds the dataset
+    indices. Return ``B`` indices to pair them row by row with the anchors (a skipped bad sample
+    then drops its pair). E.g. C-Mixup draws its label-kernel partners here, so they are never
+    fetched one by one in the training process.
+
+    The sampler runs ahead of the step (loader prefetch): draw only from ``generator`` (seeded
+    from the run seed, the epoch, the batch's position and the rank, so resumed runs draw the
+    same), ``index``, ``state.train_targets`` and the plugin's options, not from ``state.step``.
     """
 
 

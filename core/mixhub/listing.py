@@ -8,7 +8,7 @@ from .hookspecs import SLOTS
 from .plugins import discover, load_plugin
 from .registry import load_registry
 
-__all__ = ["plugin_rows", "format_table"]
+__all__ = ["plugin_rows", "dataset_rows", "format_table", "format_datasets"]
 
 _SLOT_HOOKS = {v: k for k, v in SLOTS.items()}
 
@@ -84,4 +84,36 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         if r["status"] == "broken":
             lines.append(f"! {r['name']}: {r['error']}")
+    return "\n".join(lines)
+
+
+def dataset_rows() -> list[dict[str, Any]]:
+    """Datasets registered by installed packages (entry-point group ``mixhub.datasets``), from
+    metadata only: name, distribution, version and entry point."""
+    from .data import plugin_datasets
+
+    rows = []
+    for name, ep in sorted(plugin_datasets().items()):
+        dist = getattr(ep, "dist", None)
+        rows.append(
+            {
+                "name": name,
+                "distribution": dist.metadata["Name"] if dist is not None else "?",
+                "version": dist.version if dist is not None else "?",
+                "entry_point": ep.value,
+                "usage": f"data.name={name}",
+            }
+        )
+    return rows
+
+
+def format_datasets(rows: list[dict[str, Any]]) -> str:
+    """The datasets table printed under the plugins by ``mixhub plugins list``."""
+    if not rows:
+        return "datasets from installed packages: none"
+    head = ["dataset", "distribution", "version", "entry point"]
+    body = [[r["name"], r["distribution"], r["version"], r["entry_point"]] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    lines = ["datasets from installed packages (data.name=<dataset>):", "  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in body]
     return "\n".join(lines)

@@ -32,6 +32,7 @@ from . import checkpoint as ckpt
 from .batch import Batch
 from .config import RunConfig, load_config, plugin_names
 from .data import DataBundle, IndexedDataset, build_data
+from .data.loader import BadSampleLog, eval_loader, train_loader
 from .errors import CheckpointError, ConfigError, DataError, MixhubError
 from .metrics import classification_metrics, fit_temperature, regression_metrics, reliability_bins
 from .models import build_model
@@ -135,7 +136,7 @@ class Trainer:
         self.world_size, self.rank = _init_distributed(pre.train.device)
         seed = pre.seed
         seed_everything(seed)
-        self.bundle: DataBundle = build_data(pre.data, pre.data.split_seed if pre.data.split_seed is not None else seed)
+        self.bundle: DataBundle = build_data(pre.data, pre.data.split_seed if pre.data.split_seed is not None else seed, model=pre.model)
         _check_bundle(self.bundle)
         task_kind = self.bundle.task
         self.config, self.host = _build_host(raw, task_kind, extra_plugins)
@@ -145,6 +146,8 @@ class Trainer:
         self.folder = RunFolder(out_path, enabled=write and self.rank == 0)
         num_outputs = self.bundle.num_classes if self.bundle.num_classes else self.bundle.target_dim
         self.model: nn.Module = build_model(cfg.model, self.bundle.input_shape, num_outputs).to(self.device)
+        if cfg.data.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
         gen = torch.Generator().manual_seed(seed + 12345 + 7919 * self.rank)
         self.state = State(
             config=cfg,
@@ -191,11 +194,8 @@ class Trainer:
         self.train_set = IndexedDataset(self.bundle.train)
         n_train = len(self.train_set)
         self.sampler = EpochSampler(n_train, seed, cfg.train.shuffle, per_rank, cfg.train.drop_last, self.rank, self.world_size)
-        # the loader's own generator keeps ``iter(loader)`` from drawing on the global torch RNG (exact resume)
-        self.loader = DataLoader(
-            self.train_set, batch_size=per_rank, sampler=self.sampler, drop_last=cfg.train.drop_last,
-            collate_fn=collate, num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(seed),
-        )
+        self.loader = self._train_loader(self.bundle.train, self.sampler, per_rank, seed)
+        self.bad_samples = BadSampleLog()
         steps = len(self.sampler) // per_rank if cfg.train.drop_last else math.ceil(len(self.sampler) / per_rank)
         if cfg.train.max_steps_per_epoch:
             steps = min(steps, cfg.train.max_steps_per_epoch)
@@ -220,11 +220,38 @@ class Trainer:
         self._best_in_memory: dict[str, Any] | None = None
         self._extra_state: dict[str, tuple[Any, Any]] = {}
         self._pending_extra: dict[str, Any] = {}
+        self.register_state("data", *self._data_state)  # the sampler position and the data's identity
         self.select_key, self.select_high = _selection(cfg.train.select, task_kind)
         if cfg.train.select_mode != "auto":
             self.select_high = cfg.train.select_mode == "max"
 
     # ------------------------------------------------------------------ construction helpers
+    def _train_loader(self, dataset: Dataset, sampler: EpochSampler, per_rank: int, seed: int) -> DataLoader:
+        """The training loader (``data.loader.train_loader``): workers, pinning, prefetch, and the
+        extra indices plugins ask for (``mixhub_extend_indices``), loaded with the anchors."""
+        names = [n for n, p in self.host.plugins.items() if hasattr(getattr(p.obj, "mixhub_extend_indices", None), "mixhub_impl")]
+
+        def extend(index: Tensor, epoch: int, generator: torch.Generator) -> dict[str, Tensor]:
+            return self.host.per_plugin("mixhub_extend_indices", index=index, epoch=epoch, generator=generator, state=self.state)
+
+        loader = train_loader(
+            dataset, sampler, per_rank, self.config.data, seed=seed, device=self.device,
+            rank=self.rank, world_size=self.world_size, extend=extend, extend_names=names,
+        )
+        n_train = len(dataset)  # type: ignore[arg-type]
+
+        def data_state() -> dict[str, Any]:
+            return {"train_size": n_train, "seed": seed, "epoch": int(sampler.epoch), "batch_in_epoch": self.batch_in_epoch}
+
+        def load_data_state(sd: dict[str, Any]) -> None:
+            if int(sd.get("train_size", n_train)) != n_train:
+                raise CheckpointError(
+                    f"the training split has {n_train} samples, the checkpoint's had {sd['train_size']}: the data changed and the run cannot resume exactly"
+                )
+
+        self._data_state = (data_state, load_data_state)
+        return loader
+
     def _param_groups(self) -> list[dict[str, Any]]:
         from timm.optim import param_groups_weight_decay
 
@@ -276,7 +303,7 @@ class Trainer:
     def fetch(self, index: Tensor) -> Batch:
         """Samples of the training set by dataset index (same transforms), on the device."""
         items = [self.train_set[int(i)] for i in index.tolist()]
-        return collate(items).to(self.device)
+        return collate(items).to(self.device)  # type: ignore[arg-type]
 
     def _set_train_mode(self, training: bool) -> None:
         self.model.train(training)
@@ -331,7 +358,7 @@ class Trainer:
             from .errors import PluginHookError
 
             raise PluginHookError(str(exc), plugin=host.owner("sample_pairs"), hook="mixhub_sample_pairs") from exc
-        if plan.partner_source == "dataset":
+        if plan.partner_source == "dataset" and plan.partner is None:  # not loaded with the batch
             plan.partner = self.fetch(plan.index)
         plan.resolve(batch)
         mixed = host.slot("mix_batch", expected=Batch, batch=batch, plan=plan, state=state)
@@ -445,10 +472,8 @@ class Trainer:
         state, host = self.state, self.host
         model = self.eval_model()
         state.phase, state.stage = "eval", stage
-        loader = DataLoader(
-            IndexedDataset(dataset), batch_size=batch_size or max(self.config.train.batch_size, 128), shuffle=False,
-            collate_fn=collate, generator=torch.Generator(),
-        )
+        loader = eval_loader(dataset, batch_size or max(self.config.train.batch_size, 128), self.config.data, device=self.device, world_size=self.world_size)
+        skipped = BadSampleLog()
         outs: dict[str, list[Tensor]] = {}
         targets = []
         was_training = model.training
@@ -456,6 +481,7 @@ class Trainer:
         try:
             with host.wrap("mixhub_evaluate", model=model, state=state):
                 for batch in loader:
+                    skipped.add(batch)
                     batch = batch.to(self.device)
                     with self.autocast():
                         o = host.slot("eval_forward", expected=dict, model=model, batch=batch, state=state)
@@ -466,6 +492,7 @@ class Trainer:
         finally:
             model.train(was_training)
             state.phase = "train"
+        skipped.report(f"{stage} split")
         if not targets:
             raise DataError(f"the {stage} split is empty")
         return {k: torch.cat(v) for k, v in outs.items()}, torch.cat(targets)
@@ -621,10 +648,14 @@ class Trainer:
     def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
         self.sampler.epoch = epoch
         self.sampler.skip_batches = self.batch_in_epoch
+        set_epoch = getattr(self.bundle.train, "set_epoch", None)
+        if set_epoch is not None:  # augmentation seeds of partners fetched in this process
+            set_epoch(epoch)
         limit = self.config.train.max_steps_per_epoch
         for i, batch in enumerate(self.loader, start=self.batch_in_epoch):
             if limit is not None and i >= limit:
                 break
+            self.bad_samples.add(batch)
             yield batch
 
     def _fit_supervised(self) -> dict[str, Any]:
@@ -654,6 +685,9 @@ class Trainer:
             self.host.collect("mixhub_epoch_end", state=self.state)
             means = self._reduce_means(sums, count)
             train_rec = {"epoch": epoch, "split": "train", "step": self.state.step, **means, "time_s": time.time() - t_epoch}
+            skipped = self.bad_samples.report(f"epoch {epoch}")
+            if skipped or self.config.data.on_bad_sample == "skip":
+                train_rec["bad_samples"] = skipped
             for extra in self.host.collect("mixhub_metrics", stage="train", state=self.state):
                 train_rec.update({k: float(v) for k, v in extra.items()})
             self.folder.log(train_rec)

@@ -105,7 +105,7 @@ def synthetic_regression(kind: str = "tanh", n: int = 1000, dims: int = 5, noise
     return x.astype(np.float32), y.astype(np.float32)
 
 
-@register_dataset("synthetic-regression")
+@register_dataset("synthetic-regression", options=None)
 def build_synthetic(cfg: Any, seed: int) -> DataBundle:
     """Generated monotone (``tanh``) or periodic (``sin``) regression; options: kind, n, dims, noise, data_seed.
 

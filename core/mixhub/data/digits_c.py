@@ -115,7 +115,7 @@ def _cached(image_size: int, split_seed: int, test_frac: float, val_frac: float,
     return {f"{n}-{s}": corrupt_images(x[test_idx], n, s, corruption_seed) for n, s in key}
 
 
-@register_dataset("digits-c")
+@register_dataset("digits-c", options=None)
 def build_digits_c(cfg: Any, seed: int) -> DataBundle:
     """Digits with clean train/val/test (the ``digits`` split) plus corrupted test splits."""
     _check_split(cfg)

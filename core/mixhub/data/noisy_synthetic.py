@@ -54,7 +54,7 @@ def noisy_classification(**options: Any) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), y.astype(np.int64)
 
 
-@register_dataset("noisy-synthetic")
+@register_dataset("noisy-synthetic", options=None)
 def build_noisy_synthetic(cfg: Any, seed: int) -> DataBundle:
     """Generated noisy classification; ``data.options`` overrides ``DEFAULTS``.
 

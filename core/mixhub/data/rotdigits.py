@@ -72,7 +72,7 @@ def _options(cfg: Any) -> dict[str, Any]:
     return out
 
 
-@register_dataset("rotdigits")
+@register_dataset("rotdigits", options=None)
 def build_rotdigits(cfg: Any, seed: int) -> DataBundle:
     """Rotation-angle regression on digits; extra split ``test_ood`` when ``color`` is on."""
     from sklearn.datasets import load_digits

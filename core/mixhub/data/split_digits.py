@@ -90,7 +90,7 @@ def _options(cfg: Any) -> dict[str, Any]:
     return opts
 
 
-@register_dataset("split-digits")
+@register_dataset("split-digits", options=None)
 def build_split_digits(cfg: Any, seed: int) -> DataBundle:
     """Digits as ``tasks`` disjoint tasks of ``10 / tasks`` classes, for online class-incremental runs.
 

@@ -1,8 +1,8 @@
-"""Users' data: image folders, CSV tables and torchvision datasets from a local root (never downloaded)."""
+"""Users' data: CSV tables and torchvision datasets from a local root (never downloaded); image
+folders, tar and webdataset shards are in ``images``."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -12,73 +12,28 @@ from ..errors import DataError
 from . import register_dataset
 from .base import ArrayDataset, DataBundle, split_bundle, standardise, stratified_split
 from .bundled import regression_bundle
+from .images import build_image_csv, read_csv
 from .transforms import build_augment
-
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-def _load_image(path: Path, size: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            rgb = im.convert("RGB").resize((size, size))
-            return np.asarray(rgb, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"corrupt or unreadable image file {str(path)!r}: {exc}") from exc
-
-
-def _image_bundle(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: Any, seed: int, source: str) -> DataBundle:
-    if len(x) == 0:
-        raise DataError(f"{source}: no images found")
-    test_idx, val_idx, train_idx = stratified_split(y, (cfg.test_frac, cfg.val_frac), seed)
-    mean = tuple(float(m) for m in x[train_idx].mean((0, 1, 2)))
-    std = tuple(float(s) + 1e-6 for s in x[train_idx].std((0, 1, 2)))
-    return split_bundle(
-        x, y, test_idx, val_idx, train_idx,
-        task="classification",
-        num_classes=len(classes),
-        input_shape=(3, cfg.image_size, cfg.image_size),
-        train_transform=build_augment(cfg.augment, cfg.image_size, seed),
-        dataset_kwargs=dict(image=True, mean=mean, std=std),
-        info={"source": source, "classes": classes},
-    )
-
-
-@register_dataset("imagefolder", prefix=True)
-def build_imagefolder(cfg: Any, seed: int) -> DataBundle:
-    """``imagefolder:PATH``: one sub-folder per class (as torchvision's ImageFolder), split by seed."""
-    root = Path(cfg.name.split(":", 1)[1]).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data.name: image folder {str(root)!r} does not exist")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise DataError(f"data.name: image folder {str(root)!r} has no class sub-folders")
-    xs, ys = [], []
-    for c, name in enumerate(classes):
-        for f in sorted((root / name).rglob("*")):
-            if f.suffix.lower() in IMAGE_EXTS:
-                xs.append(_load_image(f, cfg.image_size))
-                ys.append(c)
-    x = np.stack(xs) if xs else np.zeros((0, cfg.image_size, cfg.image_size, 3), np.float32)
-    return _image_bundle(x, np.asarray(ys, dtype=np.int64), classes, cfg, seed, f"image folder {str(root)!r}")
 
 
 @register_dataset("csv", prefix=True)
-def build_csv(cfg: Any, seed: int) -> DataBundle:
+def build_csv(cfg: Any, seed: int, model: Any | None = None) -> DataBundle:
     """``csv:PATH``: a numeric table with a header; target column ``data.target`` (default: last).
 
     ``data.task=auto`` treats an integer target with at most 50 distinct values as classification.
+    With ``data.image_column`` the table lists image files (loaded lazily) and numeric targets
+    (see ``images.build_image_csv``).
     """
     path = Path(cfg.name.split(":", 1)[1]).expanduser()
     if not path.is_file():
         raise DataError(f"data.name: CSV file {str(path)!r} does not exist")
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
-    if len(rows) < 2:
-        raise DataError(f"CSV file {str(path)!r} has no data rows")
-    header, body = rows[0], rows[1:]
-    target = cfg.target or header[-1]
+    header, body = read_csv(path)
+    if cfg.image_column is not None:
+        return build_image_csv(cfg, seed, model, path, header, body)
+    if isinstance(cfg.target, list):
+        if len(cfg.target) != 1:
+            raise DataError(f"data.target: a numeric table takes one target column, got {cfg.target} (several targets need data.image_column)")
+    target = (cfg.target[0] if isinstance(cfg.target, list) else cfg.target) or header[-1]
     if target not in header:
         raise DataError(f"data.target: column {target!r} is not in {str(path)!r} (columns: {', '.join(header)})")
     t_col = header.index(target)

@@ -2,7 +2,9 @@
 
 ``mixhub_sample_pairs`` draws a partner *dataset index* per anchor from the label kernel over
 the whole training set (``state.train_targets``; official ``src/algorithm.py::train``, mixup
-branch) and one lam per batch; the core fetches those partners. Input mode leaves mixing and
+branch) and one lam per batch. With the core's loader the partner draw happens earlier, in
+``mixhub_extend_indices`` (the batch sampler, before loading), so the partners are decoded in
+the DataLoader workers with the anchors; without it the core fetches them one by one. Input mode leaves mixing and
 the loss to the core defaults (linear interpolation, MSE on ``lam y_a + (1 - lam) y_b``).
 Manifold mode claims ``mix_batch`` (the batch passes unmixed) and ``forward``: the trunk runs
 on anchors and partners in two calls, the features are mixed, then the rest of the model runs
@@ -96,18 +98,22 @@ PLUGIN = PluginSpec(
 
 
 # =============================================================================== helpers
-def _bank(state: State, opts: CMixupOptions) -> tuple[Tensor | F.SortedLabelBank, float]:
-    """The label bank (sorted once for the 1-D sampler) and the bandwidth in raw units, cached."""
+def _bank(state: State, opts: CMixupOptions, cpu: bool = False) -> tuple[Tensor | F.SortedLabelBank, float]:
+    """The label bank (sorted once for the 1-D sampler) and the bandwidth in raw units, cached;
+    ``cpu`` gives a CPU copy for the loader's batch sampler (``mixhub_extend_indices``)."""
     scratch = state.scratch(NAME)
-    if getattr(scratch, "bank", None) is None:
+    attr = "bank_cpu" if cpu else "bank"
+    if getattr(scratch, attr, None) is None:
         if state.train_targets is None:
             raise RuntimeError("cmixup needs state.train_targets (the training label bank)")
         labels = F.as_label_matrix(state.train_targets.detach(), "state.train_targets")
+        if cpu:
+            labels = labels.cpu()
         scratch.bandwidth = F.effective_bandwidth(opts.bandwidth, labels, opts.bandwidth_units)
         big = labels.shape[0] * max(state.batch_size, 1) > F.DEFAULT_ELEMENT_BUDGET
         use_sorted = labels.shape[1] == 1 and (opts.sampler == "sorted" or (opts.sampler == "auto" and big))
-        scratch.bank = F.SortedLabelBank(labels) if use_sorted else labels
-    return scratch.bank, scratch.bandwidth
+        setattr(scratch, attr, F.SortedLabelBank(labels) if use_sorted else labels)
+    return getattr(scratch, attr), scratch.bandwidth
 
 
 def _log_pairs(state: State, y_a: Tensor, y_b: Tensor, same: Tensor) -> None:
@@ -130,7 +136,13 @@ def mixhub_sample_pairs(batch: Batch, state: State) -> MixPlan:
         opts.alpha, b, per_sample=opts.lam_mode == "sample", generator=gen, device=batch.inputs.device
     )
     method = opts.sampler
-    if opts.pool == "dataset":
+    loaded = batch.extras.get("extended", {}).get(NAME)
+    if opts.pool == "dataset" and loaded is not None and loaded.size == b:
+        # partners drawn by mixhub_extend_indices and decoded with the anchors by the loader
+        index = loaded.index.to(batch.inputs.device)
+        plan = MixPlan.pairs(index, lam, partner_source="dataset", partner=loaded)
+        _log_pairs(state, query, labels[index.to(labels.device)], index.to(anchors.device) == anchors)
+    elif opts.pool == "dataset":
         exclude = None if opts.include_self else anchors
         index = F.sample_partners(query, bank, bw, gen, opts.kernel, exclude_index=exclude, method=method)
         plan = MixPlan.pairs(index.to(batch.inputs.device), lam, partner_source="dataset")
@@ -257,6 +269,20 @@ def mixhub_forward(model: nn.Module, batch: Batch, plan: MixPlan, state: State) 
 
 
 # =============================================================================== collectors
+@hookimpl
+def mixhub_extend_indices(index: Tensor, epoch: int, generator: torch.Generator, state: State) -> Tensor | None:
+    """``pool=dataset``: each anchor's partner drawn from the label kernel in the loader's batch
+    sampler, so partners are decoded in the DataLoader workers with the anchors."""
+    opts: CMixupOptions = state.options(NAME)
+    if opts.pool != "dataset":
+        return None
+    bank, bw = _bank(state, opts, cpu=True)
+    labels = bank.labels if isinstance(bank, F.SortedLabelBank) else bank
+    anchors = index.long()
+    exclude = None if opts.include_self else anchors
+    return F.sample_partners(labels[anchors], bank, bw, generator, opts.kernel, exclude_index=exclude, method=opts.sampler)
+
+
 @hookimpl
 def mixhub_bench_suites() -> list[Any]:
     return cmixup_suites()
