@@ -685,7 +685,11 @@ class Trainer:
             self.host.collect("mixhub_epoch_end", state=self.state)
             means = self._reduce_means(sums, count)
             train_rec = {"epoch": epoch, "split": "train", "step": self.state.step, **means, "time_s": time.time() - t_epoch}
-            skipped = self.bad_samples.report(f"epoch {epoch}")
+            skipped = self.bad_samples.report(f"epoch {epoch}" + (f" (rank {self.rank})" if self.world_size > 1 else ""))
+            if self.world_size > 1:  # every rank's skipped files count
+                n_bad = torch.tensor([float(skipped)], device=self.device if self.device.type == "cuda" else "cpu")
+                dist.all_reduce(n_bad)
+                skipped = int(n_bad.item())
             if skipped or self.config.data.on_bad_sample == "skip":
                 train_rec["bad_samples"] = skipped
             for extra in self.host.collect("mixhub_metrics", stage="train", state=self.state):
