@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PLUGINS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
 
-.PHONY: setup run test lint bench-quick clean
+.PHONY: setup run test lint bench-quick mutation clean
 
 $(BIN)/.mixhub-installed: pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
@@ -27,5 +27,10 @@ lint: setup
 bench-quick: setup
 	$(BIN)/mixhub bench digits-cls --quick --out bench-out/digits-cls-quick
 
+# Long (not in CI): mutmut over every plugin's functional.py and the core's plan/metrics/schedule.
+# Scores land in mutation-out/scores.tsv; see docs/testing.md.  MUTATION_JOBS=N runs N mutants at once.
+mutation: setup
+	$(BIN)/python tools/mutation.py $(TARGETS)
+
 clean:
-	rm -rf runs bench-out
+	rm -rf runs bench-out mutation-out

@@ -86,3 +86,50 @@ def test_labels_follow_inputs_under_random_plans():
         lam = plan.lam[:, None]
         assert torch.allclose(xm, lam * plan.y_a[:, None].float() + (1 - lam) * plan.y_b[:, None].float())
         assert isinstance(plan, MixPlan)
+
+
+def _official_box(h, w, lam, rng):
+    """CutMix's box as the paper's code draws it: side sqrt(1 - lam) of the image, centre uniform, clipped."""
+    cut = np.sqrt(1.0 - lam)
+    cut_h, cut_w = int(h * cut), int(w * cut)
+    cy, cx = rng.integers(h), rng.integers(w)
+    return (int(np.clip(cy - cut_h // 2, 0, h)), int(np.clip(cy + cut_h // 2, 0, h)),
+            int(np.clip(cx - cut_w // 2, 0, w)), int(np.clip(cx + cut_w // 2, 0, w)))
+
+
+@pytest.mark.parametrize("lam", [0.1, 0.3, 0.5, 0.75, 0.9])
+def test_cutmix_box_matches_an_independent_draw_and_its_area_is_one_minus_lam(lam):
+    h, w = 32, 24
+    r = np.sqrt(1 - lam)
+    unclipped = 0
+    for seed in range(60):
+        got = cutmix_box(h, w, lam, np.random.default_rng(seed))
+        assert got == _official_box(h, w, lam, np.random.default_rng(seed)), (seed, got)
+        y0, y1, x0, x1 = got
+        area = (y1 - y0) * (x1 - x0)
+        assert area <= (1 - lam) * h * w + 1e-9
+        if y0 > 0 and x0 > 0 and y1 < h and x1 < w:  # not clipped: only the integer rounding of each side
+            unclipped += 1
+            assert (y1 - y0) > h * r - 2 and (x1 - x0) > w * r - 2, (seed, got)
+            assert area >= (h * r - 2) * (w * r - 2)
+    assert unclipped >= (5 if lam >= 0.5 else 0)  # large boxes are almost always clipped
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_cutmix_batch_pastes_the_partner_over_an_area_of_one_minus_lam(per_sample):
+    """The pasted region of every sample equals the independently drawn box, filled with the partner."""
+    b, h, w, lam = 6, 20, 20, 0.6
+    x = torch.randn(b, 3, h, w)
+    idx = torch.tensor([1, 2, 3, 4, 5, 0])
+    xm, plan = cutmix_batch(x, torch.arange(b), lam=lam, index=idx, per_sample=per_sample, generator=torch.Generator().manual_seed(7))
+    seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(7)))
+    rng = np.random.default_rng(seed)
+    boxes = [_official_box(h, w, lam, rng) for _ in range(b if per_sample else 1)]
+    for i in range(b):
+        y0, y1, x0, x1 = boxes[i if per_sample else 0]
+        pasted = torch.zeros(h, w, dtype=torch.bool)
+        pasted[y0:y1, x0:x1] = True
+        assert torch.equal(plan.mask[i, 0] == 0, pasted), i
+        assert torch.equal(xm[i][:, pasted], x[idx[i]][:, pasted]) and torch.equal(xm[i][:, ~pasted], x[i][:, ~pasted])
+        assert float(plan.lam[i]) == pytest.approx(1 - pasted.float().mean().item())
+        assert float(pasted.float().mean()) <= 1 - lam + 1e-6

@@ -90,3 +90,35 @@ def test_with_unmixtns_collects_exactly_the_unmix_affine_and_backward_works():
         tent_step(m, torch.randn(4, 3, 8, 8), opt)
     assert all(not torch.equal(a, b) for a, b in zip(before, params))
     assert any(not torch.equal(a, layer.component_means) for a, layer in zip(comps, layers.values()))
+
+
+def test_adaptation_lowers_the_entropy_of_the_predictions():
+    """TENT minimises entropy: repeated steps on one batch make the predictions more confident."""
+    m = small_model()
+    configure_model(m)
+    opt = torch.optim.SGD(collect_params(m), lr=0.5)
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = float(softmax_entropy(m(x)).mean())
+        for _ in range(5):
+            tent_step(m, x, opt)
+        after = float(softmax_entropy(m(x)).mean())
+    assert after < before - 1e-3, (before, after)
+
+
+def test_one_sgd_step_descends_the_mean_entropy_gradient():
+    """Independent computation: p' = p - lr * d mean_b H_b / dp, by autograd on a twin."""
+    m = small_model()
+    configure_model(m)
+    twin = copy.deepcopy(m)
+    x = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    params = collect_params(twin)
+    p = twin(x).softmax(1)
+    loss = -(p * p.log()).sum(1).mean()
+    grads = torch.autograd.grad(loss, params)
+    expected = [(q - 0.1 * g).detach() for q, g in zip(params, grads)]
+    opt = torch.optim.SGD(collect_params(m), lr=0.1)
+    tent_step(m, x, opt)
+    for got, want in zip(collect_params(m), expected):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
+    assert all(q.grad is None for q in collect_params(m))  # zero_grad(set_to_none) after the step
