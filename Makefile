@@ -22,7 +22,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check core plugins tests benchmarks examples
+	$(BIN)/ruff check core plugins tests benchmarks examples tools
 
 bench-quick: setup
 	$(BIN)/mixhub bench digits-cls --quick --out bench-out/digits-cls-quick

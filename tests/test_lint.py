@@ -14,7 +14,7 @@ def test_ruff_clean():
     ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
     if not Path(ruff).exists():
         pytest.fail("ruff is not installed (pip install -e '.[test]')")
-    p = subprocess.run([ruff, "check", "core", "plugins", "tests", "benchmarks", "examples", "docs"], capture_output=True, text=True, cwd=ROOT)
+    p = subprocess.run([ruff, "check", "core", "plugins", "tests", "benchmarks", "examples", "docs", "tools"], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stdout[-4000:]
 
 
