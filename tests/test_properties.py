@@ -20,39 +20,45 @@ def plans(draw):
 
 
 @settings(max_examples=60, deadline=None)
-@given(plans())
-def test_plan_validates_and_mixes_consistently(data):
+@given(plans(), st.integers(0, 2**31 - 1))
+def test_plan_validates_and_mixes_consistently(data, seed):
     b, plan = data
     plan.validate(b)
     # one-hot "inputs" of the sample id: the mixed input says exactly which samples it came from
     x = torch.eye(b)
-    batch = Batch(inputs=x, targets=torch.arange(b), index=torch.arange(b))
+    labels = torch.randint(0, 3, (b,), generator=torch.Generator().manual_seed(seed))  # repeated classes
+    batch = Batch(inputs=x, targets=labels, index=torch.arange(b))
     plan.resolve(batch)
     xm = mix_inputs(x, plan)
     assert xm.shape == x.shape
-    assert torch.allclose(xm.sum(1), torch.ones(b))
+    idx = plan.index.tolist()
     for i in range(b):
         lam = float(plan.lam[i])
-        a, p = int(plan.y_a[i]), int(plan.y_b[i])
-        if a == p:
-            assert abs(float(xm[i, a]) - 1.0) < 1e-6
-        else:
-            assert abs(float(xm[i, a]) - lam) < 1e-6 and abs(float(xm[i, p]) - (1 - lam)) < 1e-6
+        expected = torch.zeros(b)
+        expected[i] += lam
+        expected[idx[i]] += 1 - lam  # the partner named by the plan, not any partner
+        torch.testing.assert_close(xm[i], expected, rtol=0, atol=1e-6)
+        assert int(plan.y_a[i]) == int(labels[i]) and int(plan.y_b[i]) == int(labels[idx[i]])
     assert bool(((plan.lam >= 0) & (plan.lam <= 1)).all())
 
 
 @settings(max_examples=40, deadline=None)
 @given(plans(), st.integers(2, 6))
-def test_mixed_ce_is_a_convex_combination(data, classes):
+def test_mixed_ce_is_the_lam_weighted_sum_over_the_plan_partners(data, classes):
     b, plan = data
     torch.manual_seed(b)
     logits = torch.randn(b, classes)
     y = torch.randint(classes, (b,))
     plan.resolve(Batch(inputs=torch.zeros(b, 1), targets=y, index=torch.arange(b)))
-    ce_a = torch.nn.functional.cross_entropy(logits, plan.y_a, reduction="none")
-    ce_b = torch.nn.functional.cross_entropy(logits, plan.y_b, reduction="none")
-    value = mixed_cross_entropy(logits, plan)
-    assert torch.minimum(ce_a, ce_b).mean() - 1e-5 <= value <= torch.maximum(ce_a, ce_b).mean() + 1e-5
+    ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    idx = plan.index.tolist()
+    lam = plan.lam.tolist()
+    expected = sum(lam[i] * float(ce[i]) + (1 - lam[i]) * float(torch.nn.functional.cross_entropy(logits[i:i + 1], y[idx[i]:idx[i] + 1])) for i in range(b)) / b
+    value = float(mixed_cross_entropy(logits, plan))
+    assert abs(value - expected) < 1e-5
+    # and so it lies between the anchor-only and partner-only losses
+    ce_b = torch.nn.functional.cross_entropy(logits, y[plan.index], reduction="none")
+    assert torch.minimum(ce, ce_b).mean() - 1e-5 <= value <= torch.maximum(ce, ce_b).mean() + 1e-5
 
 
 @settings(max_examples=30, deadline=None)

@@ -117,26 +117,36 @@ def test_existing_run_folder_is_not_overwritten(tmp_path):
 
 
 def test_nan_inputs_stop_or_skip(tmp_path):
-    import mixhub.data.bundled as B
+    """A batch with NaN inputs stops the run (or is skipped) before any plugin or the optimizer sees it."""
+    from mixhub import MixPlan, PluginSpec, hookimpl
 
     class Poison:
-        from mixhub import PluginSpec, hookimpl
-
         PLUGIN = PluginSpec(name="poison", slots=("sample_pairs",))
+
+        def __init__(self):
+            self.calls = 0
 
         @hookimpl
         def mixhub_sample_pairs(self, batch, state):  # noqa: ANN001
-            raise AssertionError("never reached")
+            self.calls += 1
+            return MixPlan.identity(batch.size, batch.inputs.device)
 
-    t = Trainer(tiny_config(), out=tmp_path / "r")
-    ds = t.bundle.train
-    ds.inputs[3] = float("nan")
-    batch = __import__("mixhub.trainer", fromlist=["collate"]).collate([t.train_set[i] for i in range(8)])
+    poison = Poison()
+    t = Trainer(tiny_config(plugins=["poison"]), extra_plugins={"poison": poison}, out=tmp_path / "r")
+    from mixhub.trainer import collate
+
+    clean = collate([t.train_set[i] for i in range(8)])
+    t.bundle.train.inputs[3] = float("nan")
+    batch = collate([t.train_set[i] for i in range(8)])
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
     with pytest.raises(NonFiniteError, match=r"non-finite inputs .* dataset indices \[3\]"):
         t.train_step(batch)
     t.config.core.train.nan_policy = "skip"
     assert t.train_step(batch) is None
-    assert B is not None and Poison is not None
+    assert poison.calls == 0, "a plugin saw the non-finite batch"
+    assert all(torch.equal(v, before[k]) for k, v in t.model.state_dict().items())
+    assert t.train_step(clean) is not None and poison.calls == 1  # the plugin is active on a clean batch
+    assert any(not torch.equal(v, before[k]) for k, v in t.model.state_dict().items())
 
 
 def test_wrong_shaped_batch(tmp_path):

@@ -203,9 +203,10 @@ def test_quick_suite_cell(tmp_path: Path) -> None:
     c["model"]["kwargs"]["widths"] = [8, 16, 32]
     c["train"]["max_steps_per_epoch"] = 2
     metrics = run_cell(c, tmp_path)
-    assert all(
-        metrics[k] == 1.0 for k in metrics if k.startswith("mech.") and k != "mech.mask_init_uniform_err"
-    ), metrics
+    checks = {"mech.masks", "mech.gradient_routing", "mech.teacher_ema", "mech.alternation", "mech.lam_margin", "mech.eval_heads"}
+    assert checks <= set(metrics), f"mechanics checks missing from the cell: {checks - set(metrics)}"
+    assert {k: metrics[k] for k in checks} == dict.fromkeys(checks, 1.0), metrics
+    assert "mech.mask_init_uniform_err" in metrics
     assert "test.acc" in metrics and "test.adautomix/teacher_ce_gap" in metrics
 
 

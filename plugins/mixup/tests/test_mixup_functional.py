@@ -76,15 +76,25 @@ def test_soft_target_loss_equals_plan_loss():
 
 
 def test_labels_follow_inputs_under_random_plans():
-    """Property: the plan's targets are those of the rows the inputs came from."""
+    """Property: the partner label of each row is the label of the row its input was mixed with,
+    read back from one-hot inputs (not from the plan), and the partners form a permutation."""
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
-        b = int(torch.randint(1, 12, (1,), generator=g))
-        x = torch.arange(b, dtype=torch.float32)[:, None].repeat(1, 3)
-        y = torch.arange(b)
-        xm, plan = mixup_batch(x, y, 1.0, generator=g)
-        lam = plan.lam[:, None]
-        assert torch.allclose(xm, lam * plan.y_a[:, None].float() + (1 - lam) * plan.y_b[:, None].float())
+        b = int(torch.randint(2, 12, (1,), generator=g))
+        x = torch.eye(b)
+        y = torch.randint(0, 4, (b,), generator=g)
+        xm, plan = mixup_batch(x, y, 1.0, per_sample=True, generator=g)
+        assert sorted(plan.index.tolist()) == list(range(b))
+        assert torch.equal(plan.y_a, y)
+        for i in range(b):
+            lam = float(plan.lam[i])
+            row = xm[i].clone()
+            row[i] -= lam
+            assert float(row.sum()) == pytest.approx(1 - lam, abs=1e-6)
+            if lam < 1 - 1e-4:
+                j = int(row.argmax())
+                assert float(row[j]) == pytest.approx(1 - lam, abs=1e-6)
+                assert int(plan.y_b[i]) == int(y[j])
         assert isinstance(plan, MixPlan)
 
 
