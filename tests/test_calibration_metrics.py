@@ -161,3 +161,60 @@ def test_classification_metrics_reports_before_and_after_scaling():
     assert scaled["ece_ts"] == pytest.approx(metrics.ece(LOGITS / 2, Y), abs=1e-7)
     assert scaled["adaece_ts"] == pytest.approx(metrics.adaptive_ece(LOGITS / 2, Y), abs=1e-7)
     assert scaled["acc"] == out["acc"] and scaled["ece"] == out["ece"]
+
+
+def test_classification_metrics_pass_the_bin_count_and_scaled_brier():
+    out = metrics.classification_metrics(LOGITS, Y, n_bins=2, temperature=2.0)
+    assert out["ece"] == pytest.approx(metrics.ece(LOGITS, Y, 2), abs=1e-7)
+    assert out["ece"] != pytest.approx(metrics.ece(LOGITS, Y), abs=1e-4)
+    assert out["adaece"] == pytest.approx(metrics.adaptive_ece(LOGITS, Y, 2), abs=1e-7)
+    assert out["adaece"] != pytest.approx(metrics.adaptive_ece(LOGITS, Y), abs=1e-4)
+    assert out["ece_ts"] == pytest.approx(metrics.ece(LOGITS / 2, Y, 2), abs=1e-7)
+    assert out["adaece_ts"] == pytest.approx(metrics.adaptive_ece(LOGITS / 2, Y, 2), abs=1e-7)
+    p = (LOGITS.double() / 2).softmax(1)
+    brier_ts = float(((p - torch.nn.functional.one_hot(Y, 3)) ** 2).sum(1).mean())
+    assert out["brier_ts"] == pytest.approx(brier_ts, abs=1e-6)
+    assert set(out) == {"acc", "nll", "ece", "adaece", "brier", "temperature", "nll_ts", "ece_ts", "adaece_ts", "brier_ts"}
+
+
+def test_ece_of_a_single_sample_is_its_gap():
+    logits = torch.tensor([[2.0, 0.0]])
+    conf = float(logits.softmax(1).max())
+    assert metrics.ece(logits, torch.tensor([0])) == pytest.approx(1 - conf, abs=1e-6)
+    assert metrics.ece(logits, torch.tensor([1])) == pytest.approx(conf, abs=1e-6)
+
+
+def test_adaptive_ece_defaults_to_fifteen_equal_mass_bins():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 4, generator=g) * 2
+    y = torch.multinomial(logits.softmax(1), 1, generator=g)[:, 0]  # calibrated labels: gaps of both signs
+    p = logits.softmax(1)
+    conf, pred = p.max(1)
+    correct = (pred == y).float()
+    order = conf.argsort()
+    expected = sum(len(c) / 64 * abs(float(correct[c].mean() - conf[c].mean())) for c in torch.tensor_split(order, 15))
+    assert metrics.adaptive_ece(logits, y) == pytest.approx(expected, abs=1e-6)
+    assert metrics.adaptive_ece(logits, y) != pytest.approx(metrics.adaptive_ece(logits, y, 16), abs=1e-6)
+
+
+def test_fit_temperature_falls_back_to_one_when_the_fit_diverges(monkeypatch):
+    class Diverging:
+        def __init__(self, params, **kwargs):
+            self.params = params
+
+        def step(self, closure):
+            with torch.no_grad():
+                self.params[0].fill_(float("nan"))
+
+    monkeypatch.setattr(metrics.torch.optim, "LBFGS", Diverging)
+    assert metrics.fit_temperature(LOGITS, Y) == 1.0
+
+
+def test_regression_metrics_hand_computed():
+    pred = torch.tensor([[1.0], [2.0], [4.0]], dtype=torch.float64)
+    y = torch.tensor([1.5, 2.0, 1.0])
+    out = metrics.regression_metrics(pred, y)
+    # errors -0.5, 0, 3: mse (0.25 + 9) / 3, mae 3.5 / 3
+    assert out == pytest.approx({"mse": 9.25 / 3, "rmse": math.sqrt(9.25 / 3), "mae": 3.5 / 3})
+    assert set(out) == {"mse", "rmse", "mae"}
+    assert metrics.regression_metrics(torch.tensor([3, 1]), torch.tensor([1, 1]))["mae"] == pytest.approx(1.0)

@@ -78,3 +78,131 @@ def test_n_source_regression_target_and_validation():
         bad.validate(3)
     with pytest.raises(ValueError, match="mask must lie in"):
         MixPlan.pairs(torch.arange(3), 0.5, mask=torch.full((3, 1, 2, 2), 2.0)).validate(3)
+
+
+# ---------------------------------------------------------------- constructors, validation messages, targets
+def test_identity_plan_fields_and_device():
+    p = MixPlan.identity(4)
+    assert p.known_identity is True and torch.equal(p.index, torch.arange(4)) and torch.equal(p.lam, torch.ones(4))
+    m = MixPlan.identity(3, device="meta")  # the device is honoured for both tensors
+    assert m.index.device.type == "meta" and m.lam.device.type == "meta"
+
+
+def test_pairs_lam_forms_dtype_and_device():
+    p = MixPlan.pairs(torch.tensor([1, 0], dtype=torch.int32), torch.tensor(0.25, dtype=torch.float64), partner_source="dataset")
+    assert p.index.dtype == torch.long and p.lam.dtype == torch.float32 and p.lam.tolist() == [0.25, 0.25]
+    assert p.partner_source == "dataset"
+    q = MixPlan.pairs(torch.arange(3), torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64), extras={"k": 1})
+    assert q.lam.dtype == torch.float32 and q.extras == {"k": 1}
+    r = MixPlan.pairs(torch.arange(2, device="meta"), 0.5)
+    assert r.lam.device.type == "meta" and r.lam.shape == (2,)
+
+
+def _raises(exc, msg):
+    import re
+
+    return pytest.raises(exc, match="^" + re.escape(msg) + "$")
+
+
+def test_validate_messages_name_the_owner_and_the_field():
+    ok = MixPlan.pairs(torch.tensor([1, 0, 2]), 0.5)
+    ok.validate(3)
+    with _raises(TypeError, "sampler: MixPlan.index and MixPlan.lam must be tensors"):
+        MixPlan(index=torch.arange(3), lam=[0.5, 0.5, 0.5]).validate(3)  # type: ignore[arg-type]
+    with _raises(TypeError, "me: MixPlan.index and MixPlan.lam must be tensors"):
+        MixPlan(index=[0, 1, 2], lam=torch.ones(3)).validate(3, owner="me")  # type: ignore[arg-type]
+    with _raises(ValueError, "sampler: MixPlan.index and MixPlan.lam must have shape [3], got (3,) and (2,)"):
+        MixPlan(index=torch.arange(3), lam=torch.ones(2)).validate(3)
+    for lam in (-0.1, float("nan")):
+        with _raises(ValueError, "sampler: MixPlan.lam must lie in [0, 1]"):
+            MixPlan.pairs(torch.arange(3), lam).validate(3)
+    MixPlan.pairs(torch.tensor([0, 1, 2]), 1.0).validate(3)  # both ends of the range are valid
+    MixPlan.pairs(torch.tensor([0, 1, 2]), 0.0).validate(3)
+    with _raises(ValueError, "o: MixPlan.index out of range for partner_source='batch' (must be in [0, 3))"):
+        MixPlan.pairs(torch.tensor([0, 1, 3]), 0.5).validate(3, owner="o")
+    with pytest.raises(ValueError, match="out of range"):
+        MixPlan.pairs(torch.tensor([-1, 1, 2]), 0.5).validate(3)
+    with _raises(ValueError, "sampler: MixPlan.index out of range for partner_source='dataset' (must be in [0, 100))"):
+        MixPlan.pairs(torch.tensor([0, 1, 100]), 0.5, partner_source="dataset").validate(3, dataset_size=100)
+    MixPlan.pairs(torch.tensor([0, 1, 99]), 0.5, partner_source="dataset").validate(3)  # no dataset size: unchecked
+
+
+def test_validate_sources_and_mask_messages():
+    w = torch.full((3,), 0.5)
+    good = [(torch.arange(3), w), (torch.tensor([1, 2, 0]), w)]
+    MixPlan(index=torch.arange(3), lam=w, sources=good).validate(3)
+    with _raises(ValueError, "sampler: MixPlan.sources[1] must hold two tensors of shape [3]"):
+        MixPlan(index=torch.arange(3), lam=w, sources=[good[0], (torch.tensor([1, 2, 0]), torch.full((2,), 0.5))]).validate(3)
+    with _raises(ValueError, "sampler: MixPlan.sources[0] must hold two tensors of shape [3]"):
+        MixPlan(index=torch.arange(3), lam=w, sources=[(torch.arange(2), w), good[1]]).validate(3)
+    with _raises(ValueError, "sampler: MixPlan.sources[1] index out of range [0, 3)"):
+        MixPlan(index=torch.arange(3), lam=w, sources=[good[0], (torch.tensor([1, 3, 0]), w)]).validate(3)
+    with _raises(ValueError, "sampler: MixPlan.sources[0] weights must lie in [0, 1]"):
+        MixPlan(index=torch.arange(3), lam=w, sources=[(torch.arange(3), torch.full((3,), 1.5)), (torch.arange(3), torch.full((3,), -0.5))]).validate(3)
+    with _raises(ValueError, "sampler: MixPlan.sources[1] weights must lie in [0, 1]"):
+        MixPlan(index=torch.arange(3), lam=w, sources=[(torch.arange(3), torch.full((3,), 1.0)), (torch.arange(3), torch.full((3,), -0.0001))]).validate(3)
+    # weights of exactly 0 and 1 are allowed
+    MixPlan(index=torch.arange(3), lam=w, sources=[(torch.arange(3), torch.ones(3)), (torch.arange(3), torch.zeros(3))]).validate(3)
+    with _raises(ValueError, "sampler: MixPlan.sources weights must sum to 1 per sample"):
+        MixPlan(index=torch.arange(3), lam=w, sources=[(torch.arange(3), w), (torch.arange(3), torch.full((3,), 0.4))]).validate(3)
+    with _raises(ValueError, "sampler: MixPlan.sources weights must sum to 1 per sample"):
+        MixPlan(index=torch.arange(3), lam=w, sources=[(torch.arange(3), w), (torch.arange(3), torch.full((3,), 0.499))]).validate(3)
+    MixPlan(index=torch.arange(3), lam=w, sources=[(torch.arange(3), w), (torch.arange(3), torch.full((3,), 0.49995))]).validate(3)
+    with _raises(ValueError, "sampler: MixPlan.mask must have 3 rows, got shape (2, 1, 2, 2)"):
+        MixPlan.pairs(torch.arange(3), 0.5, mask=torch.ones(2, 1, 2, 2)).validate(3)
+    for bad in (-0.5, 1.5):
+        with _raises(ValueError, "sampler: MixPlan.mask must lie in [0, 1]"):
+            MixPlan.pairs(torch.arange(3), 0.5, mask=torch.full((3, 1, 2, 2), bad)).validate(3)
+    edge = torch.zeros(3, 1, 2, 2)
+    edge[:, :, 0] = 1.0
+    MixPlan.pairs(torch.arange(3), 0.5, mask=edge).validate(3)
+
+
+def test_resolve_dataset_partners():
+    b = make_batch(3)
+    p = MixPlan.pairs(torch.tensor([7, 8, 9]), 0.5, partner_source="dataset")
+    with _raises(RuntimeError, "MixPlan: dataset partners have not been fetched"):
+        p.resolve(b)
+    p.partner = Batch(inputs=torch.zeros(3, 3, 4, 4), targets=torch.tensor([2, 2, 0]), index=torch.tensor([7, 8, 9]))
+    p.resolve(b)
+    assert torch.equal(p.y_a, b.targets) and p.y_b.tolist() == [2, 2, 0]
+    assert p.source_targets(b.targets)[1][0].tolist() == [2, 2, 0]  # the fetched targets, not targets[index]
+
+
+def test_source_targets_two_and_n_sources():
+    y = torch.tensor([5, 6, 7])
+    p = MixPlan.pairs(torch.tensor([2, 0, 1]), torch.tensor([0.1, 0.2, 0.3]))
+    (ya, wa), (yb, wb) = p.source_targets(y)
+    assert ya.tolist() == [5, 6, 7] and yb.tolist() == [7, 5, 6]
+    assert torch.allclose(wa, torch.tensor([0.1, 0.2, 0.3])) and torch.allclose(wb, torch.tensor([0.9, 0.8, 0.7]))
+    p.y_b = torch.tensor([1, 1, 1])  # resolved targets win over targets[index]
+    assert p.source_targets(y)[1][0].tolist() == [1, 1, 1]
+    w = torch.full((3,), 0.5)
+    n = MixPlan(index=torch.arange(3), lam=w, sources=[(torch.tensor([1, 2, 0]), w), (torch.tensor([2, 0, 1]), w)])
+    assert [t.tolist() for t, _ in n.source_targets(y)] == [[6, 7, 5], [7, 5, 6]]
+
+
+def test_lam_as_and_regression_targets_of_any_rank():
+    p = MixPlan.pairs(torch.tensor([1, 0]), torch.tensor([0.25, 0.5]))
+    like = torch.zeros(2, 3, 4, dtype=torch.float64)
+    la = p.lam_as(like)
+    assert la.shape == (2, 1, 1) and la.dtype == torch.float64
+    with _raises(RuntimeError, "MixPlan.resolve(batch) must run before the targets are read"):
+        p.mixed_regression_target()
+    p.y_a = torch.zeros(2, 2)
+    with _raises(RuntimeError, "MixPlan.resolve(batch) must run before the targets are read"):
+        p.mixed_regression_target()
+    y = torch.tensor([[0.0, 4.0], [8.0, 12.0]], dtype=torch.float64)
+    p.resolve(Batch(inputs=torch.zeros(2, 1), targets=y, index=torch.arange(2)))
+    out = p.mixed_regression_target()
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, torch.tensor([[6.0, 10.0], [4.0, 8.0]]))
+    w1, w2 = torch.tensor([0.25, 1.0]), torch.tensor([0.75, 0.0])
+    n = MixPlan(index=torch.arange(2), lam=w1, sources=[(torch.arange(2), w1), (torch.tensor([1, 0]), w2)])
+    n.resolve(Batch(inputs=torch.zeros(2, 1), targets=y, index=torch.arange(2)))
+    out = n.mixed_regression_target()
+    assert out.shape == (2, 2) and out.dtype == torch.float32
+    assert torch.allclose(out, torch.tensor([[6.0, 10.0], [8.0, 12.0]]))
+    y3 = torch.arange(8, dtype=torch.float32).reshape(2, 2, 2)
+    n.resolve(Batch(inputs=torch.zeros(2, 1), targets=y3, index=torch.arange(2)))
+    assert torch.allclose(n.mixed_regression_target(), torch.stack([0.25 * y3[0] + 0.75 * y3[1], y3[1]]))
