@@ -1,13 +1,17 @@
 """The contract every in-tree plugin passes: hooks in the documented order, same seed same weights,
-exact resume, plain state dicts. Each runs the plugin's own example config (``PluginSpec.example``)."""
+exact resume, plain state dicts, and the plugin actually takes part (the run without it differs). Each runs the plugin's own
+example config (``PluginSpec.example`` on the tiny run of its first task kind: supervised or
+continual). Plugins with a test-time task kind also pass the test-time contract on a trained
+checkpoint; in training they must be inert."""
 
+import copy
 from pathlib import Path
 
 import pytest
 
 from mixhub.doctor import smoke_config
 from mixhub.plugins import discover, load_plugin
-from mixhub.testing import Contract, is_plain
+from mixhub.testing import Contract, is_plain, tiny_testtime_config, train_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_TREE = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").exists())
@@ -20,30 +24,66 @@ def spec_of(name):
     return load_plugin(info).spec
 
 
-def supervised_config(name):
+def contract_config(name):
     spec = spec_of(name)
-    if not set(spec.task_kinds) & {"classification", "regression"}:
-        pytest.skip(f"{name} has no supervised task kind ({', '.join(spec.task_kinds)}); its own tests cover its protocol")
     cfg = smoke_config(spec)
-    assert cfg is not None
+    assert cfg is not None, f"{name}: no contract config for task kinds {spec.task_kinds}"
     return cfg
+
+
+def without(cfg, name):
+    out = copy.deepcopy(cfg)
+    out["plugins"] = [p for p in out["plugins"] if p != name]
+    out.pop(name, None)  # its options section too
+    return out
+
+
+def is_continual(cfg):
+    return cfg["data"]["name"] == "split-digits"
 
 
 @pytest.mark.parametrize("name", IN_TREE)
 def test_hooks_in_order_and_plain_state(name, tmp_path):
-    cfg = supervised_config(name)
+    cfg = contract_config(name)
     c = Contract(tmp_path)
-    c.hooks_in_order(cfg)
+    calls = c.hooks_in_order(cfg)
+    if is_continual(cfg):
+        assert calls.count("task_start") == calls.count("task_end") == 2, calls
     result = c.train(cfg)
     c.state_dict_is_plain(result.trainer)
     assert is_plain(result.trainer.state_payload()["plugins"])
+    # the plugin takes part: the same run without it ends with other weights (test-time methods
+    # act only in the test-time phase, so there they must be inert; their own contract is below)
+    inert = "test-time" in spec_of(name).task_kinds
+    c.changes_training(cfg, without(cfg, name), expect=not inert, trained=result.trainer)
 
 
 @pytest.mark.parametrize("name", IN_TREE)
 def test_determinism(name, tmp_path):
-    Contract(tmp_path).determinism(supervised_config(name))
+    Contract(tmp_path).determinism(contract_config(name))
 
 
 @pytest.mark.parametrize("name", IN_TREE)
 def test_resume_equality(name, tmp_path):
-    Contract(tmp_path).resume_equality(supervised_config(name))
+    cfg = contract_config(name)
+    c = Contract(tmp_path)
+    if is_continual(cfg):
+        c.resume_after_interrupt(cfg, at_step=60)  # inside the second task's stream (about 54 steps per task)
+    else:
+        c.resume_equality(cfg)
+
+
+@pytest.fixture(scope="module")
+def source_checkpoint(tmp_path_factory):
+    return train_checkpoint(tiny_testtime_config(), tmp_path_factory.mktemp("contract-tt") / "source")
+
+
+def _testtime_plugins():
+    found = discover()
+    return [n for n in IN_TREE if n in found and "test-time" in load_plugin(found[n]).spec.task_kinds]
+
+
+@pytest.mark.parametrize("name", _testtime_plugins())
+def test_testtime_contract(name, source_checkpoint, tmp_path):
+    summary = Contract(tmp_path).testtime(source_checkpoint, {"testtime": {"setting": "single", "batch_size": 50}}, name)
+    assert summary["episodes"] == 2  # one per corruption domain

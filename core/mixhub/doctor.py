@@ -19,13 +19,15 @@ __all__ = ["check_plugin", "run_doctor", "smoke_config"]
 def smoke_config(spec: Any) -> dict[str, Any] | None:
     """A two-step config for the plugin (its ``example`` overlay on a tiny run of its task kind)."""
     from .config import apply_overrides
-    from .testing import tiny_config, tiny_regression_config
+    from .testing import tiny_config, tiny_continual_config, tiny_regression_config
 
     kind = spec.task_kinds[0] if spec.task_kinds else "classification"
     if kind == "regression":
         base = tiny_regression_config()
     elif kind == "classification":
         base = tiny_config()
+    elif kind == "continual":
+        base = tiny_continual_config()
     elif spec.example is None:
         return None
     else:

@@ -3,6 +3,7 @@
 Fixtures:
     ``mixhub_tiny_config``: a raw config training a tiny CNN on digits for two steps.
     ``mixhub_tiny_regression_config``: the same for the generated tanh regression set and an MLP.
+    ``mixhub_tiny_continual_config``: a short online class-incremental stream (split-digits, two tasks).
     ``mixhub_tiny_timm_model``: a small timm ResNet (no pretrained weights).
     ``mixhub_hook_recorder``: an in-process plugin that records hook calls (pass it through
         ``extra_plugins={"recorder": recorder}`` and ``plugins: [..., "recorder"]``).
@@ -12,8 +13,8 @@ Fixtures:
 context manager yielding the run's ``RunLog`` inside the ``mixhub_fit`` wrappers.
 
 Contract checks every plugin should pass (``Contract`` methods, each raising ``AssertionError``):
-    ``hooks_in_order``, ``slot_types``, ``determinism``, ``resume_equality``,
-    ``state_dict_is_plain``, ``functional_matches_plugin``.
+    ``hooks_in_order``, ``slot_types``, ``determinism``, ``resume_equality``, ``resume_after_interrupt``,
+    ``changes_training``, ``testtime``, ``state_dict_is_plain``, ``functional_matches_plugin``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "Contract",
     "tiny_config",
     "tiny_regression_config",
+    "tiny_continual_config",
     "tiny_testtime_config",
     "train_checkpoint",
     "model_fingerprint",
@@ -60,6 +62,19 @@ def tiny_regression_config(**extra: Any) -> dict[str, Any]:
         "model": {"name": "mlp", "kwargs": {"hidden": [16, 16]}},
         "optimizer": {"name": "adam"},
         "train": {"epochs": 1, "batch_size": 16, "max_steps_per_epoch": 3, "plots": False, "sched": "none"},
+    }
+    return _merge(cfg, extra)
+
+
+def tiny_continual_config(**extra: Any) -> dict[str, Any]:
+    """A short online class-incremental run: split-digits at 8x8 in two tasks, a narrow smallcnn, memory 20."""
+    cfg: dict[str, Any] = {
+        "seed": 0,
+        "data": {"name": "split-digits", "image_size": 8, "options": {"tasks": 2}},
+        "model": {"name": "smallcnn", "kwargs": {"widths": [4, 8, 8]}},
+        "train": {"lr": 0.1, "sched": "none", "amp": False, "plots": False},
+        "optimizer": {"name": "momentum", "momentum": 0.0},
+        "continual": {"memory_size": 20, "eval_val": False},
     }
     return _merge(cfg, extra)
 
@@ -258,6 +273,75 @@ class Contract:
         for k in fa:
             assert torch.equal(fa[k], fb[k]), f"resume is not exact: {k} differs"
 
+    def resume_after_interrupt(self, config: dict[str, Any], at_step: int,
+                               extra_plugins: Callable[[], dict[str, Any]] | None = None) -> None:
+        """A run stopped (as by SIGTERM) after step ``at_step`` and resumed ends bitwise equal to a straight run.
+
+        Works for every task kind (the continual protocol stops mid-task, inside its stream)."""
+        from .trainer import RunInterrupted, Trainer
+
+        straight = self.train(config, extra_plugins() if extra_plugins else None).trainer
+        out = self._out()
+        t = Trainer(copy.deepcopy(config), extra_plugins=extra_plugins() if extra_plugins else None, out=out)
+        step = t.train_step
+
+        def stop_after(batch: Any) -> Any:
+            result = step(batch)
+            if t.state.step == at_step:
+                t._stop_signal = 15
+            return result
+
+        t.train_step = stop_after  # type: ignore[method-assign]
+        with pytest.raises(RunInterrupted):
+            t.fit()
+        assert t.state.step == at_step, f"the run did not stop at step {at_step} (stopped at {t.state.step})"
+        t2 = Trainer(copy.deepcopy(config), extra_plugins=extra_plugins() if extra_plugins else None, out=out)
+        t2.resume()
+        t2.fit()
+        fa, fb = model_fingerprint(straight), model_fingerprint(t2)
+        for k in fa:
+            assert torch.equal(fa[k], fb[k]), f"resume after an interrupt is not exact: {k} differs"
+
+    def changes_training(self, config: dict[str, Any], without: dict[str, Any], expect: bool = True,
+                         trained: Any = None) -> None:
+        """The plugin takes part in training: the weights after ``config`` (or of the ``trained``
+        trainer of that config) differ from those after ``without`` (the same run without the plugin).
+        ``expect=False`` asserts the opposite, for plugins documented as inert in training (test-time methods)."""
+        a = model_fingerprint(trained if trained is not None else self.train(config).trainer)
+        b = model_fingerprint(self.train(without).trainer)
+        same = all(torch.equal(a[k], b[k]) for k in b)
+        if expect:
+            assert not same, "the plugin changes nothing in training: the contract config does not exercise it"
+        else:
+            assert same, "the plugin changed training although it is documented as inert there"
+
+    def testtime(self, checkpoint: Path, overrides: dict[str, Any], plugin: str) -> dict[str, Any]:
+        """Test-time contract of ``plugin`` on a trained ``checkpoint``: its evaluate wrapper runs
+        once per episode, it changes the predictions (against the same streams without it), it
+        reports its metrics, two runs agree exactly and the model is restored bitwise afterwards."""
+        from .testtime import evaluate_streams, load_for_testtime
+
+        def run(plugins: list[str], rec: HookRecorder | None = None) -> tuple[dict[str, Any], Any, dict[str, torch.Tensor]]:
+            cfg = copy.deepcopy(overrides)
+            cfg["plugins"] = plugins + (["recorder"] if rec else [])
+            trainer = load_for_testtime(checkpoint, cfg, extra_plugins={"recorder": rec} if rec else None)
+            before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+            return evaluate_streams(trainer), trainer, before
+
+        rec = HookRecorder()
+        with_plugin, trainer, before = run([plugin], rec)
+        after = trainer.model.state_dict()
+        assert set(after) == set(before), f"{plugin}: the model's state keys changed after test time"
+        for k, v in before.items():
+            assert torch.equal(after[k], v), f"{plugin}: {k} is not restored after test time"
+        assert rec.calls.count("evaluate_enter") == with_plugin["episodes"] == rec.calls.count("evaluate_exit"), rec.calls
+        again, _, _ = run([plugin])
+        assert again["overall"] == with_plugin["overall"] and again["plugins"] == with_plugin["plugins"], f"{plugin}: test time is not deterministic"
+        plain, _, _ = run([])
+        assert plain["overall"]["nll"] != with_plugin["overall"]["nll"], f"{plugin}: the predictions are those without the plugin"
+        assert any(k.startswith(f"{plugin}/") for k in with_plugin["plugins"]), f"{plugin}: no test-time metrics reported"
+        return with_plugin
+
     def state_dict_is_plain(self, trainer: Any) -> None:
         sds = trainer.host.per_plugin("mixhub_state_dict", state=trainer.state)
         for name, sd in sds.items():
@@ -283,6 +367,11 @@ def mixhub_tiny_timm_model() -> torch.nn.Module:
     import timm
 
     return timm.create_model("resnet10t", pretrained=False, num_classes=10)
+
+
+@pytest.fixture
+def mixhub_tiny_continual_config() -> dict[str, Any]:
+    return tiny_continual_config()
 
 
 @pytest.fixture

@@ -141,6 +141,7 @@ PLUGIN = PluginSpec(
     slots=("compute_loss",),
     task_kinds=("classification",),
     conflicts=("rankmixup", "adautomix", "dualmix"),
+    example={"plugins": ["mixup"]},  # DM is a loss on another plugin's mix: without a mixer it is plain CE
     description="Decoupled Mixup: mixup CE plus a decoupled-softmax regulariser on any static mix (NeurIPS 2023)",
     validate=validate,
 )
