@@ -11,6 +11,7 @@ import pytest
 
 from mixhub.doctor import smoke_config
 from mixhub.plugins import discover, load_plugin
+from mixhub.registry import load_registry
 from mixhub.testing import Contract, is_plain, tiny_testtime_config, train_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +23,11 @@ def spec_of(name):
     if info is None:
         pytest.fail(f"in-tree plugin {name!r} is not installed (run `make setup`)")
     return load_plugin(info).spec
+
+
+def kind_of(name):
+    """The registry kind: ``method`` (changes training or test-time predictions) or ``logger`` (never does)."""
+    return (load_registry().get(name) or {}).get("kind", "method")
 
 
 def contract_config(name):
@@ -53,8 +59,9 @@ def test_hooks_in_order_and_plain_state(name, tmp_path):
     c.state_dict_is_plain(result.trainer)
     assert is_plain(result.trainer.state_payload()["plugins"])
     # the plugin takes part: the same run without it ends with other weights (test-time methods
-    # act only in the test-time phase, so there they must be inert; their own contract is below)
-    inert = "test-time" in spec_of(name).task_kinds
+    # act only in the test-time phase, so there they must be inert, their own contract is below;
+    # loggers must never change the run)
+    inert = "test-time" in spec_of(name).task_kinds or kind_of(name) == "logger"
     c.changes_training(cfg, without(cfg, name), expect=not inert, trained=result.trainer)
 
 
@@ -80,7 +87,7 @@ def source_checkpoint(tmp_path_factory):
 
 def _testtime_plugins():
     found = discover()
-    return [n for n in IN_TREE if n in found and "test-time" in load_plugin(found[n]).spec.task_kinds]
+    return [n for n in IN_TREE if n in found and "test-time" in load_plugin(found[n]).spec.task_kinds and kind_of(n) == "method"]
 
 
 @pytest.mark.parametrize("name", _testtime_plugins())
