@@ -31,6 +31,7 @@ __all__ = [
     "load_config",
     "parse_overrides",
     "apply_overrides",
+    "resume_overrides",
     "format_validation_error",
 ]
 
@@ -38,7 +39,7 @@ __all__ = [
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 class TransformConfig(Section):
@@ -145,7 +146,7 @@ class OptimizerConfig(Section):
 
 class Config(Section):
     seed: int = 0
-    out: str | None = Field(None, description="run folder (default runs/<data>-<model>-<plugins>-s<seed>)")
+    out: str | None = Field(None, description="run folder (default: a fresh runs/<data>-<model>-<plugins>-s<seed>, numbered -1, -2, ... when taken); a folder holding another run is refused")
     plugins: list[str] = Field(default_factory=list)
     slots: dict[str, str] = Field(default_factory=dict, description="explicit slot owners, e.g. {compute_loss: decoupled}")
     losses: dict[str, float] = Field(default_factory=dict, description="weights of aux losses by name")
@@ -238,9 +239,84 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix
     return "invalid configuration: " + "; ".join(lines)
 
 
+#: Limits of any YAML mixhub reads (configs and override values): a config is a few kilobytes.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_DEPTH = 64
+MAX_YAML_NODES = 100_000
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that stops at ``MAX_YAML_DEPTH`` nesting levels while composing.
+
+    PyYAML composes nodes recursively, so deep nesting would end in a ``RecursionError``;
+    aliases are composed as shared nodes, so the expansion check runs on the node graph
+    (``_expanded_size``) before anything is constructed.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ConfigError(f"nested deeper than {MAX_YAML_DEPTH} levels (line {mark.line + 1})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Nodes of the document with every alias expanded (memoised per node, so an alias bomb is cheap to size)."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            sizes[id(node)] = 1
+            continue
+        if done:
+            sizes[id(node)] = min(1 + sum(sizes.get(id(c), 0) for c in children), 1 << 62)
+        else:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
+def safe_load_limited(text: str, source: str) -> Any:
+    """``yaml.safe_load`` with limits on size, nesting depth and alias expansion.
+
+    Every limit is a ``ConfigError`` naming ``source``; a YAML syntax error is ``yaml.YAMLError``.
+    """
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{source} is {len(text)} bytes; mixhub reads YAML of at most {MAX_YAML_BYTES} bytes")
+    loader = _LimitedLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        if node is None:
+            return None
+        size = _expanded_size(node)
+        if size > MAX_YAML_NODES:
+            raise ConfigError(
+                f"{source}: expands to {size} values through aliases (&anchor/*alias); mixhub reads at most {MAX_YAML_NODES}"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return safe_load_limited(text, f"override value {text[:40]!r}")
     except yaml.YAMLError:
         return text
 
@@ -284,12 +360,68 @@ def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return out
 
 
+#: Keys a resumed run may change: they do not alter what was already trained.
+RESUMABLE = ("train.epochs", "train.eval_every", "train.plots", "train.device", "data.num_workers")
+
+
+def _dotted(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_dotted(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _get_dotted(d: dict[str, Any], key: str) -> Any:
+    cur: Any = d
+    for part in key.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def resume_overrides(saved: dict[str, Any], overrides: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Apply ``key=value`` overrides to a resumed run's saved config.
+
+    Only ``RESUMABLE`` keys may change (an override equal to the saved value is accepted);
+    any other is a ``ConfigError``. Returns the config and notes for the user (a longer run
+    is no longer equal to a straight run of that length: its schedule was planned for fewer
+    epochs up to the resume point).
+    """
+    changed = {k: v for k, v in _dotted(overrides).items() if _get_dotted(saved, k) != v}
+    refused = sorted(k for k in changed if k not in RESUMABLE)
+    if refused:
+        raise ConfigError(
+            f"--resume: {', '.join(refused)} cannot change when a run resumes (the resumed run would mix two configurations); "
+            f"on resume only {', '.join(RESUMABLE)} may change. Start a new run for other changes"
+        )
+    notes = []
+    if "train.epochs" in changed:
+        old = _get_dotted(saved, "train.epochs")
+        new = changed["train.epochs"]
+        if not isinstance(new, int) or isinstance(new, bool) or (isinstance(old, int) and new < old):
+            raise ConfigError(f"--resume: train.epochs={new!r}: a resumed run can only train longer (saved: {old})")
+        notes.append(
+            f"--resume with train.epochs={changed['train.epochs']} (was {old}): the learning-rate schedule is re-planned for "
+            f"{changed['train.epochs']} epochs from the resume point on, so the result is no longer equal to a straight "
+            f"{changed['train.epochs']}-epoch run"
+        )
+    return apply_overrides(saved, overrides), notes
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"config file {str(path)!r} is {path.stat().st_size} bytes; mixhub reads YAML of at most {MAX_YAML_BYTES} bytes")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = safe_load_limited(path.read_text(encoding="utf-8"), f"config file {str(path)!r}") or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
