@@ -16,6 +16,21 @@ from .images import build_image_csv, read_csv
 from .transforms import build_augment
 
 
+def _numeric_table(path: Path, header: list[str], body: list[list[str]]) -> np.ndarray:
+    """The data rows as float64; a ragged row or a non-numeric cell is an error naming its row and column
+    (data row r is line r + 1 of the file, after the header)."""
+    values = np.empty((len(body), len(header)), dtype=np.float64)
+    for r, row in enumerate(body, start=1):
+        if len(row) != len(header):
+            raise DataError(f"CSV file {str(path)!r}: data row {r} (line {r + 1}) has {len(row)} fields, the header has {len(header)}")
+        for c, cell in enumerate(row):
+            try:
+                values[r - 1, c] = float(cell)
+            except ValueError:
+                raise DataError(f"CSV file {str(path)!r}: non-numeric value {cell!r} at data row {r} (line {r + 1}), column {header[c]!r}") from None
+    return values
+
+
 @register_dataset("csv", prefix=True)
 def build_csv(cfg: Any, seed: int, model: Any | None = None) -> DataBundle:
     """``csv:PATH``: a numeric table with a header; target column ``data.target`` (default: last).
@@ -37,10 +52,7 @@ def build_csv(cfg: Any, seed: int, model: Any | None = None) -> DataBundle:
     if target not in header:
         raise DataError(f"data.target: column {target!r} is not in {str(path)!r} (columns: {', '.join(header)})")
     t_col = header.index(target)
-    try:
-        table = np.asarray([[float(v) for v in r] for r in body], dtype=np.float64)
-    except ValueError as exc:
-        raise DataError(f"CSV file {str(path)!r}: non-numeric value ({exc})") from exc
+    table = _numeric_table(path, header, body)
     if not np.isfinite(table).all():
         bad = np.argwhere(~np.isfinite(table))[0]
         raise DataError(f"CSV file {str(path)!r}: non-finite value at data row {bad[0] + 1}, column {header[bad[1]]!r}")
@@ -51,6 +63,13 @@ def build_csv(cfg: Any, seed: int, model: Any | None = None) -> DataBundle:
         task = "classification" if np.all(y == np.round(y)) and len(np.unique(y)) <= 50 else "regression"
     if task == "regression":
         return regression_bundle(x, y, cfg, seed, {"source": str(path)})
+    fractional = np.flatnonzero(y != np.round(y))
+    if len(fractional):
+        r = int(fractional[0])
+        raise DataError(
+            f"CSV file {str(path)!r}: data.task=classification needs integer class labels, but column {target!r} holds "
+            f"{body[r][t_col]!r} at data row {r + 1} (line {r + 2}); use data.task=regression for real-valued targets"
+        )
     y_int = y.astype(np.int64)
     classes = sorted(np.unique(y_int).tolist())
     remap = {c: i for i, c in enumerate(classes)}
