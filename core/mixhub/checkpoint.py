@@ -79,18 +79,30 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path, keep_previous: bo
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load with ``weights_only=True``; any corruption or unsafe content is a ``CheckpointError`` naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is a directory, not a checkpoint file; give a .pt file "
+            f"(a run folder keeps them as checkpoints/best.pt and checkpoints/last.pt)"
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip archive (a legacy file: a pickle)
+        what = "an empty file" if not head else f"a file starting with bytes {head!r}"
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a checkpoint file ({what}; torch.save writes a zip archive)")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
-        if "weights_only" in msg or "Unsupported global" in msg:
+        detail = msg.split("WeightsUnpickler error:")[-1].strip()
+        detail = detail.splitlines()[0] if detail else msg
+        if "Unsupported global" in msg or "Unsupported class" in msg:
             raise CheckpointError(
-                f"checkpoint {str(path)!r} holds objects that need arbitrary unpickling; mixhub refuses it "
-                "(plugin state must be tensors and plain types)"
+                f"checkpoint {str(path)!r} holds objects that need arbitrary unpickling ({detail.split(' was not')[0]}); "
+                "mixhub refuses it (plugin state must be tensors and plain types)"
             ) from exc
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: {exc}") from exc
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: its data cannot be read ({detail})") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated: {type(exc).__name__}: {exc}") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
