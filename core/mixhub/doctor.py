@@ -10,7 +10,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .plugins import GROUP, discover, load_plugin
+from .plugins import GROUP, discover, duplicate_message, duplicates, load_plugin, unknown_hooks_message
 from .registry import load_registry
 
 __all__ = ["check_plugin", "run_doctor", "smoke_config"]
@@ -54,6 +54,10 @@ def check_plugin(name: str, info: Any, smoke: bool = True) -> dict[str, Any]:
         pm.check_pending()
         plugin.spec.claimed_slots(plugin.spec.options())
         row["hooks"] = "ok"
+    except pluggy.PluginValidationError as exc:
+        row["hooks"] = "FAIL"
+        row["detail"] = unknown_hooks_message(plugin.obj, exc)
+        return row
     except Exception as exc:
         row["hooks"] = "FAIL"
         row["detail"] = str(exc)
@@ -84,7 +88,14 @@ def check_plugin(name: str, info: Any, smoke: bool = True) -> dict[str, Any]:
 
 
 def run_doctor(json_out: bool = False, smoke: bool = True) -> int:
-    rows = [check_plugin(name, info, smoke) for name, info in sorted(discover().items())]
+    dup = duplicates()
+    rows = []
+    for name, info in sorted(discover().items()):
+        if name in dup:
+            rows.append({"name": name, "distribution": info.distribution, "version": info.version, "import": "FAIL", "hooks": "-",
+                         "registry": "-", "smoke": "-", "detail": duplicate_message(name, dup[name])})
+        else:
+            rows.append(check_plugin(name, info, smoke))
     if json_out:
         print(json.dumps(rows, indent=1))
     else:

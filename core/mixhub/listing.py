@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .hookspecs import SLOTS
-from .plugins import discover, load_plugin
+from .plugins import discover, duplicate_message, duplicates, load_plugin
 from .registry import load_registry
 
 __all__ = ["plugin_rows", "dataset_rows", "format_table", "format_datasets"]
@@ -17,6 +17,7 @@ def plugin_rows(import_plugins: bool = True) -> list[dict[str, Any]]:
     """One row per installed plugin, then one per registry entry not installed."""
     registry = load_registry()
     rows: list[dict[str, Any]] = []
+    dup = duplicates()
     for name, info in sorted(discover().items()):
         entry = registry.get(name, {})
         row: dict[str, Any] = {
@@ -32,7 +33,11 @@ def plugin_rows(import_plugins: bool = True) -> list[dict[str, Any]]:
             "in_registry": bool(entry),
             "error": None,
         }
-        if import_plugins:
+        if name in dup:  # which one a run would get is undefined: neither is usable
+            row["status"] = "conflict"
+            row["distribution"] = ", ".join(i.distribution for i in dup[name])
+            row["error"] = duplicate_message(name, dup[name])
+        elif import_plugins:
             try:
                 plugin = load_plugin(info)
             except Exception as exc:  # a broken plugin never breaks the listing
@@ -82,7 +87,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in body]
     for r in rows:
-        if r["status"] == "broken":
+        if r["status"] in ("broken", "conflict"):
             lines.append(f"! {r['name']}: {r['error']}")
     return "\n".join(lines)
 

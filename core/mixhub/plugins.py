@@ -30,6 +30,7 @@ __all__ = [
     "EntryPointInfo",
     "LoadedPlugin",
     "discover",
+    "duplicates",
     "load_plugin",
     "PluginHost",
     "TASK_KINDS",
@@ -43,7 +44,7 @@ TASK_KINDS = ("classification", "regression", "continual", "test-time")
 class PluginOptions(BaseModel):
     """Base class of plugin option schemas: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)
@@ -109,18 +110,40 @@ class LoadedPlugin:
         return f"plugin {self.name!r} ({self.distribution} {self.version})"
 
 
-def discover() -> dict[str, EntryPointInfo]:
-    """Installed plugins by name, from entry-point metadata only (nothing is imported)."""
-    found: dict[str, EntryPointInfo] = {}
+def discover_all() -> dict[str, list[EntryPointInfo]]:
+    """Every installed registration by plugin name (one name may be registered by several distributions)."""
+    found: dict[str, list[EntryPointInfo]] = {}
     for ep in metadata.entry_points(group=GROUP):
         dist = getattr(ep, "dist", None)
-        found[ep.name] = EntryPointInfo(
+        info = EntryPointInfo(
             name=ep.name,
             value=ep.value,
             distribution=dist.metadata["Name"] if dist is not None else "?",
             version=dist.version if dist is not None else "?",
         )
+        same = found.setdefault(ep.name, [])
+        if not any((i.distribution, i.value) == (info.distribution, info.value) for i in same):
+            same.append(info)  # one distribution seen twice on sys.path is not a conflict
     return found
+
+
+def duplicate_message(name: str, infos: list[EntryPointInfo]) -> str:
+    both = " and ".join(f"{i.distribution} {i.version} ({i.value})" for i in infos)
+    return f"plugin name {name!r} is registered by {len(infos)} installed distributions: {both}; uninstall all but one"
+
+
+def discover() -> dict[str, EntryPointInfo]:
+    """Installed plugins by name, from entry-point metadata only (nothing is imported).
+
+    A name registered by several distributions maps to the first; ``duplicates()`` lists them,
+    and activating such a name is an error (``resolve_plugins``).
+    """
+    return {name: infos[0] for name, infos in discover_all().items()}
+
+
+def duplicates() -> dict[str, list[EntryPointInfo]]:
+    """Plugin names that several installed distributions register."""
+    return {name: infos for name, infos in discover_all().items() if len(infos) > 1}
 
 
 def spec_of(obj: Any, name: str, where: str) -> PluginSpec:
@@ -146,6 +169,17 @@ def load_plugin(info: EntryPointInfo) -> LoadedPlugin:
         raise PluginLoadError(f"{where} failed to import: {type(exc).__name__}: {exc}") from exc
     spec = spec_of(obj, info.name, where)
     return LoadedPlugin(info.name, obj, spec, info.distribution, info.version)
+
+
+def unknown_hooks_message(obj: Any, exc: Exception) -> str:
+    """``declares unknown hook 'mixhub_x' (did you mean ...)``, or pluggy's own text for other validation errors."""
+    unknown = sorted(
+        a for a in dir(obj) if a.startswith("mixhub_") and hasattr(getattr(obj, a, None), "mixhub_impl") and not hasattr(hookspecs, a)
+    )
+    if not unknown:
+        return str(exc).replace(repr(obj), "it")
+    known = [h for h in dir(hookspecs) if h.startswith("mixhub_")]
+    return "; ".join(f"declares unknown hook {h!r}{did_you_mean(h, known)}" for h in unknown)
 
 
 def _hook_codes(obj: Any) -> set[Any]:
@@ -186,7 +220,9 @@ class PluginHost:
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise PluginLoadError(f"{exc.plugin!r}: {exc}") from exc
+            culprit = next((p for p in self.plugins.values() if p.obj is exc.plugin), None)
+            label = culprit.label if culprit is not None else f"plugin {getattr(exc.plugin, '__name__', type(exc.plugin).__name__)!r}"
+            raise PluginLoadError(f"{label}: {unknown_hooks_message(exc.plugin, exc)}") from exc
         self._codes = {name: _hook_codes(p.obj) for name, p in self.plugins.items()}
         self._codes["core"] = _hook_codes(defaults)
         self.slot_owners: dict[str, str] = dict(slot_owners or {})
@@ -360,6 +396,7 @@ def resolve_plugins(
     """
     extra = extra or {}
     installed = discover()
+    clashes = duplicates()
     out: list[LoadedPlugin] = []
     for name in names:
         if name in extra:
@@ -367,6 +404,8 @@ def resolve_plugins(
             spec = spec_of(obj, name, f"in-process plugin {name!r}")
             out.append(LoadedPlugin(name, obj, spec, "<in-process>", "0"))
         elif name in installed:
+            if name in clashes:
+                raise PluginLoadError(duplicate_message(name, clashes[name]))
             out.append(load_plugin(installed[name]))
         else:
             hint = ""

@@ -130,9 +130,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 '''
 
 
-def new_plugin(name: str, directory: Path) -> Path:
-    if not re.fullmatch(r"[a-z][a-z0-9]*", name) or keyword.iskeyword(name):
+def check_plugin_name(name: str) -> None:
+    """A new plugin's name: an identifier that is no keyword, no core config section and no installed plugin."""
+    from .config import Config, core_sections
+    from .plugins import discover
+
+    if not re.fullmatch(r"[a-z][a-z0-9]*", name):
         raise MixhubError(f"plugin name {name!r} must be lowercase letters and digits, starting with a letter")
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+        raise MixhubError(f"plugin name {name!r} is a Python keyword; a plugin's name must be usable as a Python identifier (e.g. its section as a keyword argument, `tiny_config({name}=...)`), so choose another")
+    if name == "core":
+        raise MixhubError("plugin name 'core' is reserved: it names mixhub's own defaults (slot owner `core`)")
+    reserved = set(Config.model_fields) | set(core_sections())
+    if name in reserved:
+        raise MixhubError(f"plugin name {name!r} is a core config section ({', '.join(sorted(reserved))}); a plugin's name is its config section, so choose another")
+    installed = discover()
+    if name in installed:
+        info = installed[name]
+        raise MixhubError(f"plugin name {name!r} is taken by the installed plugin from {info.distribution} {info.version}; two plugins of one name shadow each other, so choose another")
+
+
+def new_plugin(name: str, directory: Path) -> Path:
+    check_plugin_name(name)
     root = Path(directory) / name
     if root.exists():
         raise MixhubError(f"{str(root)!r} already exists")
