@@ -111,7 +111,7 @@ def test_mismatched_checkpoint_is_refused(tmp_path):
 def test_existing_run_folder_is_not_overwritten(tmp_path):
     train(tiny_config(), out=tmp_path / "r")
     before = (tmp_path / "r/summary.json").read_text()
-    with pytest.raises(ConfigError, match="already holds a run"):
+    with pytest.raises(ConfigError, match="holds a finished run.*--resume"):
         train(tiny_config(), out=tmp_path / "r")
     assert (tmp_path / "r/summary.json").read_text() == before
 

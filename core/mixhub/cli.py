@@ -15,26 +15,45 @@ __all__ = ["main"]
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import apply_overrides, parse_overrides, read_yaml
-    from .trainer import train
+    from .config import apply_overrides, parse_overrides, read_yaml, resume_overrides
 
+    raw: dict[str, Any] = {}
     if args.resume:
         folder = Path(args.resume)
         cfg_path = folder / "config.yaml"
         if not cfg_path.is_file():
             raise MixhubError(f"--resume {str(folder)!r}: no config.yaml there (is it a run folder?)")
-        result = train(read_yaml(cfg_path), quiet=args.quiet, out=folder, resume=True)
+        if args.out:
+            raise MixhubError(f"--resume continues the run in its own folder {str(folder)!r}; drop --out")
+        items = list(args.items)
+        if items and "=" not in items[0]:
+            raise MixhubError(f"--resume takes the run's own config ({cfg_path}); {items[0]!r} is not a key=value override")
+        raw, notes = resume_overrides(read_yaml(cfg_path), parse_overrides(items))
+        for note in notes:
+            logging.getLogger("mixhub").warning("%s", note)
+        from .trainer import train  # imported after the config is read: a bad config answers at once
+
+        result = train(raw, quiet=args.quiet, out=folder, resume=True)
     else:
         items = list(args.items)
-        raw: dict[str, Any] = {}
         if items and "=" not in items[0]:
             raw = read_yaml(items.pop(0))
         raw = apply_overrides(raw, parse_overrides(items))
         if args.out:
             raw["out"] = args.out
+        from .trainer import train
+
         result = train(raw, quiet=args.quiet)
-    _print_summary(result.summary, result.out)
+    if _is_rank0():
+        _print_summary(result.summary, result.out)
     return 0
+
+
+def _is_rank0() -> bool:
+    """Under torchrun only rank 0 prints (the other ranks log errors only)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
@@ -101,7 +120,10 @@ def _plugins(args: argparse.Namespace) -> int:
             from .listing import dataset_rows, format_datasets
 
             print(format_table(rows) + "\n\n" + format_datasets(dataset_rows()))
-        return 0
+        conflicts = [r["error"] for r in rows if r["status"] == "conflict"]
+        for msg in conflicts:
+            print(f"mixhub: error: {msg}", file=sys.stderr)
+        return 1 if conflicts else 0
     if args.action == "doctor":
         from .doctor import run_doctor
 
@@ -162,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             args.items = list(args.items) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.INFO if getattr(args, "quiet", False) else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if getattr(args, "quiet", False) else logging.WARNING
+    logging.basicConfig(level=level if _is_rank0() else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
     except MixhubError as exc:

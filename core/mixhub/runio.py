@@ -3,14 +3,41 @@
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
+import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["RunFolder", "plot_curves", "plot_reliability", "binned_ece", "to_jsonable"]
+from .errors import ConfigError, MixhubError
+
+__all__ = ["RunFolder", "RunFolderBusy", "WriteError", "open_run_folder", "plot_curves", "plot_reliability", "binned_ece", "to_jsonable"]
+
+log = logging.getLogger("mixhub")
+
+#: Files that mark a folder as holding a run (a new run never writes into such a folder).
+RUN_FILES = (
+    "summary.json", "checkpoints/last.pt", "checkpoints/last.prev.pt", "checkpoints/best.pt", "metrics.jsonl", "steps.jsonl", "config.yaml",
+)
+LOCK_FILE = ".lock"
+
+
+class RunFolderBusy(ConfigError):
+    """Another live process holds the run folder's lock."""
+
+
+class WriteError(MixhubError):
+    """A run file could not be written (e.g. the disk is full); names the file."""
+
+
+def write_error(path: Path, exc: OSError) -> WriteError:
+    reason = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
+    return WriteError(f"could not write {str(path)!r}: {reason} ({type(exc).__name__} errno {exc.errno})")
 
 
 def to_jsonable(value: Any) -> Any:
@@ -25,27 +52,141 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+#: Run folders this process holds: resolved path -> [lock file, owners] (flock is per open file,
+#: so a second lock in one process would block on itself).
+_HELD: dict[str, list[Any]] = {}
+
+
 class RunFolder:
+    """A run's folder, owned by one process at a time.
+
+    An enabled folder takes an OS file lock (``flock`` on ``.lock``) that lives as long as the
+    folder object (or the process: the OS drops it on exit or crash), so two runs never share a
+    folder (within one process, folder objects of one path share the lock); on taking it, partial files a killed process left behind (``.*.tmp-*``) are removed.
+    ``check_new``/``check_resume`` tell whether a new run, or a resumed one, may use the folder.
+    """
+
     def __init__(self, path: str | Path, enabled: bool = True) -> None:
         self.path = Path(path)
         self.enabled = enabled
+        self._lock_fh: Any = None
         if enabled:
-            self.path.mkdir(parents=True, exist_ok=True)
-            (self.path / "checkpoints").mkdir(exist_ok=True)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                (self.path / "checkpoints").mkdir(exist_ok=True)
+            except OSError as exc:
+                raise write_error(self.path, exc) from exc
+            self._lock()
+            self._remove_partial_files()
 
+    # ------------------------------------------------------------------ ownership
+    def _lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            return
+        key = str(self.path.resolve())
+        if key in _HELD:  # this process already owns it (e.g. an interrupted Trainer still in memory)
+            _HELD[key][1] += 1
+            self._lock_fh = key
+            return
+        fh = open(self.path / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            fh.close()
+            raise RunFolderBusy(
+                f"run folder {str(self.path)!r} is in use by another run (process {holder}); "
+                "wait for it to end or choose another `out`"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        _HELD[key] = [fh, 1]
+        self._lock_fh = key
+
+    def release(self) -> None:
+        """Give up the folder's lock (at the end of a run; the OS also drops it when the process ends)."""
+        key, self._lock_fh = self._lock_fh, None
+        if key is not None and key in _HELD:
+            _HELD[key][1] -= 1
+            if _HELD[key][1] <= 0:
+                _HELD.pop(key)[0].close()
+
+    def __del__(self) -> None:
+        self.release()
+
+    def _remove_partial_files(self) -> None:
+        for folder in (self.path, self.checkpoints):
+            for f in folder.glob(".*.tmp*"):
+                log.warning("removing %s, a partial file an interrupted write left behind", f)
+                f.unlink(missing_ok=True)
+
+    def run_files(self) -> list[str]:
+        return [name for name in RUN_FILES if (self.path / name).exists()]
+
+    def check_new(self) -> None:
+        """A new run may use this folder only when it holds no other run's files."""
+        if not self.enabled:
+            return
+        held = self.run_files()
+        if not held:
+            return
+        where = str(self.path)
+        fresh = "choose another `out` (or leave `out` unset: each run then gets a fresh numbered folder under runs/)"
+        if "summary.json" in held:
+            raise ConfigError(
+                f"run folder {where!r} holds a finished run; to continue it with more epochs run "
+                f"`mixhub train --resume {where} train.epochs=N`, or {fresh}"
+            )
+        if any(h.startswith("checkpoints/last") for h in held):
+            raise ConfigError(f"run folder {where!r} already holds a run; resume it with `mixhub train --resume {where}`, or {fresh}")
+        raise ConfigError(f"run folder {where!r} holds files of another run ({', '.join(held)}) and no checkpoint to resume from; {fresh}, or delete them")
+
+    def check_resume(self) -> None:
+        if self.enabled and not any((self.checkpoints / n).is_file() for n in ("last.pt", "last.prev.pt")):
+            raise ConfigError(f"--resume {str(self.path)!r}: there is no checkpoints/last.pt to resume from (was the run started with train.checkpoint=false?)")
+
+    # ------------------------------------------------------------------ files
     @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
+    def _write_text(self, name: str, text: str) -> None:
+        """Write a whole file atomically (temp file, rename); a failure names the file and leaves no partial file."""
+        path = self.path / name
+        tmp = self.path / f".{name}.tmp-{os.getpid()}"
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise write_error(path, exc) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def write_config(self, config: dict[str, Any]) -> None:
         if self.enabled:
-            (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            self._write_text("config.yaml", yaml.safe_dump(config, sort_keys=False))
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(to_jsonable(record)) + "\n")
+        path = self.path / "metrics.jsonl"
+        line = json.dumps(to_jsonable(record)) + "\n"
+        try:
+            with open(path, "a") as fh:
+                size = fh.tell()
+                try:
+                    fh.write(line)
+                    fh.flush()
+                except OSError:
+                    fh.truncate(size)  # no half line
+                    raise
+        except OSError as exc:
+            raise write_error(path, exc) from exc
 
     def records(self) -> list[dict[str, Any]]:
         p = self.path / "metrics.jsonl"
@@ -58,9 +199,7 @@ class RunFolder:
         if not self.enabled:
             return
         kept = [r for r in self.records() if r.get("epoch", -1) < before_epoch]
-        with open(self.path / "metrics.jsonl", "w") as fh:
-            for r in kept:
-                fh.write(json.dumps(r) + "\n")
+        self._write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
 
     def write_csv(self) -> None:
         recs = self.records()
@@ -69,17 +208,41 @@ class RunFolder:
         keys: list[str] = []
         for r in recs:
             keys += [k for k in r if k not in keys]
-        with open(self.path / "metrics.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=keys)
-            w.writeheader()
-            for r in recs:
-                w.writerow(r)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        for r in recs:
+            w.writerow(r)
+        self._write_text("metrics.csv", buf.getvalue())
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         if self.enabled:
-            tmp = self.path / ".summary.json.tmp"
-            tmp.write_text(json.dumps(to_jsonable(summary), indent=2))
-            tmp.replace(self.path / "summary.json")
+            self._write_text("summary.json", json.dumps(to_jsonable(summary), indent=2))
+
+
+def open_run_folder(explicit: str | Path | None, default: str | Path, enabled: bool = True) -> RunFolder:
+    """The folder of an explicit ``out``, or, without one, the first free folder ``default``, ``default-1``, ...
+
+    Free: no run files and no live owner; taking the lock decides, so runs started together
+    without ``out`` get different folders.
+    """
+    if explicit is not None or not enabled:
+        return RunFolder(explicit if explicit is not None else default, enabled)
+    base = Path(default)
+    k = 0
+    while True:
+        path = base if k == 0 else base.with_name(f"{base.name}-{k}")
+        k += 1
+        if path.exists() and any((path / n).exists() for n in RUN_FILES):
+            continue
+        try:
+            folder = RunFolder(path, enabled)
+        except RunFolderBusy:
+            continue
+        if folder.run_files():  # written between the look and the lock
+            folder.release()
+            continue
+        return folder
 
 
 def _plt() -> Any:

@@ -38,7 +38,7 @@ from .metrics import classification_metrics, fit_temperature, regression_metrics
 from .models import build_model
 from .plan import MixPlan
 from .plugins import PluginHost, check_compatibility, resolve_plugins
-from .runio import RunFolder, plot_curves, plot_reliability
+from .runio import open_run_folder, plot_curves, plot_reliability
 from .schedule import GroupScheduler
 from .state import State
 
@@ -142,8 +142,7 @@ class Trainer:
         self.config, self.host = _build_host(raw, task_kind, extra_plugins)
         cfg = self.config
         self.device = _device(cfg.train.device, self.rank)
-        out_path = Path(out or cfg.out or _default_out(cfg))
-        self.folder = RunFolder(out_path, enabled=write and self.rank == 0)
+        self.folder = open_run_folder(out or cfg.out, _default_out(cfg), enabled=write and self.rank == 0)
         num_outputs = self.bundle.num_classes if self.bundle.num_classes else self.bundle.target_dim
         self.model: nn.Module = build_model(cfg.model, self.bundle.input_shape, num_outputs).to(self.device)
         if cfg.data.channels_last:
@@ -643,6 +642,7 @@ class Trainer:
         self.folder.write_csv()
         if self.config.train.plots and self.folder.enabled:
             plot_curves(self.folder.records(), self.folder.path)
+        self.folder.release()  # the run is over: the folder may be resumed (extended) by another process
         return summary
 
     def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
@@ -729,6 +729,9 @@ class Trainer:
     def write_export(self) -> Path | None:
         """``checkpoints/export.pt``: the exported module's weights (``weights_only`` loadable)."""
         if not self.folder.enabled or not self.config.train.checkpoint:
+            return None
+        if self.state.step == 0:
+            log.warning("no optimizer step ran (train.epochs=%d): the run evaluates the initial, untrained weights and writes no export", self.config.train.epochs)
             return None
         name, module = self.export_module()
         payload = {"module": name, "state_dict": module.state_dict(), "config": self.config.to_dict()}
@@ -844,13 +847,9 @@ def _main_thread() -> bool:
 
 
 def _default_out(cfg: RunConfig) -> str:
+    """``runs/<data>-<model>-<plugins>-s<seed>``; ``open_run_folder`` numbers it (``-1``, ``-2``, ...) when taken."""
     plugins = "-".join(cfg.plugins) or "erm"
-    base = Path("runs") / f"{cfg.data.name.replace(':', '_').replace('/', '_')}-{cfg.model.name}-{plugins}-s{cfg.seed}"
-    path, k = base, 1
-    while (path / "summary.json").exists():
-        path = base.with_name(f"{base.name}-{k}")
-        k += 1
-    return str(path)
+    return str(Path("runs") / f"{cfg.data.name.replace(':', '_').replace('/', '_')}-{cfg.model.name}-{plugins}-s{cfg.seed}")
 
 
 def train(
@@ -864,11 +863,15 @@ def train(
 ) -> RunResult:
     """Train from a raw config dict (as loaded from YAML); returns the summary and run folder."""
     trainer = Trainer(raw, extra_plugins=extra_plugins, quiet=quiet, out=out, write=write)
-    if resume:
-        trainer.resume()
-    elif trainer.folder.enabled and (trainer.folder.checkpoints / "last.pt").exists():
-        raise ConfigError(f"run folder {str(trainer.folder.path)!r} already holds a run; resume it with `mixhub train --resume {trainer.folder.path}` or choose another `out`")
-    summary = trainer.fit()
+    try:
+        if resume:
+            trainer.folder.check_resume()
+            trainer.resume()
+        else:
+            trainer.folder.check_new()
+        summary = trainer.fit()
+    finally:
+        trainer.folder.release()
     return RunResult(summary, trainer.folder.path, trainer)
 
 

@@ -1,0 +1,320 @@
+"""Hostile and unlucky inputs: locked run folders, exact resume with augmentation, bounded YAML,
+full disks, plugin-name clashes and the messages that name what went wrong (issue cases 1-11)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mixhub.checkpoint import load_checkpoint
+from mixhub.config import DataConfig, load_config, parse_overrides, read_yaml, resume_overrides
+from mixhub.data import build_data
+from mixhub.errors import CheckpointError, ConfigError, DataError, PluginLoadError
+from mixhub.runio import RunFolder, RunFolderBusy
+from mixhub.testing import tiny_config
+from mixhub.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def mixhub_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mixhub", *args]
+
+
+def tiny_args(**train_kw: object) -> list[str]:
+    """``tiny_config`` as CLI overrides."""
+    flat = {
+        "data.name": "digits", "data.image_size": 16, "model.name": "smallcnn", "model.kwargs.widths": "[8,16]",
+        "train.batch_size": 32, "train.plots": "false", "train.device": "cpu",
+    }
+    flat.update({f"train.{k}": v for k, v in train_kw.items()})
+    return [f"{k}={v}" for k, v in flat.items()]
+
+
+# ---------------------------------------------------------------------- 1. one run per folder
+def test_two_processes_on_one_folder_one_is_refused(tmp_path):
+    """Two real `mixhub train` processes started together with the same `out`: exactly one trains."""
+    out = tmp_path / "shared"
+    cmd = mixhub_cmd("train", *tiny_args(epochs=2, max_steps_per_epoch=3), f"out={out}", "--quiet")
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=600) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], results
+    loser = results[[p.returncode for p in procs].index(2)][1]
+    assert "in use by another run" in loser or "already holds a run" in loser or "holds a finished run" in loser, loser
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs if r["split"] == "train"] == [0, 1]  # one run's records, not two interleaved
+    summary = json.loads((out / "summary.json").read_text())
+    best = load_checkpoint(out / "checkpoints/best.pt")
+    assert best["epoch"] == summary["best_epoch"]
+
+
+def test_live_lock_refuses_a_second_owner_and_is_released(tmp_path):
+    held = RunFolder(tmp_path / "r")
+    probe = subprocess.run(
+        [sys.executable, "-c", f"from mixhub.runio import RunFolder; RunFolder({str(tmp_path / 'r')!r})"],
+        capture_output=True, text=True, env=ENV,
+    )
+    assert probe.returncode != 0 and "in use by another run (process" in probe.stderr and str(os.getpid()) in probe.stderr
+    held.release()
+    import fcntl
+
+    with open(tmp_path / "r/.lock") as fh:  # released: anyone may take it now
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_rerun_without_checkpoints_does_not_append(tmp_path):
+    out = tmp_path / "r"
+    train(tiny_config(train={"checkpoint": False}), out=out)
+    before = (out / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match="finished run"):
+        train(tiny_config(train={"checkpoint": False}), out=out)
+    (out / "summary.json").unlink()  # a crashed run without checkpoints: still another run's files
+    with pytest.raises(ConfigError, match=r"files of another run \(metrics.jsonl, config.yaml\)"):
+        train(tiny_config(train={"checkpoint": False}), out=out)
+    assert (out / "metrics.jsonl").read_text() == before
+
+
+# ---------------------------------------------------------------------- 11. make run twice
+def test_default_out_is_fresh_each_time(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config()
+    a = train(cfg).out
+    b = train(cfg).out
+    assert a == Path("runs/digits-smallcnn-erm-s0") and b == Path("runs/digits-smallcnn-erm-s0-1")
+    assert (tmp_path / a / "summary.json").is_file() and (tmp_path / b / "summary.json").is_file()
+
+
+def test_example_config_runs_twice_without_cleanup(tmp_path, monkeypatch, capsys):
+    """The README's main command (`make run`) twice: the example config names no fixed folder."""
+    from mixhub.cli import main
+
+    cfg = read_yaml(ROOT / "examples/configs/digits-mixup.yaml")
+    assert "out" not in cfg
+    monkeypatch.chdir(tmp_path)
+    small = ["model.name=smallcnn", "model.kwargs.widths=[8,16]", "data.image_size=16", "train.epochs=1",
+             "train.max_steps_per_epoch=2", "train.plots=false", "--quiet"]
+    outs = []
+    for _ in range(2):
+        assert main(["train", str(ROOT / "examples/configs/digits-mixup.yaml"), *small]) == 0
+        outs.append(capsys.readouterr().out.strip().splitlines()[-1])
+    assert outs == ["run folder: runs/digits-smallcnn-mixup-s0", "run folder: runs/digits-smallcnn-mixup-s0-1"]
+    assert main(["train", str(ROOT / "examples/configs/digits-mixup.yaml"), *small, "out=runs/digits-smallcnn-mixup-s0"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a finished run" in err and "mixhub train --resume runs/digits-smallcnn-mixup-s0 train.epochs=N" in err
+
+
+# ---------------------------------------------------------------------- 3. resume overrides
+def test_resume_overrides_are_applied_or_refused(tmp_path):
+    saved = load_config(tiny_config()).to_dict()
+    raw, notes = resume_overrides(saved, parse_overrides(["train.epochs=3", "train.plots=false", "train.lr=0.001"]))
+    assert raw["train"]["epochs"] == 3 and notes and "no longer equal to a straight 3-epoch run" in notes[0]
+    with pytest.raises(ConfigError, match=r"--resume: train.lr cannot change.*only train.epochs"):
+        resume_overrides(saved, parse_overrides(["train.lr=0.5"]))
+    with pytest.raises(ConfigError, match="can only train longer"):
+        resume_overrides(saved, parse_overrides(["train.epochs=0"]))
+
+
+def test_cli_resume_extends_a_finished_run(tmp_path, capsys, caplog):
+    from mixhub.cli import main
+
+    out = tmp_path / "r"
+    train(tiny_config(train={"device": "cpu"}), out=out)
+    assert main(["train", "--resume", str(out), "train.epochs=2", "--quiet"]) == 0
+    assert "no longer equal to a straight 2-epoch run" in caplog.text
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs if r["split"] == "train"] == [0, 1]
+    assert [r["epoch"] for r in recs if r["split"] == "final_test"] == [2]
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] == 2
+    assert main(["train", "--resume", str(out), "model.name=mlp"]) == 2
+    assert "model.name cannot change when a run resumes" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- 4. CSV class labels
+def test_csv_classification_refuses_real_valued_labels(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("a,b,y\n" + "\n".join(f"{i},{i % 3},{v}" for i, v in enumerate([1, 0, 2, 0.5, 1.7, 2.2] * 5)))
+    with pytest.raises(DataError, match=r"column 'y' holds '0.5' at data row 4 \(line 5\).*data.task=regression"):
+        build_data(DataConfig(name=f"csv:{p}", task="classification"), 0)
+    assert build_data(DataConfig(name=f"csv:{p}", task="regression"), 0).task == "regression"
+
+
+# ---------------------------------------------------------------------- 9. accurate messages
+def test_csv_ragged_and_non_numeric_rows_are_named(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("a,b,y\n1,2,0\n3,4\n5,6,1\n")
+    with pytest.raises(DataError, match=r"data row 2 \(line 3\) has 2 fields, the header has 3"):
+        build_data(DataConfig(name=f"csv:{p}"), 0)
+    p.write_text("a,b,y\n1,2,0\n3,x,1\n")
+    with pytest.raises(DataError, match=r"non-numeric value 'x' at data row 2 \(line 3\), column 'b'"):
+        build_data(DataConfig(name=f"csv:{p}"), 0)
+
+
+class NotPlain:
+    pass
+
+
+def test_checkpoint_messages(tmp_path):
+    rnd = tmp_path / "random.pt"
+    rnd.write_bytes(os.urandom(4096).replace(b"PK", b"pk").lstrip(b"\x80") or b"x")
+    with pytest.raises(CheckpointError, match="is not a checkpoint file") as err:
+        load_checkpoint(rnd)
+    assert "unpickling" not in str(err.value)
+    zipped = tmp_path / "zip.pt"
+    zipped.write_bytes(b"PK\x03\x04" + os.urandom(4096))
+    with pytest.raises(CheckpointError, match="corrupt") as err:
+        load_checkpoint(zipped)
+    assert "unpickling" not in str(err.value)
+    with pytest.raises(CheckpointError, match="is a directory, not a checkpoint file.*checkpoints/best.pt"):
+        load_checkpoint(tmp_path)
+    torch.save({"x": NotPlain()}, tmp_path / "unsafe.pt")
+    with pytest.raises(CheckpointError, match="arbitrary unpickling.*NotPlain"):
+        load_checkpoint(tmp_path / "unsafe.pt")
+
+
+def test_non_finite_numbers_are_invalid():
+    for text in ("train.lr=inf", "train.lr=.inf", "train.lr=nan", "train.weight_decay=inf"):
+        with pytest.raises(ConfigError, match=text.split("=")[0]):
+            load_config(parse_overrides([text]))
+    from mixhub.plugins import PluginOptions
+
+    class Opts(PluginOptions):
+        alpha: float = 1.0
+
+    with pytest.raises(Exception, match="finite"):
+        Opts(alpha=float("inf"))
+
+
+def test_zero_epochs_says_so_and_writes_no_export(tmp_path, caplog):
+    res = train(tiny_config(train={"epochs": 0}), out=tmp_path / "r")
+    assert "no optimizer step ran (train.epochs=0)" in caplog.text and "untrained" in caplog.text
+    assert not (tmp_path / "r/checkpoints/export.pt").exists()
+    assert res.summary["steps"] == 0
+
+
+# ---------------------------------------------------------------------- 6. hostile YAML
+BOMB = textwrap.dedent(
+    """\
+    data:
+      name: digits
+      options:
+        a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+        b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+        c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+        d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+        e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+        f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+        g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+        h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+        i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+    """
+)
+
+LIMITED = textwrap.dedent(
+    """\
+    import json, resource, sys
+    from mixhub.cli import main
+    vm = int(next(line for line in open("/proc/self/status") if line.startswith("VmSize")).split()[1]) * 1024
+    extra = 1 << 30  # 1 GiB of address space beyond what the interpreter and torch already map
+    resource.setrlimit(resource.RLIMIT_AS, (vm + extra, vm + extra))
+    used = int(resource.getrusage(resource.RUSAGE_SELF).ru_utime) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (used + 20, used + 20))
+    print(json.dumps([main(args) for args in json.loads(sys.argv[1])]))
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="resource limits and /proc are Linux")
+def test_hostile_yaml_under_memory_and_time_limits(tmp_path):
+    """An alias bomb in a free-form section, deep nesting in a file and in an override: each a clear error
+    in a process limited to 1 GiB more memory and 20 CPU seconds."""
+    (tmp_path / "bomb.yaml").write_text(BOMB)
+    (tmp_path / "deep.yaml").write_text("data:\n  options:\n    x: " + "[" * 200_000 + "]" * 200_000 + "\n")
+    tail = [*tiny_args(epochs=1, max_steps_per_epoch=1), f"out={tmp_path / 'r'}"]
+    runs = [["train", str(tmp_path / "bomb.yaml"), *tail], ["train", str(tmp_path / "deep.yaml"), *tail],
+            ["train", *tail, "data.options.x=" + "[" * 50_000]]
+    p = subprocess.run([sys.executable, "-c", LIMITED, json.dumps(runs)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
+    assert json.loads(p.stdout.strip().splitlines()[-1]) == [2, 2, 2]
+    errors = [line for line in p.stderr.splitlines() if line.startswith("mixhub: error:")]
+    assert "Traceback" not in p.stderr and len(errors) == 3, p.stderr[-2000:]
+    assert "bomb.yaml': expands to" in errors[0] and "through aliases" in errors[0]
+    assert "deep.yaml': nested deeper than 64 levels" in errors[1]
+    assert "override value '[[[" in errors[2] and "nested deeper than 64 levels" in errors[2]
+    assert not (tmp_path / "r").exists()
+
+
+def test_yaml_limits_keep_ordinary_aliases():
+    from mixhub.config import safe_load_limited
+
+    doc = "base: &b {lr: 0.1, epochs: 2}\ntrain: *b\nother: {<<: *b, lr: 0.2}\n"
+    assert safe_load_limited(doc, "x") == yaml.safe_load(doc)
+    with pytest.raises(ConfigError, match="x is .* bytes"):
+        safe_load_limited("a: " + "b" * (1 << 21), "x")
+
+
+# ---------------------------------------------------------------------- 8. plugin names
+def _fake_dist(root: Path, dist: str, name: str, value: str) -> None:
+    info = root / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[mixhub]\n{name} = {value}\n")
+
+
+def test_two_distributions_of_one_plugin_name(tmp_path, monkeypatch, capsys):
+    _fake_dist(tmp_path, "mixhub-mixup-fork", "mixup", "mixhub_mixup_fork.plugin")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from mixhub.plugins import duplicates, resolve_plugins
+
+    assert sorted(i.distribution for i in duplicates()["mixup"]) == ["mixhub-mixup", "mixhub-mixup-fork"]
+    with pytest.raises(PluginLoadError, match=r"'mixup' is registered by 2 installed distributions: ") as err:
+        resolve_plugins(["mixup"])
+    assert "mixhub-mixup 0.1.0 (mixhub_mixup.plugin)" in str(err.value) and "mixhub-mixup-fork 1.0" in str(err.value)
+    with pytest.raises(PluginLoadError, match="registered by 2 installed distributions"):
+        train(tiny_config(plugins=["mixup"]), write=False)
+    from mixhub.cli import main
+
+    assert main(["plugins", "list", "--no-import"]) == 1
+    out, err = capsys.readouterr()
+    assert "conflict" in out and "mixhub-mixup-fork" in out
+    assert "mixhub: error: plugin name 'mixup' is registered by 2 installed distributions" in err
+
+
+def test_new_plugin_refuses_taken_and_reserved_names(tmp_path, capsys):
+    from mixhub.cli import main
+
+    for name, why in [("mixup", "taken by the installed plugin from mixhub-mixup"), ("core", "reserved"),
+                      ("class", "Python keyword"), ("match", "Python keyword"), ("train", "core config section")]:
+        assert main(["new-plugin", name, "--dir", str(tmp_path)]) == 2
+        assert why in capsys.readouterr().err, name
+        assert not (tmp_path / name).exists()
+
+
+def test_unknown_hook_names_the_plugin_once():
+    from mixhub import PluginSpec, hookimpl
+
+    class Typo:
+        PLUGIN = PluginSpec(name="typo")
+
+        @hookimpl
+        def mixhub_after_stepp(self, state):
+            return None
+
+    with pytest.raises(PluginLoadError) as err:
+        train(tiny_config(plugins=["typo"]), {"typo": Typo()}, write=False)
+    msg = str(err.value)
+    assert "plugin 'typo'" in msg and "unknown hook 'mixhub_after_stepp'" in msg and "did you mean 'mixhub_after_step'" in msg
+    assert "object at 0x" not in msg and "<module" not in msg
+
+
+def test_run_folder_busy_is_a_config_error():
+    assert issubclass(RunFolderBusy, ConfigError)
