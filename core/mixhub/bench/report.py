@@ -1,4 +1,9 @@
-"""Aggregate cells into ``results.json``, ``REPORT.md`` and plots (honest: every seed, paired differences)."""
+"""Aggregate cells into ``results.json``, ``REPORT.md`` and plots (honest: every seed, paired differences).
+
+Per-arm values are mean ± SD over seeds; paired differences (arm − baseline on the same seeds)
+are mean ± SE with a two-sided paired t-test at the 5% level: significant when
+``|mean / SE| > t_{0.975, n-1}``, Student's t quantile for ``n`` paired seeds (``t_quantile``).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,10 @@ import torch
 
 from .suite import Suite
 
-__all__ = ["aggregate", "paired_difference", "write_report"]
+__all__ = ["aggregate", "paired_difference", "paired_t_test", "t_cdf", "t_quantile", "write_report"]
+
+#: Two-sided level of the paired t-test that marks a difference as significant.
+ALPHA = 0.05
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -32,6 +40,96 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, 
     m, sd = _mean_std(diffs)
     se = sd / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
     return m, se, len(diffs)
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularised incomplete beta function (modified Lentz method)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 400):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta ``I_x(a, b)``."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    ln_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(ln_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(ln_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """CDF of Student's t with ``df`` degrees of freedom: ``1 - I_{df/(df+t^2)}(df/2, 1/2) / 2`` for t >= 0."""
+    if df <= 0:
+        raise ValueError(f"t distribution: df must be positive, got {df}")
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """Quantile of Student's t (``t_cdf(t_quantile(p, df), df) == p``), by bisection on ``t_cdf``.
+
+    Written here because the core does not depend on scipy; the test suite checks it against
+    printed table values (e.g. ``t_quantile(0.975, 2) = 4.303``)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"t quantile: p must lie in (0, 1), got {p}")
+    if p == 0.5:
+        return 0.0
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2.0
+        if hi > 1e12:
+            return math.inf
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def paired_t_test(mean: float, se: float, n: int, alpha: float = ALPHA) -> tuple[float | None, float | None, bool]:
+    """``(t, critical value, significant)`` of a two-sided paired t-test over ``n`` seeds.
+
+    ``t = mean / SE`` with ``n - 1`` degrees of freedom; significant when ``|t|`` exceeds
+    ``t_{1 - alpha/2, n-1}``. Fewer than two seeds: no test (``None, None, False``). A zero SE
+    with a non-zero mean (every seed moved by the same amount) counts as significant.
+    """
+    if n < 2 or math.isnan(mean) or math.isnan(se):
+        return None, None, False
+    crit = t_quantile(1.0 - alpha / 2.0, n - 1)
+    if se == 0.0:
+        return (math.copysign(math.inf, mean) if mean else 0.0), crit, mean != 0.0
+    t = mean / se
+    return t, crit, abs(t) > crit
 
 
 def aggregate(suite: Suite, results: dict[str, Any]) -> dict[str, Any]:
@@ -67,41 +165,91 @@ def _fmt(m: float, s: float, metric: str) -> str:
     return f"{m:.4f} ± {s:.4f}"
 
 
+def _head(metric: str, diff: bool = False) -> str:
+    """Column title with its unit: percent metrics in %, their differences in percentage points."""
+    if _is_pct(metric):
+        return f"{metric} ({'pp' if diff else '%'})"
+    return metric
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def thread_info() -> str:
+    import os
+
+    env = ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ)
+    return f"{torch.get_num_threads()} torch threads" + (f" ({env})" if env else " (OMP_NUM_THREADS unset)") + f", {os.cpu_count()} logical CPUs"
+
+
+def _diff_cell(d: float, se: float, k: int, metric: str, suite: Suite) -> str:
+    if k == 0 or math.isnan(d):
+        return "n/a"
+    scale = 100 if _is_pct(metric) else 1
+    if math.isnan(se):
+        return f"{scale * d:+.3f} (n={k}, no test)"
+    _, _, significant = paired_t_test(d, se, k)
+    mark = ""
+    if significant:
+        mark = " ✓" if (d > 0) == suite.better_high(metric) else " ✗"
+    return f"{scale * d:+.3f} ± {scale * se:.3f}{mark}"
+
+
 def write_report(suite: Suite, results: dict[str, Any], out: Path, command: str = "", quick: bool = False) -> Path:
     agg = aggregate(suite, results)
     (out / "results.json").write_text(json.dumps({**results, "aggregate": {k: v for k, v in agg.items() if k != "per_seed"}}, indent=1, default=str))
     lines = [f"# Bench `{suite.name}`{' (quick)' if quick else ''}", ""]
-    if command:
-        lines += [f"Command: `{command}`", ""]
+    code = results.get("code") or {}
+    commit = code.get("git")
+    lines += [
+        f"Command: `{command or 'mixhub bench ' + suite.name}`",
+        "",
+        f"Code: {'git commit `' + commit + '`' if commit else 'not a git checkout'}"
+        + (f" with uncommitted changes (diff hash `{code.get('dirty')}`)" if code.get("dirty") else "")
+        + f"; CPU: {cpu_model()}; threads: {thread_info()}.",
+        "",
+    ]
     lines += [suite.description, ""]
     n = results["seeds"]
-    lines += [f"Seeds: {n} (paired across arms). Provider: `{suite.provider}`. Percent metrics (acc, ECE) shown ×100.", ""]
-    head = "| arm | " + " | ".join(suite.metrics) + " | wall time / seed (s) |"
+    lines += [f"Seeds: {n} (paired across arms). Provider: `{suite.provider}`.", ""]
+    lines += ["Per arm: mean ± SD over seeds. Percent metrics (acc, ECE, error) in %, others in their own units.", ""]
+    head = "| arm | " + " | ".join(_head(m) for m in suite.metrics) + " | wall time / cell (s) |"
     lines += [head, "|" + "---|" * (len(suite.metrics) + 2)]
     for arm in suite.arms:
         row = agg["table"][arm.name]
         t = agg["times"].get(arm.name, (float("nan"), 0))
         lines.append(f"| {arm.name} | " + " | ".join(_fmt(row[m][0], row[m][1], m) for m in suite.metrics) + f" | {t[0]:.1f} |")
-    lines += ["", "Paired differences (arm − baseline, mean ± standard error over seeds; higher is better for accuracy-like metrics, lower for the rest):", ""]
-    lines += ["| comparison | " + " | ".join(suite.metrics) + " |", "|" + "---|" * (len(suite.metrics) + 1)]
+    crit = f"t_0.975,{n - 1} = {t_quantile(0.975, n - 1):.3f}" if n >= 2 else "no test with one seed"
+    lines += [
+        "",
+        "Paired differences (arm − baseline on the same seeds): mean ± SE over seeds; percent metrics in "
+        "percentage points (pp). Higher is better for accuracy-like metrics, lower for the rest.",
+        "",
+    ]
+    lines += ["| comparison | " + " | ".join(_head(m, diff=True) for m in suite.metrics) + " |", "|" + "---|" * (len(suite.metrics) + 1)]
     for name, row in agg["diffs"].items():
-        cells = []
-        for m in suite.metrics:
-            d, se, k = row[m]
-            if k == 0 or math.isnan(d):
-                cells.append("n/a")
-                continue
-            scale = 100 if _is_pct(m) else 1
-            better = (d > 0) == suite.better_high(m) if d != 0 else False
-            mark = " ✓" if better and not math.isnan(se) and abs(d) > 2 * se else ""
-            cells.append(f"{scale * d:+.3f} ± {scale * se:.3f}{mark}" if not math.isnan(se) else f"{scale * d:+.3f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "✓ marks a difference in the better direction larger than two standard errors.", ""]
+        lines.append(f"| {name} | " + " | ".join(_diff_cell(*row[m], m, suite) for m in suite.metrics) + " |")
+    lines += [
+        "",
+        f"✓ / ✗: significantly better / worse by a two-sided paired t-test at the 5% level (|mean / SE| > {crit}, "
+        "Student's t at n − 1 degrees of freedom for n paired seeds); unmarked: not significant.",
+        "",
+    ]
+    if results.get("rerun"):
+        lines += ["Cells run again because their stored key differed: " + "; ".join(results["rerun"]), ""]
     lines += ["Arms:", ""] + [f"- `{a.name}`: {a.description or a.overrides}" for a in suite.arms] + [""]
     if suite.notes:
         lines += ["Notes: " + suite.notes, ""]
     lines += [
-        f"Hardware: {platform.machine()} {platform.processor() or ''} ({torch.get_num_threads()} torch threads), "
+        f"Platform: {platform.machine()}, "
         f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU only'}; "
         f"Python {platform.python_version()}, torch {torch.__version__}, {_versions()}; {time.strftime('%Y-%m-%d')}.",
         "",

@@ -1,14 +1,22 @@
 """Run a suite: every (arm, seed) cell, resumable; then the report.
 
-Each finished cell is written to ``OUT/cells/<arm>/seed<k>.json`` atomically; an
-interrupted bench continues where it stopped and never recomputes a finished cell.
+Each finished cell is written to ``OUT/cells/<arm>/seed<k>.json`` atomically, together with
+its **key**: the cell's resolved config (suite base + arm overrides + quick overrides + seed,
+loggers included), the arm, the seed and the code that ran it (``code_identity``: versions of
+mixhub, every installed plugin distribution, torch, timm and numpy, and the git commit of the
+source tree with a hash of its uncommitted changes, when it is a git checkout). A bench run
+again reuses a cell only when its stored key equals the key it would run now; any other cell
+(an edited suite, other code, an older cell without a key) is run again.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +25,7 @@ from ..config import apply_overrides
 from ..errors import PluginError
 from .suite import Suite
 
-__all__ = ["collect_suites", "run_suite", "default_run", "cell_config", "tracked_config", "flatten_summary"]
+__all__ = ["collect_suites", "run_suite", "default_run", "cell_config", "tracked_config", "flatten_summary", "code_identity", "cell_key"]
 
 log = logging.getLogger("mixhub.bench")
 
@@ -98,6 +106,64 @@ def tracked_config(config: dict[str, Any], suite: Suite, arm: str, seed: int, lo
     return cfg
 
 
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        p = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return p.stdout if p.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=1)
+def code_identity() -> dict[str, Any]:
+    """What identifies the code a cell ran: package versions and, for a git checkout, the commit.
+
+    ``git`` is the commit of the checkout holding the ``mixhub`` package (``None`` when it is not
+    one, e.g. an installed wheel); ``dirty`` is a hash of ``git diff HEAD`` (``None`` when clean),
+    so uncommitted edits count as other code too.
+    """
+    from importlib import metadata
+
+    from ..plugins import discover
+
+    names = {"mixhub", "torch", "timm", "numpy"} | {info.distribution for info in discover().values() if info.distribution}
+    versions = {}
+    for name in sorted(names):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    here = Path(__file__).resolve().parent
+    commit = _git(["rev-parse", "HEAD"], here)
+    dirty = None
+    if commit is not None:
+        diff = _git(["diff", "HEAD"], here) or ""
+        dirty = hashlib.sha256(diff.encode()).hexdigest()[:16] if diff.strip() else None
+    return {"versions": versions, "git": commit.strip() if commit else None, "dirty": dirty}
+
+
+def cell_key(config: dict[str, Any], arm: str, seed: int, code: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The key a finished cell is stored with (see the module docstring); JSON-canonical."""
+    key = {"config": config, "arm": arm, "seed": seed, "code": code if code is not None else code_identity()}
+    return json.loads(json.dumps(key, sort_keys=True, default=str))
+
+
+def _reusable(cell_path: Path, key: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the stored cell was made under ``key``; else the reason it is run again."""
+    if not cell_path.exists():
+        return False, ""
+    try:
+        stored = json.loads(cell_path.read_text()).get("key")
+    except (OSError, ValueError):
+        return False, "unreadable cell"
+    if stored is None:
+        return False, "cell without a key (older format)"
+    if stored == key:
+        return True, ""
+    changed = [k for k in ("config", "arm", "seed", "code") if stored.get(k) != key.get(k)]
+    return False, "changed: " + ", ".join(changed)
+
+
 def _check_loggers(loggers: list[str]) -> None:
     from .._util import did_you_mean
     from ..plugins import discover
@@ -142,22 +208,31 @@ def run_suite(
     meta_path.write_text(json.dumps(meta))
     run = suite.run or default_run
     bar = tqdm(cells, desc=suite.name, disable=None if progress else True)  # None: no bar off a terminal
+    code = code_identity()
+    rerun: list[str] = []
     for arm, seed in bar:
         cell_path = out / "cells" / arm / f"seed{seed}.json"
-        if cell_path.exists():
-            continue
-        bar.set_postfix(arm=arm, seed=seed)
-        t0 = time.time()
         config = cell_config(suite, arm, seed, quick)
         if loggers:
             config = tracked_config(config, suite, arm, seed, loggers, out)
+        key = cell_key(config, arm, seed, code)
+        ok, why = _reusable(cell_path, key)
+        if ok:
+            continue
+        if why:
+            logging.getLogger("mixhub.bench").warning("bench %s: cell %s seed %d is run again (%s)", suite.name, arm, seed, why)
+            rerun.append(f"{arm}/seed{seed}: {why}")
+        bar.set_postfix(arm=arm, seed=seed)
+        t0 = time.time()
         metrics = run(config, out / "cells" / arm / f"seed{seed}")
-        cell = {"arm": arm, "seed": seed, "metrics": metrics, "time_s": time.time() - t0}
+        cell = {"arm": arm, "seed": seed, "metrics": metrics, "time_s": time.time() - t0, "key": key}
         cell_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cell_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(cell))
         tmp.replace(cell_path)
     results = load_cells(suite, out, n_seeds)
+    results["code"] = code
+    results["rerun"] = rerun
     write_report(suite, results, out, command=command, quick=quick)
     return results
 
