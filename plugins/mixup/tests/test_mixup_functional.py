@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 import torch
-from mixhub_mixup import cutmix_batch, cutmix_box, mixup_batch, mixup_plan, mixup_target, sample_lam
+from mixhub_mixup import (
+    cutmix_batch,
+    cutmix_box,
+    cutmix_plan,
+    mixup_batch,
+    mixup_plan,
+    mixup_target,
+    sample_lam,
+)
 
 from mixhub import MixPlan, mixed_cross_entropy
 
@@ -143,3 +151,79 @@ def test_cutmix_batch_pastes_the_partner_over_an_area_of_one_minus_lam(per_sampl
         assert torch.equal(xm[i][:, pasted], x[idx[i]][:, pasted]) and torch.equal(xm[i][:, ~pasted], x[i][:, ~pasted])
         assert float(plan.lam[i]) == pytest.approx(1 - pasted.float().mean().item())
         assert float(pasted.float().mean()) <= 1 - lam + 1e-6
+
+
+def test_devices_and_dtypes_are_honoured():
+    """Everything lands on the requested device (the meta device shows it without a GPU), lam in float32."""
+    for plan in (mixup_plan(4, device="meta", generator=torch.Generator().manual_seed(0)),
+                 mixup_plan(4, lam=0.3, device="meta"), mixup_plan(4, 0.0, index=torch.tensor([1, 0, 3, 2]), device="meta"),
+                 cutmix_plan(4, 6, 6, device="meta", generator=torch.Generator().manual_seed(0)),
+                 cutmix_plan(4, 6, 6, lam=0.5, per_sample=True, device="meta")):
+        assert plan.index.device.type == "meta" and plan.lam.device.type == "meta" and plan.lam.dtype == torch.float32
+    assert cutmix_plan(2, 6, 6, lam=0.5, device="meta").mask.device.type == "meta"
+    x, y = torch.zeros(4, 3, 6, 6, device="meta"), torch.zeros(4, dtype=torch.long, device="meta")
+    for fn in (mixup_batch, cutmix_batch):
+        _, plan = fn(x, y, generator=torch.Generator().manual_seed(0))
+        assert plan.index.device.type == "meta" and plan.lam.device.type == "meta"
+    assert sample_lam(0.0, 3, device="meta").device.type == "meta"
+    assert sample_lam(1.0, 3, device="meta", generator=torch.Generator().manual_seed(0)).device.type == "meta"
+    assert sample_lam(1.0, 5, per_sample=True).dtype == torch.float32
+    lam64 = torch.tensor([0.25, 0.5], dtype=torch.float64)
+    assert mixup_plan(2, lam=lam64).lam.dtype == torch.float32
+    assert cutmix_plan(2, 4, 4, lam=lam64, per_sample=True).lam.dtype == torch.float32
+
+
+def test_defaults_alpha_one_per_batch_on_cpu():
+    def same(a, b):
+        return torch.equal(a.index, b.index) and torch.equal(a.lam, b.lam)
+
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    assert same(mixup_plan(8, generator=g()), mixup_plan(8, 1.0, per_sample=False, generator=g(), device="cpu"))
+    assert same(cutmix_plan(8, 6, 6, generator=g()), cutmix_plan(8, 6, 6, 1.0, per_sample=False, generator=g(), device="cpu"))
+    x, y = torch.randn(8, 3, 6, 6), torch.arange(8)
+    assert same(mixup_batch(x, y, generator=g())[1], mixup_batch(x, y, 1.0, per_sample=False, generator=g())[1])
+    assert same(cutmix_batch(x, y, generator=g())[1], cutmix_batch(x, y, 1.0, per_sample=False, generator=g())[1])
+    assert mixup_plan(8, generator=g()).lam.unique().numel() == 1
+
+
+def test_alpha_zero_means_no_mixing_in_the_batch_functions():
+    x, y = torch.randn(4, 3, 6, 6), torch.arange(4)
+    xm, plan = mixup_batch(x, y, 0.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(plan.lam, torch.ones(4)) and torch.equal(xm, x)
+    xc, cplan = cutmix_batch(x, y, 0.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(cplan.mask, torch.ones(4, 1, 6, 6)) and torch.equal(xc, x)
+
+
+def test_per_sample_is_passed_through_and_seeded():
+    x, y = torch.randn(8, 3, 6, 6), torch.arange(8)
+    for fn in (mixup_batch, cutmix_batch):
+        _, a = fn(x, y, 1.0, per_sample=True, generator=torch.Generator().manual_seed(3))
+        _, b = fn(x, y, 1.0, per_sample=True, generator=torch.Generator().manual_seed(3))
+        assert a.lam.unique().numel() > 1, fn.__name__
+        assert torch.equal(a.index, b.index) and torch.equal(a.lam, b.lam), fn.__name__
+    c1 = cutmix_plan(8, 6, 6, 1.0, per_sample=True, generator=torch.Generator().manual_seed(3))
+    c2 = cutmix_plan(8, 6, 6, 1.0, per_sample=True, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(c1.mask, c2.mask) and torch.equal(c1.index, c2.index)
+
+
+def test_cutmix_per_sample_boxes_follow_each_samples_own_lam():
+    lam = torch.tensor([0.9, 0.3, 0.6, 0.1])
+    h = w = 16
+    plan = cutmix_plan(4, h, w, lam=lam, index=torch.tensor([1, 2, 3, 0]), per_sample=True, generator=torch.Generator().manual_seed(4))
+    seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(4)))
+    rng = np.random.default_rng(seed)
+    for i in range(4):
+        y0, y1, x0, x1 = _official_box(h, w, float(lam[i]), rng)
+        expect = torch.ones(h, w)
+        expect[y0:y1, x0:x1] = 0
+        assert torch.equal(plan.mask[i, 0], expect), i
+    one = cutmix_plan(1, 8, 8, lam=0.5, generator=torch.Generator().manual_seed(0))  # a batch of one
+    assert one.mask.shape == (1, 1, 8, 8) and float(one.lam[0]) < 1.0
+
+
+def test_mixup_target_has_num_classes_columns():
+    _, plan = mixup_batch(torch.randn(3, 2), torch.tensor([0, 1, 1]), lam=0.75, index=torch.tensor([1, 2, 0]))
+    t = mixup_target(plan, 5, smoothing=0.1)
+    assert t.shape == (3, 5)
+    expect = torch.tensor([[0.75, 0.25, 0, 0, 0], [0, 1.0, 0, 0, 0], [0.25, 0.75, 0, 0, 0]]) * 0.9 + 0.02
+    assert torch.allclose(t, expect)

@@ -122,3 +122,26 @@ def test_one_sgd_step_descends_the_mean_entropy_gradient():
     for got, want in zip(collect_params(m), expected):
         torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
     assert all(q.grad is None for q in collect_params(m))  # zero_grad(set_to_none) after the step
+
+
+def test_configure_and_restore_flags_exactly():
+    m = small_model()
+    m.train()  # snapshot a model in train mode: restore must bring train mode back, not just "not eval"
+    bn = m[1]
+    mean_obj, var_obj = bn.running_mean, bn.running_var
+    snap = snapshot(m)
+    configure_model(m)
+    assert bn.track_running_stats is False and bn.running_mean is None and bn.running_var is None
+    tracked = int(m[4].num_batches_tracked)
+    opt = torch.optim.SGD(collect_params(m), lr=0.1)
+    with torch.no_grad():
+        tent_step(m, torch.randn(4, 3, 8, 8), opt)
+    assert int(m[4].num_batches_tracked) == tracked  # no running statistics are tracked during adaptation
+    restore(m, snap)
+    assert bn.running_mean is mean_obj and bn.running_var is var_obj and bn.track_running_stats is True
+    assert all(mod.training is True for mod in m.modules())
+    m.eval()
+    snap = snapshot(m)
+    configure_model(m)
+    restore(m, snap)
+    assert all(mod.training is False for mod in m.modules())
