@@ -1,10 +1,11 @@
 """Step time of AdAutoMix (N = 2 and N = 3) against plain mixup, through the trainer's hooks.
 
-    OMP_NUM_THREADS=1 python benchmarks/adautomix_step.py [--steps 20] [--batch 50] [--device cpu]
+    python benchmarks/adautomix_step.py [--steps 20] [--batch 50] [--device cpu] [--threads 1]
 
-Builds each run with ``mixhub.trainer.Trainer`` (smallcnn 16/32/64 on 32x32 digits, SGD),
-times ``train_step`` on the same batch after warm-up and prints ms/step and the ratio to
-mixup. The method card quotes an estimate of about 3.8x (N = 2) and 5.2x (N = 3) mixup's FLOPs.
+Builds each run with ``mixhub.trainer.Trainer`` (smallcnn 16/32/64 on 32x32 digits, SGD), warms
+each up, then times ``train_step`` on the same batch in interleaved rounds (every arm once per
+round, so machine load hits all arms alike) and prints the median ms/step and the ratio to
+mixup, with the torch thread count (set by ``--threads``). The method card quotes an estimate of about 3.8x (N = 2) and 5.2x (N = 3) mixup's FLOPs.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ ARMS = {
 }
 
 
-def time_arm(overrides: dict, steps: int, batch_size: int, device: str, repeats: int) -> float:
+def build_arm(overrides: dict, batch_size: int, device: str) -> tuple[Trainer, object]:
     cfg = copy.deepcopy(BASE)
     cfg.update(copy.deepcopy(overrides))
     cfg["train"] = {**cfg["train"], "batch_size": batch_size, "device": device}
@@ -43,31 +44,38 @@ def time_arm(overrides: dict, steps: int, batch_size: int, device: str, repeats:
     batch = next(iter(trainer.loader))
     for _ in range(3):
         trainer.train_step(batch)
+    return trainer, batch
+
+
+def time_steps(trainer: Trainer, batch: object, steps: int) -> float:
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step(batch)
-        sync()
-        times.append((time.perf_counter() - t0) / steps * 1000)
-    return statistics.median(times)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step(batch)
+    sync()
+    return (time.perf_counter() - t0) / steps * 1000
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
     args = ap.parse_args()
-    results = {
-        name: time_arm(o, args.steps, args.batch, args.device, args.repeats) for name, o in ARMS.items()
-    }
+    torch.set_num_threads(args.threads)
+    built = {name: build_arm(o, args.batch, args.device) for name, o in ARMS.items()}
+    times: dict[str, list[float]] = {name: [] for name in ARMS}
+    for _ in range(args.repeats):
+        for name, (trainer, batch) in built.items():
+            times[name].append(time_steps(trainer, batch, args.steps))
+    results = {name: statistics.median(t) for name, t in times.items()}
     ref = results["mixup"]
     print(
-        f"device {args.device}, batch {args.batch}, threads {torch.get_num_threads()}, median of {args.repeats}x{args.steps} steps"
+        f"device {args.device}, batch {args.batch}, threads {torch.get_num_threads()}, "
+        f"median of {args.repeats} interleaved rounds x {args.steps} steps"
     )
     print(f"{'arm':28s} {'ms/step':>9s} {'x mixup':>8s}")
     for name, ms in results.items():

@@ -1,10 +1,10 @@
 """Throughput of `mixhub train` (no plugin) against a minimal hand-written PyTorch loop.
 
 Same model (the core's smallcnn), data (bundled digits), batch size, optimizer (AdamW) and
-epochs, measured side by side in one process, alternating, best of several repeats.
-Prints the ratio mixhub / hand-written (target: >= 0.97).
+epochs, measured side by side in one process, alternating (interleaved), best of several repeats.
+Prints the ratio mixhub / hand-written (target: >= 0.97) and the torch thread count.
 
-    python benchmarks/trainer_overhead.py [--epochs 3] [--repeats 3]
+    python benchmarks/trainer_overhead.py [--epochs 2] [--repeats 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     best_hand = best_mix = float("inf")
     for r in range(args.repeats):
         th, sh = hand_loop(args.epochs, args.batch_size, r)

@@ -32,11 +32,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--reps", type=int, default=3, help="forwards per variant per round")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--model", default="resnet18")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     base = timm.create_model(args.model, num_classes=10, pretrained=False).eval()
     with torch.no_grad():  # give the BNs non-trivial source statistics
