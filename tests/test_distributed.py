@@ -20,6 +20,7 @@ def run(cmd, out):
     p = subprocess.run(cmd + [f"out={out}"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert p.stdout.count("run folder:") == 1, p.stdout  # under torchrun only rank 0 prints
     return recs
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -318,3 +320,158 @@ def test_unknown_hook_names_the_plugin_once():
 
 def test_run_folder_busy_is_a_config_error():
     assert issubclass(RunFolderBusy, ConfigError)
+
+
+# ---------------------------------------------------------------------- 2. exact resume with augmentation
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sigterm_resume_with_augmentation_is_bitwise_exact(tmp_path):
+    """A real `mixhub train` process (augment: light, mixup) stopped by SIGTERM mid-epoch and resumed
+    ends bitwise equal to an uninterrupted run, and logs the same epoch means."""
+    args = [*tiny_args(epochs=3, max_steps_per_epoch=12, sched="cosine"), "data.augment=light", "plugins=mixup", "--quiet"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    run = subprocess.Popen(mixhub_cmd("train", *args, f"out={straight}"), cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim = subprocess.Popen(mixhub_cmd("train", *args, f"out={stopped}"), cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not ((stopped / "metrics.jsonl").is_file() and '"split": "train"' in (stopped / "metrics.jsonl").read_text()):
+        assert victim.poll() is None, victim.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGTERM)  # during epoch 1 (or its first step, if it lands in epoch 0's evaluation)
+    _, err = victim.communicate(timeout=600)
+    assert victim.returncode == 2 and "stopped by signal 15" in err and f"mixhub train --resume {stopped}" in err, err[-2000:]
+    assert run.wait(timeout=600) == 0, run.communicate()
+    ckpt = load_checkpoint(stopped / "checkpoints/last.pt")
+    assert ckpt["epoch"] == 1 and 0 < ckpt["batch_in_epoch"] < 12, (ckpt["epoch"], ckpt["batch_in_epoch"])
+    partial = ckpt["extra"]["epoch_tally"]
+    assert partial["count"] == ckpt["batch_in_epoch"]
+
+    resumed = subprocess.run(mixhub_cmd("train", "--resume", str(stopped), "--quiet"), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    a, b = load_checkpoint(straight / "checkpoints/last.pt"), load_checkpoint(stopped / "checkpoints/last.pt")
+    for part in ("model", "optimizer"):
+        fa, fb = torch.utils._pytree.tree_flatten(a[part])[0], torch.utils._pytree.tree_flatten(b[part])[0]
+        assert len(fa) == len(fb)
+        for x, y in zip(fa, fb):
+            assert (torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y), part
+    ra, rb = _records(straight), _records(stopped)
+    assert [{k: v for k, v in r.items() if k != "time_s"} for r in ra] == [{k: v for k, v in r.items() if k != "time_s"} for r in rb]
+    epoch1 = next(r for r in rb if r["split"] == "train" and r["epoch"] == 1)
+    assert epoch1["time_s"] >= partial["seconds"]  # the time before the interruption is counted too
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_index():
+    ds = build_data(DataConfig(name="digits", image_size=16, augment="light"), 0).train
+    forward = [ds.load(i, 1)[0] for i in range(24)]
+    backward = [ds.load(i, 1)[0] for i in reversed(range(24))][::-1]
+    assert all(torch.equal(x, y) for x, y in zip(forward, backward))
+    other_epoch = [ds.load(i, 2)[0] for i in range(24)]
+    assert sum(not torch.equal(x, y) for x, y in zip(forward, other_epoch)) >= 6  # p=0.5 per sample: most differ
+    ds.set_epoch(1)
+    assert all(torch.equal(ds[i][0], forward[i]) for i in range(24))
+    again = build_data(DataConfig(name="digits", image_size=16, augment="light"), 0).train
+    assert all(torch.equal(again.load(i, 1)[0], forward[i]) for i in range(24))
+
+
+# ---------------------------------------------------------------------- 5. plugin state must be plain
+class Opaque:
+    pass
+
+
+class BadState:
+    from mixhub import PluginSpec, hookimpl
+
+    PLUGIN = PluginSpec(name="badstate")
+
+    @hookimpl
+    def mixhub_state_dict(self, state):
+        return {"counts": torch.zeros(2), "cache": {"thing": Opaque()}}
+
+
+def test_unplain_plugin_state_fails_at_the_first_save(tmp_path):
+    with pytest.raises(CheckpointError, match=r"plugin 'badstate'.*Opaque at key 'cache.thing'") as err:
+        train(tiny_config(plugins=["badstate"], train={"epochs": 3}), {"badstate": BadState()}, out=tmp_path / "r")
+    assert "weights_only" in str(err.value)
+    assert not list((tmp_path / "r/checkpoints").iterdir())  # nothing half-written
+    assert [r["epoch"] for r in _records(tmp_path / "r") if r["split"] == "train"] == [0]  # stopped after the first epoch
+
+
+# ---------------------------------------------------------------------- 7. full disk, killed writes
+@pytest.mark.skipif(sys.platform != "linux", reason="a tmpfs in a user namespace is Linux")
+def test_full_disk_names_the_file_and_keeps_the_last_good_checkpoint(tmp_path):
+    src = tmp_path / "r"
+    train(tiny_config(train={"device": "cpu"}), out=src)
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    script = textwrap.dedent(
+        f"""\
+        import json, os, shutil, sys
+        from mixhub.cli import main
+        run = os.path.join({str(mnt)!r}, "r")
+        shutil.copytree({str(src)!r}, run)
+        st = os.statvfs({str(mnt)!r})
+        with open(os.path.join({str(mnt)!r}, "filler"), "wb") as fh:  # leave 8 KiB: less than one checkpoint
+            fh.write(b"0" * (st.f_bavail * st.f_frsize - 8192))
+        rc = main(["train", "--resume", run, "train.epochs=2", "--quiet"])
+        print(json.dumps({{"rc": rc, "files": sorted(os.listdir(os.path.join(run, "checkpoints"))) + sorted(os.listdir(run))}}))
+        from mixhub.checkpoint import load_checkpoint
+        print(json.dumps({{"last_epoch": load_checkpoint(os.path.join(run, "checkpoints", "last.pt"))["epoch"]}}))
+        """
+    )
+    try:
+        p = subprocess.run(["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=4m tmpfs "$0" && exec "$1" -c "$2"', str(mnt), sys.executable, script],
+                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    except FileNotFoundError:
+        pytest.skip("no unshare")
+    if "mount" in p.stderr and "ermission" in p.stderr or "unshare:" in p.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()[:200]}")
+    lines = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    assert lines and lines[0]["rc"] == 2, (p.stdout[-1000:], p.stderr[-2000:])
+    err = [line for line in p.stderr.splitlines() if line.startswith("mixhub: error:")]
+    assert err and "the disk is full" in err[0] and "could not write" in err[0], p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    assert not any(".tmp" in f for f in lines[0]["files"]), lines[0]["files"]
+    assert lines[1]["last_epoch"] == 1  # the last good checkpoint still loads
+
+
+def test_partial_files_of_a_killed_write_are_removed_on_the_next_start(tmp_path, caplog):
+    out = tmp_path / "r"
+    train(tiny_config(), out=out)
+    left = [out / "checkpoints/.last.pt.tmp-4242", out / ".summary.json.tmp-4242"]
+    for f in left:
+        f.write_bytes(b"half a checkpoint")
+    train(tiny_config(train={"epochs": 2}), out=out, resume=True)
+    assert not any(f.exists() for f in left)
+    assert "partial file an interrupted write left behind" in caplog.text
+
+
+def test_checkpoint_write_failure_is_named(tmp_path, monkeypatch):
+    import errno
+
+    from mixhub import checkpoint as ck
+
+    good = ck.save_checkpoint({"model": {"w": torch.ones(2)}}, tmp_path / "last.pt")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck.torch, "save", full)
+    with pytest.raises(CheckpointError, match=r"could not write checkpoint .*last.pt': the disk is full; the last good checkpoint .*last.pt' is kept"):
+        ck.save_checkpoint({"model": {"w": torch.zeros(2)}}, good)
+    assert torch.equal(load_checkpoint(good)["model"]["w"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+# ---------------------------------------------------------------------- 10. test-time keeps the run's plugins
+def test_readme_testtime_command_on_a_mixup_run(tmp_path, capsys):
+    """README: `mixhub eval RUN/checkpoints/best.pt --stream plugins=unmixtns` on a run trained with mixup."""
+    from mixhub.cli import main
+
+    out = tmp_path / "r"
+    train(tiny_config(plugins=["mixup"], data={"augment": "light"}, train={"device": "cpu"}), out=out)
+    assert main(["eval", str(out / "checkpoints/best.pt"), "--stream", "plugins=unmixtns", "testtime.batch_size=64"]) == 0
+    result = json.loads((out / "testtime/testtime.json").read_text())
+    assert result["active_plugins"] == ["mixup", "unmixtns"]

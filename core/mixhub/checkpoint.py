@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
@@ -14,7 +15,7 @@ import torch
 
 from .errors import CheckpointError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_latest", "capture_rng", "restore_rng", "FORMAT"]
+__all__ = ["check_plain_state", "first_unplain", "save_checkpoint", "load_checkpoint", "load_latest", "capture_rng", "restore_rng", "FORMAT"]
 
 FORMAT = "mixhub-checkpoint-1"
 
@@ -51,13 +52,80 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator | None = None)
         generator.set_state(state["generator"])
 
 
+_PLAIN_LEAVES = (type(None), bool, int, float, str, bytes, torch.Tensor, torch.Size, torch.dtype, torch.device)
+
+
+def first_unplain(value: Any, key: str = "") -> tuple[str, str] | None:
+    """``(key path, type name)`` of the first value a ``weights_only`` load would refuse, else ``None``.
+
+    Plain: tensors, numbers, strings, bytes, ``None``, dtypes, devices and lists, tuples and
+    dicts (string or integer keys) of them.
+    """
+    if isinstance(value, _PLAIN_LEAVES):
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            bad = first_unplain(v, f"{key}[{i}]")
+            if bad is not None:
+                return bad
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, (str, int)):
+                return (f"{key}[{k!r}]" if key else repr(k)), f"key of type {type(k).__module__}.{type(k).__qualname__}"
+            bad = first_unplain(v, f"{key}.{k}" if key else str(k))
+            if bad is not None:
+                return bad
+        return None
+    return key or "<the state itself>", f"{type(value).__module__}.{type(value).__qualname__}"
+
+
+def check_plain_state(payload: dict[str, Any]) -> None:
+    """Every plugin's state (and the core's extra state) must be plain data, or the checkpoint could
+    never be loaded back: fail before anything is written, naming the plugin and the key."""
+    for name, sd in (payload.get("plugins") or {}).items():
+        bad = first_unplain(sd)
+        if bad is not None:
+            raise CheckpointError(
+                f"plugin {name!r}: its state (mixhub_state_dict) holds a {bad[1]} at key {bad[0]!r}; "
+                "checkpoints load with weights_only=True, so plugin state must be tensors, numbers, strings and "
+                "lists/tuples/dicts of them"
+            )
+    for name, sd in (payload.get("extra") or {}).items():
+        bad = first_unplain(sd)
+        if bad is not None:
+            raise CheckpointError(f"core state {name!r} (register_state) holds a {bad[1]} at key {bad[0]!r}; it must be plain data")
+
+
+def _write_failure(exc: BaseException, folder: Path) -> str:
+    """Why a write failed, in words: a full disk (by errno, or by the free space left), else the error."""
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full"
+    if code == errno.EFBIG:
+        return "the file size limit was reached"
+    try:
+        st = os.statvfs(folder)
+        if st.f_bavail * st.f_frsize < (1 << 20):
+            return "the disk is full"
+    except OSError:
+        pass
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
 def save_checkpoint(payload: dict[str, Any], path: str | Path, keep_previous: bool = True) -> Path:
-    """Write atomically: temp file in the same folder, fsync, rename. The replaced file is kept as ``*.prev.pt``."""
+    """Write atomically: temp file in the same folder, fsync, rename. The replaced file is kept as ``*.prev.pt``.
+
+    State that could not be loaded back is refused before writing (``check_plain_state``); a
+    failed write (a full disk) is a ``CheckpointError`` naming the file, leaves no temporary file
+    and keeps the previous checkpoint.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_plain_state(payload)
     payload = {"format": FORMAT, **payload}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
             torch.save(payload, fh)
             fh.flush()
@@ -70,6 +138,13 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path, keep_previous: bo
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write of its archive as RuntimeError
+        kept = path if path.exists() else None
+        reason = _write_failure(exc, path.parent)
+        raise CheckpointError(
+            f"could not write checkpoint {str(path)!r}: {reason}; "
+            + (f"the last good checkpoint {str(kept)!r} is kept" if kept is not None else "no earlier checkpoint exists")
+        ) from exc
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import yaml
 
 from .errors import ConfigError, MixhubError
 
-__all__ = ["RunFolder", "RunFolderBusy", "WriteError", "open_run_folder", "plot_curves", "plot_reliability", "binned_ece", "to_jsonable"]
+__all__ = ["EpochTally", "RunFolder", "RunFolderBusy", "WriteError", "open_run_folder", "plot_curves", "plot_reliability", "binned_ece", "to_jsonable"]
 
 log = logging.getLogger("mixhub")
 
@@ -218,6 +219,42 @@ class RunFolder:
     def write_summary(self, summary: dict[str, Any]) -> None:
         if self.enabled:
             self._write_text("summary.json", json.dumps(to_jsonable(summary), indent=2))
+
+
+class EpochTally:
+    """An epoch's running sums of the step scalars, its counted steps and its elapsed seconds.
+
+    Part of every checkpoint (``Trainer.register_state``), so a run interrupted mid-epoch and
+    resumed logs the epoch's means over all of its steps, summed in the same order (bitwise the
+    uninterrupted run's), and a ``time_s`` that adds the time before the interruption to the
+    time after it.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self._before = 0.0
+        self._t0 = time.perf_counter()
+
+    def add(self, scalars: dict[str, float]) -> None:
+        self.count += 1
+        for k, v in scalars.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+
+    def seconds(self) -> float:
+        return self._before + (time.perf_counter() - self._t0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "count": self.count, "seconds": self.seconds()}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.sums = {str(k): float(v) for k, v in sd["sums"].items()}
+        self.count = int(sd["count"])
+        self._before = float(sd["seconds"])
+        self._t0 = time.perf_counter()
 
 
 def open_run_folder(explicit: str | Path | None, default: str | Path, enabled: bool = True) -> RunFolder:

@@ -353,10 +353,26 @@ def evaluate_streams(trainer: Any, out_dir: str | Path | None = None, cfg: TestT
 def load_for_testtime(checkpoint_path: str | Path, overrides: dict[str, Any] | None = None, *,
                       extra_plugins: dict[str, Any] | None = None) -> Any:
     """Rebuild a trained run from a checkpoint with ``overrides`` that add test-time plugins
-    (``Trainer.from_checkpoint`` with ``allow_new_plugins=True``)."""
+    (``Trainer.from_checkpoint`` with ``allow_new_plugins=True``). The training run's plugins
+    stay active (with their saved state): ``plugins`` in ``overrides`` names the ones to add."""
     from .trainer import Trainer
 
+    overrides = with_training_plugins(checkpoint_path, overrides)
     return Trainer.from_checkpoint(checkpoint_path, overrides, extra_plugins=extra_plugins, allow_new_plugins=True)
+
+
+def with_training_plugins(checkpoint_path: str | Path, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """``overrides`` whose ``plugins`` list starts with the checkpoint's own plugins (then the added ones)."""
+    from .checkpoint import load_checkpoint
+    from .config import plugin_names
+
+    overrides = dict(overrides or {})
+    if "plugins" not in overrides:
+        return overrides
+    saved = plugin_names(load_checkpoint(checkpoint_path).get("config", {}))
+    added = plugin_names({"plugins": overrides["plugins"]})
+    overrides["plugins"] = saved + [p for p in added if p not in saved]
+    return overrides
 
 
 def evaluate_checkpoint_streams(checkpoint_path: str | Path, overrides: dict[str, Any], out_dir: str | Path | None, *,

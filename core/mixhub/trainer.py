@@ -38,7 +38,7 @@ from .metrics import classification_metrics, fit_temperature, regression_metrics
 from .models import build_model
 from .plan import MixPlan
 from .plugins import PluginHost, check_compatibility, resolve_plugins
-from .runio import open_run_folder, plot_curves, plot_reliability
+from .runio import EpochTally, open_run_folder, plot_curves, plot_reliability
 from .schedule import GroupScheduler
 from .state import State
 
@@ -220,6 +220,8 @@ class Trainer:
         self._extra_state: dict[str, tuple[Any, Any]] = {}
         self._pending_extra: dict[str, Any] = {}
         self.register_state("data", *self._data_state)  # the sampler position and the data's identity
+        self.tally = EpochTally()
+        self.register_state("epoch_tally", self.tally.state_dict, self.tally.load_state_dict)
         self.select_key, self.select_high = _selection(cfg.train.select, task_kind)
         if cfg.train.select_mode != "auto":
             self.select_high = cfg.train.select_mode == "max"
@@ -666,25 +668,21 @@ class Trainer:
             self.state.epoch = epoch
             if self.batch_in_epoch == 0:
                 self.host.collect("mixhub_epoch_start", state=self.state)
-            sums: dict[str, float] = {}
-            count = 0
-            t_epoch = time.time()
+                self.tally.reset()  # a resumed epoch keeps the sums and time of its first part
             inner = tqdm(self._epoch_batches(epoch), total=self.state.steps_per_epoch, desc=f"epoch {epoch}", disable=self.quiet or self.rank != 0, leave=False)
             for batch in inner:
                 out = self.train_step(batch)
                 self.batch_in_epoch += 1
                 if out is not None:
-                    count += 1
-                    for k, v in out.items():
-                        sums[k] = sums.get(k, 0.0) + v
+                    self.tally.add(out)
                     inner.set_postfix(loss=f"{out['loss']:.4f}")
                 if self.stop_requested:
                     self.save_checkpoint("last")
                     raise RunInterrupted(f"stopped by signal {self._stop_signal} at step {self.state.step}; resume with `mixhub train --resume {self.folder.path}`")
             self.batch_in_epoch = 0
             self.host.collect("mixhub_epoch_end", state=self.state)
-            means = self._reduce_means(sums, count)
-            train_rec = {"epoch": epoch, "split": "train", "step": self.state.step, **means, "time_s": time.time() - t_epoch}
+            means = self._reduce_means(self.tally.sums, self.tally.count)
+            train_rec = {"epoch": epoch, "split": "train", "step": self.state.step, **means, "time_s": self.tally.seconds()}
             skipped = self.bad_samples.report(f"epoch {epoch}" + (f" (rank {self.rank})" if self.world_size > 1 else ""))
             if self.world_size > 1:  # every rank's skipped files count
                 n_bad = torch.tensor([float(skipped)], device=self.device if self.device.type == "cuda" else "cpu")

@@ -54,10 +54,38 @@ class ArrayDataset(Dataset):
     def target_tensor(self) -> Tensor:
         return self._targets_t
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+    #: The epoch a plain ``dataset[i]`` augments for (``set_epoch``; the training loader passes it per key).
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def load(self, i: int, epoch: int, role: int = 0) -> tuple[Tensor, Tensor]:
+        """Sample ``i`` as augmented at ``epoch`` (``role`` tells apart extra copies of one sample in a step).
+
+        A seeded albumentations pipeline (``Compose(seed=...)``, as ``build_augment`` makes) is
+        reseeded per sample from ``(seed, epoch, i, role)``, so the augmentation of a sample is a
+        function of those alone: a run resumed mid-epoch, in any order or worker count,
+        augments exactly as the uninterrupted run (nothing to checkpoint).
+        """
         x = self.inputs[i]
         if self.transform is not None:
+            seed = getattr(self.transform, "seed", None)
+            set_state = getattr(self.transform, "set_random_state", None)
+            if seed is not None and set_state is not None:
+                import random
+
+                from .lazy import sample_seed
+
+                s = sample_seed(int(seed), int(epoch), int(i), int(role))
+                set_state(np.random.default_rng(s), random.Random(s))  # keeps ``transform.seed``, the base
             x = self.transform(image=x)["image"]
+        return self._finish(x, i)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.load(i, self.epoch)
+
+    def _finish(self, x: Any, i: int) -> tuple[Tensor, Tensor]:
         x = np.asarray(x, dtype=np.float32)
         if self.image:
             if self.mean is not None and self.std is not None:

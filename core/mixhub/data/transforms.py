@@ -17,8 +17,8 @@ PIPELINES = ("none", "light", "flip-crop")
 def build_augment(name: str, image_size: int, seed: int | None = None) -> Any | None:
     """An albumentations ``Compose`` for ``data.augment`` (``None`` for ``none``), seeded with ``seed``.
 
-    albumentations keeps its own random generator: a seed makes runs reproducible; its state is
-    not part of checkpoints, so a resumed run with augmentation continues with a re-seeded stream.
+    ``ArrayDataset`` reseeds it per sample from ``(seed, epoch, index, role)``, so a sample's
+    augmentation does not depend on what was drawn before it and a resumed run is exact.
     """
     if name == "none":
         return None
