@@ -475,3 +475,43 @@ def test_readme_testtime_command_on_a_mixup_run(tmp_path, capsys):
     assert main(["eval", str(out / "checkpoints/best.pt"), "--stream", "plugins=unmixtns", "testtime.batch_size=64"]) == 0
     result = json.loads((out / "testtime/testtime.json").read_text())
     assert result["active_plugins"] == ["mixup", "unmixtns"]
+
+
+def _tally_worker(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from mixhub.runio import EpochTally
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        t = EpochTally()
+        for v in ([1.0, 2.0] if rank == 0 else [10.0, 20.0, 30.0]):
+            t.add({"loss": v})
+        t.reduce_ranks()
+        sd = t.state_dict() if rank == 0 else None
+        box = [sd]
+        dist.broadcast_object_list(box, 0)  # what every rank reads back from rank 0's checkpoint
+        again = EpochTally()
+        again.load_state_dict(box[0])
+        again.add({"loss": 100.0 * (rank + 1)})  # one more step on each rank after the resume
+        total = torch.tensor([again.sums["loss"], float(again.count)], dtype=torch.float64)
+        dist.all_reduce(total)  # the epoch mean as _reduce_means forms it
+        if rank == 0:
+            Path(out).write_text(json.dumps([sd["sums"]["loss"], sd["count"], total.tolist()]))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test runs on Linux")
+def test_interrupted_epoch_tally_counts_every_rank_once_under_ddp(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_tally_worker, args=(port, str(tmp_path / "out.json")), nprocs=2)
+    saved_sum, saved_count, total = json.loads((tmp_path / "out.json").read_text())
+    assert (saved_sum, saved_count) == (63.0, 5)
+    assert total == [63.0 + 100.0 + 200.0, 7.0]  # each rank's steps once: before and after the interruption

@@ -250,11 +250,31 @@ class EpochTally:
     def state_dict(self) -> dict[str, Any]:
         return {"sums": dict(self.sums), "count": self.count, "seconds": self.seconds()}
 
+    def reduce_ranks(self) -> None:
+        """Under DDP, before an interrupted epoch is checkpointed: every rank's sums and count become
+        the sums over all ranks (rank 0 saves them; ``load_state_dict`` gives them back to rank 0 only)."""
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        keys = sorted(self.sums)
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor([self.sums[k] for k in keys] + [float(self.count)], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        vals = t.tolist()
+        self.sums = dict(zip(keys, vals[:-1]))
+        self.count = int(vals[-1])
+
     def load_state_dict(self, sd: dict[str, Any]) -> None:
+        import torch.distributed as dist
+
+        self.reset()
+        self._before = float(sd["seconds"])
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return  # rank 0 holds the sums of all ranks (``reduce_ranks``): counting them again would double them
         self.sums = {str(k): float(v) for k, v in sd["sums"].items()}
         self.count = int(sd["count"])
-        self._before = float(sd["seconds"])
-        self._t0 = time.perf_counter()
 
 
 def open_run_folder(explicit: str | Path | None, default: str | Path, enabled: bool = True) -> RunFolder:

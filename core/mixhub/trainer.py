@@ -677,6 +677,7 @@ class Trainer:
                     self.tally.add(out)
                     inner.set_postfix(loss=f"{out['loss']:.4f}")
                 if self.stop_requested:
+                    self.tally.reduce_ranks()  # the interrupted epoch's sums of every rank go into the checkpoint
                     self.save_checkpoint("last")
                     raise RunInterrupted(f"stopped by signal {self._stop_signal} at step {self.state.step}; resume with `mixhub train --resume {self.folder.path}`")
             self.batch_in_epoch = 0
