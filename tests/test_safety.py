@@ -515,3 +515,18 @@ def test_interrupted_epoch_tally_counts_every_rank_once_under_ddp(tmp_path):
     saved_sum, saved_count, total = json.loads((tmp_path / "out.json").read_text())
     assert (saved_sum, saved_count) == (63.0, 5)
     assert total == [63.0 + 100.0 + 200.0, 7.0]  # each rank's steps once: before and after the interruption
+
+
+def test_cli_names_a_file_a_full_disk_refused(monkeypatch, capsys):
+    import errno
+
+    import mixhub.cli as cli
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/x/loss.png")
+
+    parser = cli.build_parser()
+    parser._subparsers._group_actions[0].choices["train"].set_defaults(func=full)  # a run whose plot hits a full disk
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    assert cli.main(["train"]) == 2
+    assert "could not write runs/x/loss.png: the disk is full" in capsys.readouterr().err

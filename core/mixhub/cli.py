@@ -191,6 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     except MixhubError as exc:
         print(f"mixhub: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        import errno
+
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        what = "the disk is full" if exc.errno != errno.EFBIG else "the file size limit was reached"
+        print(f"mixhub: error: could not write {exc.filename or 'a file'!s}: {what}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
