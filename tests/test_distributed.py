@@ -53,3 +53,97 @@ def test_replicas_stay_identical_with_plugins(plugins, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     sums = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
     assert sums[0] == sums[1], sums
+
+
+def _launch(script, *args, timeout=600):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "tests" / script), *map(str, args)]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=timeout)
+    assert p.returncode == 0, p.stderr[-4000:]
+    return p
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo multi-process test runs on Linux")
+def test_distributed_services_on_two_gloo_processes(tmp_path):
+    """DDP, collective counting, dist_bn, sharded gathering and FSDP2 + DCP against single-process references."""
+    import torch
+    from torch import nn
+
+    from mixhub.models import MLP
+
+    _launch("dist_unit_worker.py", tmp_path)
+    r0, r1 = (json.loads((tmp_path / f"unit{r}.json").read_text()) for r in range(2))
+    # DDP: one bucket all-reduce per step and nothing else (buffers are not broadcast every forward)
+    assert r0["ddp_counts"] == r1["ddp_counts"] == [{"allreduce_": 1}] * 3
+    # DDP = one process on the global batch (rank 0's initial weights, gradients averaged)
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    gens = [torch.Generator().manual_seed(100 + r) for r in range(2)]
+    for _ in range(5):
+        xs = [torch.randn(8, 6, generator=g) for g in gens]
+        # BatchNorm normalises per process: the reference averages the two per-process losses
+        loss = sum(ref(x).square().mean() for x in xs) / 2
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    want = [float(p.detach().double().sum()) for p in ref.parameters()]
+    for got in (r0["ddp_weight"], r1["ddp_weight"]):
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+    # dist_bn: broadcast = rank 0's statistics; reduce = their mean; none = local
+    a, b = torch.tensor(r0["bn_local"]), torch.tensor(r1["bn_local"])
+    assert not torch.allclose(a, b)
+    for r in (r0, r1):
+        assert torch.equal(torch.tensor(r["bn_broadcast"]), a)
+        assert torch.allclose(torch.tensor(r["bn_reduce"]), (a + b) / 2, atol=1e-7)
+    assert r0["bn_none"] == r0["bn_local"] and r1["bn_none"] == r1["bn_local"]
+    assert r0["any_rank"] == r1["any_rank"] == [True, False]
+    for key in ("gather_23_4", "gather_3_4", "gather_5_2"):
+        assert r0[key] and r1[key], key
+    # FSDP2: sharded, same as one process on the global batch, DCP round trip, export on rank 0
+    assert r0["fsdp_sharded"] and r0["fsdp_restored"] and r1["fsdp_restored"]
+    torch.manual_seed(0)
+    mlp = MLP(6, 3, hidden=[8, 8])
+    opt = torch.optim.SGD(mlp.parameters(), lr=0.1)
+    gens = [torch.Generator().manual_seed(7 + r) for r in range(2)]
+    for _ in range(3):
+        xs = [torch.randn(4, 6, generator=g) for g in gens]
+        loss = sum(mlp.forward_head(mlp.forward_features(x)).square().mean() + mlp(x).mean() for x in xs) / 2
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    probe = torch.randn(5, 6, generator=torch.Generator().manual_seed(3))
+    want_out = mlp(probe).detach()
+    for r in (r0, r1):
+        assert torch.allclose(torch.tensor(r["fsdp_out"]), want_out, atol=1e-5)
+    assert r1["export_keys"] == [] and r0["export_keys"] == sorted(mlp.state_dict())
+    plain = MLP(6, 3, hidden=[8, 8])
+    plain.load_state_dict(torch.load(tmp_path / "export.pt", weights_only=True))
+    assert torch.allclose(plain(probe), want_out, atol=1e-5)
+    assert r0["missing_error"].startswith("CheckpointError: sharded checkpoint")
+
+
+def test_layout_helpers_single_process():
+    import torch
+
+    from mixhub import distributed as D
+    from mixhub.errors import ConfigError
+    from mixhub.models import MLP, SmallCNN
+
+    assert D.per_rank_batch(64, 4) == 16
+    with pytest.raises(ConfigError, match=r"train.batch_size \(30\).*divisible.*\(4\).*use 28 or 32"):
+        D.per_rank_batch(30, 4)
+    with pytest.raises(ConfigError, match="train.device"):
+        D.resolve_device("gpu0")
+    assert D.resolve_device("cpu") == torch.device("cpu")
+    ctx = D.init_distributed("cpu")
+    assert not ctx.enabled and ctx.is_main and ctx.device.type == "cpu"
+    sh = D.ShardedEval(10, 4, ctx)
+    assert [list(r) for r in sh.batches()] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    two = D.ShardedEval(10, 4, D.DistContext(world_size=2, rank=1))
+    assert two.indices() == [4, 5, 6, 7] and two.indices(0) == [0, 1, 2, 3, 8, 9] and two.rows_of(0) == 6
+    mlp, cnn = MLP(4, 2, hidden=(8, 8)), SmallCNN(3, 10, widths=(4, 8))
+    assert D.find_blocks(mlp) == list(mlp.blocks)
+    assert len(D.find_blocks(cnn)) == len(cnn.stages) and all(b in list(cnn.stages) for b in D.find_blocks(cnn))
+    assert D.find_blocks(torch.nn.Linear(2, 2)) == []
+    with pytest.raises(ConfigError, match="dist_bn"):
+        D.distribute_bn([mlp], D.DistContext(world_size=2), "mean")
