@@ -125,6 +125,12 @@ class TrainConfig(Section):
     checkpoint: bool = True
     plots: bool = True
     log_every: int = Field(50, ge=1, description="optimizer steps between step records (loss, lr, images/s, grad norm) and console lines")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="multi-process engine under torchrun: ddp (DistributedDataParallel) or fsdp (FSDP2 fully_shard per block)")
+    sync_bn: bool = Field(False, description="multi-process: convert BatchNorm layers to SyncBatchNorm (statistics over the global batch)")
+    dist_bn: Literal["reduce", "broadcast", "none"] = Field("reduce", description="multi-process: BatchNorm running statistics before evaluation: averaged, rank 0's, or left per process (EMA included)")
+    sync_every: int = Field(50, ge=1, description="multi-process: agree on stop requests every N steps (no per-step host-synchronised collective)")
+    find_unused_parameters: bool | Literal["auto"] = Field("auto", description="DDP find_unused_parameters (auto: on when a plugin runs its own forward, loss or aux losses, or trains a module)")
+    channels_last: bool = Field(False, description="model and image batches in channels_last memory format")
 
 
 class TrackConfig(Section):

@@ -54,6 +54,7 @@ __all__ = [
     "convert_sync_bn",
     "distribute_bn",
     "any_rank",
+    "needs_unused_parameter_detection",
     "ShardedEval",
     "save_sharded",
     "load_sharded",
@@ -87,7 +88,8 @@ class DistContext:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """A process group exists (normally ``world_size > 1``; a caller may start one of size 1)."""
+        return self.backend is not None
 
 
 def _env_int(name: str, default: int) -> int:
@@ -124,16 +126,16 @@ def resolve_device(spec: str, local_rank: int = 0, world_size: int = 1) -> torch
 def init_distributed(device_spec: str = "auto") -> DistContext:
     """The run's process layout, from torchrun's environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``).
 
-    With more than one process: sets the CUDA device to ``LOCAL_RANK`` before the process group
+    With more than one process, or a process group the caller started (e.g. NCCL with one process): sets the CUDA device to ``LOCAL_RANK`` before the process group
     exists, then starts NCCL (CUDA) or gloo (CPU) unless a group is already initialised; a group
     started here is destroyed at interpreter exit.
     """
     global _OWNED_GROUP
-    world = _env_int("WORLD_SIZE", 1)
+    world = dist.get_world_size() if dist.is_initialized() else _env_int("WORLD_SIZE", 1)
     if world <= 1 and not dist.is_initialized():
         return DistContext(device=resolve_device(device_spec))
     local_rank = _env_int("LOCAL_RANK", 0)
-    device = resolve_device(device_spec, local_rank, max(world, 2))
+    device = resolve_device(device_spec, local_rank, world)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
@@ -283,6 +285,20 @@ def distribute_bn(modules: Iterable[nn.Module], ctx: DistContext, mode: str) -> 
         timm_distribute_bn(unwrap(module), ctx.world_size, reduce=mode == "reduce")
 
 
+def needs_unused_parameter_detection(host: Any, modules: dict[str, Any]) -> bool:
+    """Whether DDP must look for parameters without a gradient (``find_unused_parameters``).
+
+    The core's own forward and loss use every parameter of the model. A plugin that owns the
+    forward or the loss, adds aux losses (a second head, a generator) or trains a module of its
+    own may leave some parameters without a gradient in a step; DDP then has to find them.
+    """
+    if host.owner("forward") != "core" or host.owner("compute_loss") != "core":
+        return True
+    if any(impl.plugin_name != "core" for impl in host.pm.hook.mixhub_aux_losses.get_hookimpls()):
+        return True
+    return any(spec.trainable and any(p.requires_grad for p in spec.module.parameters()) for spec in modules.values())
+
+
 def any_rank(flag: bool, ctx: DistContext) -> bool:
     """``flag`` on any process: one host-synchronised all-reduce (call it every ``train.sync_every`` steps, not every step)."""
     if not ctx.enabled:
@@ -321,6 +337,15 @@ class ShardedEval:
 
     def rows_of(self, rank: int) -> int:
         return sum(len(rows) for rows in self.batches(rank))
+
+    def missing_batches(self) -> int:
+        """How many batches fewer than rank 0 this process predicts (0 or 1). Under FSDP every
+        forward is a collective, so such a process runs that many extra (discarded) forwards."""
+        return len(self.batches(0)) - len(self.batches())
+
+    def batch_sampler(self) -> list[list[int]]:
+        """This process's batches as index lists, for ``DataLoader(batch_sampler=...)``."""
+        return [list(rows) for rows in self.batches()]
 
     def gather(self, local: dict[str, Tensor]) -> dict[str, Tensor]:
         """Every rank's rows of each tensor (concatenated in its batch order) to the full tensors.

@@ -23,7 +23,7 @@ The training loop, as the core runs it (``trainer.py``)::
                     outputs = mixhub_forward(model, mixed, plan, state)     # slot
                     loss = mixhub_compute_loss(outputs, mixed, plan, state) # slot
                     loss += sum(w * v for v in mixhub_aux_losses(...))      # collectors
-                (lr for this step set) backward; (DDP: gradients all-reduced); clip; optimizer.step()
+                (lr for this step set) backward (DDP: bucketed all-reduces overlap it); clip; optimizer.step()
                 mixhub_after_step(state)                                     # collectors
                 every train.log_every steps: mixhub_log(step record, state)
             mixhub_epoch_end(state)
@@ -44,6 +44,28 @@ Three kinds of hook:
 * **Collectors**: every active plugin contributes, in config order.
 * **Wrappers** (``wrapper=True``): generator functions that ``yield`` once; code after the
   ``yield`` runs even when the wrapped work raises (use ``try/finally``).
+
+**One forward per backward (multi-process runs).** Under ``torchrun`` the core wraps one module
+in DistributedDataParallel (or shards it with FSDP2), and that module's ``forward`` is the whole
+training forward: ``mixhub_sample_pairs``, the dataset-partner fetch, ``mixhub_mix_batch``,
+``mixhub_forward``, ``mixhub_compute_loss`` and ``mixhub_aux_losses``. The module holds the model
+and every module registered with ``state.register_module``. So, for plugin authors:
+
+* every computation whose result reaches the loss runs inside those hooks, as many forward
+  calls as you like (a partner pass through ``forward_features``, a teacher, a generator);
+  never in ``mixhub_after_step``, the epoch hooks or a hook of your own, and never call
+  ``backward`` or ``torch.autograd.grad`` on the training loss yourself;
+* call the ``model`` you are given, or ``state.model`` and its timm methods
+  (``forward_features``, ``forward_head``, ``forward_intermediates``: FSDP2 registers them so
+  they gather parameters); a trainable module of your own must be registered with
+  ``state.register_module`` (its gradients are then averaged with the model's);
+* when some trainable parameters get no gradient in a step (a head used every other step), DDP
+  must know: ``train.find_unused_parameters`` is on automatically when a plugin owns
+  ``mixhub_forward`` / ``mixhub_compute_loss`` or adds aux losses or trainable modules;
+* state you update by hand (EMA teachers, queues, running statistics) must come out the same on
+  every process: derive it from the synchronised weights, not from the local batch, or keep it
+  in BatchNorm buffers, which ``train.dist_bn`` averages before evaluation. ``state.generator``
+  is seeded per rank on purpose (different pairs on different shards).
 
 Plugins receive ``state`` (``mixhub.State``): the model, optimizer, step counters, device,
 config, their own options (``state.options(name)``) and a scratch namespace
