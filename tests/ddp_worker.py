@@ -5,7 +5,8 @@ issued from the start of each training step to the start of the next (steps 3 on
 rebuilds its buckets after the first iterations).
 
 A case is ``{"name": str, "config": {...}, "count": bool, "out": str | None}``; with ``out`` the
-run writes its folder there (rank 0) and resumes it when ``"resume": true``.
+run writes its folder there (rank 0) and resumes it when ``"resume": true``. A single config
+(a JSON object) instead of a list trains it and writes ``rank<k>.txt`` (weight checksums).
 """
 
 import hashlib
@@ -22,7 +23,9 @@ from mixhub.trainer import Trainer
 
 
 def fingerprint(trainer: Trainer) -> dict:
-    tensors = model_fingerprint(trainer)
+    from torch.distributed.tensor import DTensor
+
+    tensors = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in model_fingerprint(trainer).items()}
     flat = torch.cat([v.detach().double().reshape(-1) for _, v in sorted(tensors.items()) if v.is_floating_point()])
     h = hashlib.sha256()
     for key, v in sorted(tensors.items()):
@@ -53,6 +56,12 @@ def counted(trainer: Trainer, counts: list) -> None:
 def main() -> None:
     cases = json.loads(sys.argv[1])
     out = Path(sys.argv[2])
+    if isinstance(cases, dict):  # one config: ``rank<k>.txt`` holds the weight checksums
+        trainer = Trainer(cases, write=False)
+        trainer.fit()
+        fp = fingerprint(trainer)
+        (out / f"rank{trainer.rank}.txt").write_text(f"{fp['sum']:.12e} {fp['abs']:.12e} {fp['hash']}")
+        return
     for case in cases:
         write = case.get("out") is not None
         trainer = Trainer(case["config"], write=write, out=case.get("out"))

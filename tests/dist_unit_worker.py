@@ -53,6 +53,20 @@ def main():
     D.distribute_bn([model], ctx, "none")
     res["bn_none"] = model[1].running_mean.tolist()
     res["any_rank"] = [D.any_rank(ctx.rank == 1, ctx), D.any_rank(False, ctx)]
+    # SyncBatchNorm on CPU: conv -> BN -> conv under DDP, 2 steps
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 1))
+    net = D.convert_sync_bn(net)
+    res["sync_bn_type"] = type(net[1]).__name__
+    ddp = D.wrap_ddp(net, ctx)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    g = torch.Generator().manual_seed(11 + ctx.rank)
+    for _ in range(2):
+        x = torch.randn(3, 2, 6, 6, generator=g) * 2 + 1
+        ddp(x).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    res["sync_bn_state"] = {k: v.double().flatten().tolist() for k, v in net.state_dict().items() if v.is_floating_point()}
     # sharded evaluation: 23 rows in batches of 4 (6 batches, rank 0 has 3, rank 1 has 3)
     full = torch.arange(23 * 3, dtype=torch.float32).reshape(23, 3)
     labels = torch.arange(23) % 5

@@ -130,7 +130,6 @@ class TrainConfig(Section):
     dist_bn: Literal["reduce", "broadcast", "none"] = Field("reduce", description="multi-process: BatchNorm running statistics before evaluation: averaged, rank 0's, or left per process (EMA included)")
     sync_every: int = Field(50, ge=1, description="multi-process: agree on stop requests every N steps (no per-step host-synchronised collective)")
     find_unused_parameters: bool | Literal["auto"] = Field("auto", description="DDP find_unused_parameters (auto: on when a plugin runs its own forward, loss or aux losses, or trains a module)")
-    channels_last: bool = Field(False, description="model and image batches in channels_last memory format")
 
 
 class TrackConfig(Section):

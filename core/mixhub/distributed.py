@@ -11,7 +11,7 @@ A run launched by ``torchrun`` (``WORLD_SIZE`` > 1) gets one process per device:
   construction, never per step (``dist_bn`` takes care of BatchNorm statistics before evaluation).
 * ``apply_fsdp``: FSDP2 (``fully_shard``) on every block of the model and then the root, with the
   forward methods plugins call (``forward_features``, ...) registered so they gather parameters.
-* ``convert_sync_bn`` / ``distribute_bn``: SyncBatchNorm and timm's ``reduce | broadcast``
+* ``convert_sync_bn`` / ``distribute_bn``: SyncBatchNorm (``CpuSyncBatchNorm`` on CPU) and timm's ``reduce | broadcast``
   synchronisation of BatchNorm statistics, for any number of modules (the EMA copy included).
 * ``ShardedEval``: each rank predicts whole evaluation batches (the same batches one process would
   see, batch ``k`` on rank ``k % world``); ``gather`` puts every row back in dataset order, so any
@@ -52,6 +52,7 @@ __all__ = [
     "apply_fsdp",
     "is_sharded",
     "convert_sync_bn",
+    "CpuSyncBatchNorm",
     "distribute_bn",
     "any_rank",
     "needs_unused_parameter_detection",
@@ -262,11 +263,78 @@ def is_sharded(module: nn.Module) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- BatchNorm
-def convert_sync_bn(module: nn.Module) -> nn.Module:
-    """Every BatchNorm layer (timm's fused norm-act layers included) as ``SyncBatchNorm``."""
-    from timm.layers import convert_sync_batchnorm
+class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm with statistics over every process's batch, for CPU (gloo) runs.
 
-    return convert_sync_batchnorm(module)
+    torch's ``SyncBatchNorm`` accepts only accelerator tensors (and DDP refuses a CPU module that
+    holds one), so CPU runs get this equivalent: per-channel sum, sum of squares and count are
+    summed across processes with ``torch.distributed.nn``'s differentiable all-reduce (its
+    backward sums the gradients, as torch's SyncBatchNorm backward does), in float64. Running
+    statistics follow ``nn.BatchNorm`` (unbiased variance, ``momentum=None`` = cumulative).
+    Evaluation and single-process runs use the plain BatchNorm path.
+    """
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(input)
+        from torch.distributed.nn.functional import all_reduce
+
+        self._check_input_dim(input)
+        c = input.shape[1]
+        dims = [0, *range(2, input.dim())]
+        x = input.double()
+        count = torch.tensor([input.numel() / c], dtype=torch.float64, device=input.device)
+        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            assert self.num_batches_tracked is not None
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * n / (n - 1).clamp_min(1)
+                self.running_mean.mul_(1 - m).add_(mean.to(self.running_mean.dtype), alpha=m)
+                self.running_var.mul_(1 - m).add_(unbiased.to(self.running_var.dtype), alpha=m)
+        shape = [1, c] + [1] * (input.dim() - 2)
+        y = ((x - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)).to(input.dtype)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def convert_sync_bn(module: nn.Module, device: torch.device | None = None) -> nn.Module:
+    """Every BatchNorm layer as a synchronised one: torch's ``SyncBatchNorm`` (timm's fused
+    norm-act layers included, through timm's converter) on accelerators, ``CpuSyncBatchNorm``
+    on the CPU."""
+    device = device or next((p.device for p in module.parameters()), torch.device("cpu"))
+    if device.type != "cpu":
+        from timm.layers import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(module)
+    plain = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CpuSyncBatchNorm):
+        if type(module) not in plain:
+            raise ConfigError(f"train.sync_bn on CPU: {type(module).__name__} is not a plain BatchNorm layer; use a GPU (torch's SyncBatchNorm) or sync_bn=false")
+        new = CpuSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        new.to(device)
+        if module.affine:
+            with torch.no_grad():
+                new.weight = module.weight
+                new.bias = module.bias
+        if module.track_running_stats:
+            new.running_mean, new.running_var, new.num_batches_tracked = module.running_mean, module.running_var, module.num_batches_tracked
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        converted = convert_sync_bn(child, device)
+        if converted is not child:
+            setattr(module, name, converted)
+    return module
 
 
 def distribute_bn(modules: Iterable[nn.Module], ctx: DistContext, mode: str) -> None:
@@ -347,49 +415,53 @@ class ShardedEval:
         """This process's batches as index lists, for ``DataLoader(batch_sampler=...)``."""
         return [list(rows) for rows in self.batches()]
 
-    def gather(self, local: dict[str, Tensor]) -> dict[str, Tensor]:
+    def gather(self, local: dict[str, Tensor], batch_rows: Sequence[int] | None = None) -> dict[str, Tensor]:
         """Every rank's rows of each tensor (concatenated in its batch order) to the full tensors.
 
-        All processes must call it with the same keys. One small object all-gather agrees on
-        shapes and dtypes (a rank without batches has nothing to infer them from), then one
-        tensor all-gather per key. Results are on the CPU.
+        ``batch_rows``: the rows each of this process's batches actually produced (fewer than
+        ``batch_rows(k)`` when a loader skips unreadable samples; default: all of them).
+        Processes that predicted rows must return the same keys (a process without rows may
+        return anything). One small object all-gather agrees on keys, shapes, dtypes and row
+        counts, then one tensor all-gather per key. Results are on the CPU.
         """
         if not self.ctx.enabled:
             return {k: v.cpu() for k, v in local.items()}
         world = self.ctx.world_size
-        meta = {k: (tuple(v.shape[1:]), str(v.dtype)) for k, v in local.items() if v.shape[0] > 0}
+        sizes = [len(r) for r in self.batches()] if batch_rows is None else [int(n) for n in batch_rows]
+        if len(sizes) != len(self.batches()):
+            raise RuntimeError(f"sharded evaluation: {len(sizes)} batch sizes for {len(self.batches())} batches on rank {self.ctx.rank}")
+        mine_rows = sum(sizes)
+        meta = {k: (tuple(v.shape[1:]), str(v.dtype)) for k, v in local.items()} if mine_rows else {}
         metas: list[Any] = [None] * world
-        dist.all_gather_object(metas, (sorted(local), meta))
-        keys = metas[0][0]
-        if any(m[0] != keys for m in metas):
-            raise RuntimeError(f"sharded evaluation: processes returned different outputs: {[m[0] for m in metas]}")
+        dist.all_gather_object(metas, (meta, sizes))
         shapes: dict[str, tuple[tuple[int, ...], str]] = {}
-        for _, m in metas:
+        for m, rows in metas:
+            if sum(rows) and shapes and set(m) != set(shapes):
+                raise RuntimeError(f"sharded evaluation: processes returned different outputs: {sorted(shapes)} and {sorted(m)}")
             for k, v in m.items():
                 if shapes.setdefault(k, v) != v:
                     raise RuntimeError(f"sharded evaluation: output {k!r} has shape/dtype {v} on one process and {shapes[k]} on another")
-        counts = [self.rows_of(r) for r in range(world)]
-        width = max(counts)
+        per_rank = [rows for _, rows in metas]
+        width = max(sum(rows) for rows in per_rank)
         comm = self.ctx.device if self.ctx.backend == "nccl" else torch.device("cpu")
         out: dict[str, Tensor] = {}
-        for k in keys:
-            if k not in shapes:  # no process had rows: the split is empty
-                out[k] = local[k].cpu()
-                continue
+        for k in sorted(shapes):
             trailing, dtype_name = shapes[k]
             dtype = getattr(torch, dtype_name.removeprefix("torch."))
-            mine = local[k].to(comm, dtype)
-            if mine.shape[0] != counts[self.ctx.rank]:
-                raise RuntimeError(f"sharded evaluation: output {k!r} has {mine.shape[0]} rows on rank {self.ctx.rank}, expected {counts[self.ctx.rank]}")
+            mine = local[k].to(comm, dtype) if mine_rows else torch.zeros((0, *trailing), dtype=dtype, device=comm)
+            if mine.shape[0] != mine_rows:
+                raise RuntimeError(f"sharded evaluation: output {k!r} has {mine.shape[0]} rows on rank {self.ctx.rank}, its batches {mine_rows}")
             padded = torch.zeros((width, *trailing), dtype=dtype, device=comm)
-            padded[: mine.shape[0]] = mine.reshape(-1, *trailing)
+            padded[:mine_rows] = mine.reshape(-1, *trailing)
             parts = [torch.empty_like(padded) for _ in range(world)]
             dist.all_gather(parts, padded)
             offsets = [0] * world
+            taken = [0] * world
             pieces = []
             for b in range(self.num_batches):
                 r = b % world
-                size = len(self.batch_rows(b))
+                size = per_rank[r][taken[r]]
+                taken[r] += 1
                 pieces.append(parts[r][offsets[r] : offsets[r] + size])
                 offsets[r] += size
             out[k] = torch.cat(pieces).cpu() if pieces else padded[:0].cpu()

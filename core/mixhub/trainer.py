@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import distributed as D
 from .batch import Batch
 from .config import RunConfig, load_config, plugin_names
 from .data import DataBundle, IndexedDataset, build_data
@@ -38,7 +39,7 @@ from .metrics import classification_metrics, fit_temperature, regression_metrics
 from .models import build_model
 from .plan import MixPlan
 from .plugins import PluginHost, check_compatibility, resolve_plugins
-from .runio import EpochTally, open_run_folder, plot_curves, plot_reliability
+from .runio import EpochTally, RunFolder, open_run_folder, plot_curves, plot_reliability
 from .schedule import GroupScheduler
 from .state import State
 
@@ -96,6 +97,21 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return max(0, len(self.order()) - self.skip_batches * self.batch_size)
 
 
+class TrainForward(nn.Module):
+    """The model and every plugin-registered module; ``forward(batch)`` is the whole training
+    forward (``Trainer.training_forward``), the one module DDP wraps."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        super().__init__()
+        self.model = trainer.model
+        self.plugin_modules = nn.ModuleDict({key.replace(".", "__"): spec.module for key, spec in trainer.state.modules.items()})
+        object.__setattr__(self, "_trainer", trainer)  # not a submodule
+
+    def forward(self, batch: Batch) -> dict[str, Any]:
+        trainer: Trainer = self.__dict__["_trainer"]
+        return trainer.training_forward(batch)
+
+
 @dataclass
 class RunResult:
     summary: dict[str, Any]
@@ -132,8 +148,11 @@ class Trainer:
         self.raw = raw
         self.quiet = quiet
         self._stop_signal: int | None = None
+        self._stop_checked_at = 0
         pre = load_config({k: v for k, v in raw.items() if k in ("seed", "data", "train", "model", "optimizer", "out")})
-        self.world_size, self.rank = _init_distributed(pre.train.device)
+        self.dist = D.init_distributed(pre.train.device)
+        self.world_size, self.rank = self.dist.world_size, self.dist.rank
+        self._write = write
         seed = pre.seed
         seed_everything(seed)
         self.bundle: DataBundle = build_data(pre.data, pre.data.split_seed if pre.data.split_seed is not None else seed, model=pre.model)
@@ -141,8 +160,13 @@ class Trainer:
         task_kind = self.bundle.task
         self.config, self.host = _build_host(raw, task_kind, extra_plugins)
         cfg = self.config
-        self.device = _device(cfg.train.device, self.rank)
+        self.device = self.dist.device
         self.folder = open_run_folder(out or cfg.out, _default_out(cfg), enabled=write and self.rank == 0)
+        if self.dist.enabled:  # every process uses rank 0's folder (a fresh numbered one is picked there)
+            path = [str(self.folder.path)]
+            dist.broadcast_object_list(path, 0)
+            if self.rank != 0:
+                self.folder = RunFolder(path[0], enabled=False)
         num_outputs = self.bundle.num_classes if self.bundle.num_classes else self.bundle.target_dim
         self.model: nn.Module = build_model(cfg.model, self.bundle.input_shape, num_outputs).to(self.device)
         if cfg.data.channels_last:
@@ -165,6 +189,7 @@ class Trainer:
         self.state._options = dict(cfg.options)
         self.host.collect("mixhub_configure_model", model=self.model, state=self.state)
         self.model.to(self.device)
+        self.sharded = self._prepare_distributed()
         self.optimizer = self.host.slot(
             "create_optimizer", expected=torch.optim.Optimizer, param_groups=self._param_groups(), config=cfg, state=self.state
         )
@@ -180,16 +205,17 @@ class Trainer:
         self.net: nn.Module = self.model
         if cfg.train.compile:
             self.net = torch.compile(self.model)  # type: ignore[assignment]
-        if self.world_size > 1:
-            # Gradients are averaged by an explicit all-reduce after backward (``_sync_grads``)
-            # rather than a DistributedDataParallel wrapper, so plugins may run any number of
-            # forward calls through any path (e.g. a partner pass through ``forward_features``).
-            for tensor in [*self.model.state_dict().values(), *(v for spec in self.state.modules.values() for v in spec.module.state_dict().values())]:
-                dist.broadcast(tensor, 0)
+        # The whole training forward runs in ``train_forward``; under DDP it is wrapped, so DDP
+        # sees one forward per backward whatever the plugins compute (see ``hookspecs``).
+        self.train_forward = TrainForward(self)
+        self.train_module: nn.Module = self.train_forward
+        if self.dist.enabled and not self.sharded:
+            find_unused = cfg.train.find_unused_parameters
+            if find_unused == "auto":
+                find_unused = D.needs_unused_parameter_detection(self.host, self.state.modules)
+            self.train_module = D.wrap_ddp(self.train_forward, self.dist, find_unused_parameters=bool(find_unused))
         # data
-        per_rank = cfg.train.batch_size // self.world_size
-        if per_rank < 1:
-            raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) is smaller than the number of processes ({self.world_size})")
+        per_rank = D.per_rank_batch(cfg.train.batch_size, self.world_size)
         self.train_set = IndexedDataset(self.bundle.train)
         n_train = len(self.train_set)
         self.sampler = EpochSampler(n_train, seed, cfg.train.shuffle, per_rank, cfg.train.drop_last, self.rank, self.world_size)
@@ -252,6 +278,28 @@ class Trainer:
 
         self._data_state = (data_state, load_data_state)
         return loader
+
+    def _prepare_distributed(self) -> bool:
+        """SyncBatchNorm and FSDP2 sharding, before the optimizer sees the parameters; returns
+        whether the model is sharded."""
+        cfg = self.config.train
+        if cfg.sync_bn and self.dist.enabled:
+            self.model = self.state.model = D.convert_sync_bn(self.model)
+            for spec in self.state.modules.values():
+                spec.module = D.convert_sync_bn(spec.module)
+        if cfg.strategy != "fsdp" or not self.dist.enabled:
+            return False
+        if cfg.ema:
+            raise ConfigError("train.ema: the weight EMA is not available with train.strategy=fsdp (it would copy sharded weights); use strategy=ddp")
+        # every process shards the same weights: rank 0's
+        for module in [self.model, *(spec.module for spec in self.state.modules.values())]:
+            for tensor in module.state_dict().values():
+                dist.broadcast(tensor, 0)
+        D.apply_fsdp(self.model, self.dist)
+        for spec in self.state.modules.values():
+            if spec.trainable and any(p.requires_grad for p in spec.module.parameters()):
+                D.apply_fsdp(spec.module, self.dist, blocks=[])
+        return True
 
     def _param_groups(self) -> list[dict[str, Any]]:
         from timm.optim import param_groups_weight_decay
@@ -344,14 +392,12 @@ class Trainer:
                 return float(p.spec.aux_loss_weights[name])
         return 1.0
 
-    def train_step(self, batch: Batch) -> dict[str, float] | None:
-        """One optimizer step through the hooks; returns the logged scalars (None if skipped)."""
+    def training_forward(self, batch: Batch) -> dict[str, Any]:
+        """The whole training forward (sample -> mix -> forward -> loss + aux): ``TrainForward.forward``.
+
+        Returns ``{"loss": total, "logged": {name: detached tensor}}``.
+        """
         state, host = self.state, self.host
-        batch = batch.to(self.device)
-        if self._any_rank(not self.check_batch(batch)):
-            return None  # skipped on every rank together
-        self._set_train_mode(True)
-        state.phase = state.stage = "train"
         plan = host.slot("sample_pairs", expected=MixPlan, batch=batch, state=state)
         try:
             plan.validate(batch.size, state.train_dataset_size, owner=f"{host.owner('sample_pairs')} (mixhub_sample_pairs)")
@@ -376,25 +422,59 @@ class Trainer:
             self._check_loss_names(set(logged) - {"loss_main"})
         if total.dim() != 0:
             raise MixhubError(f"the loss must be a scalar, got shape {tuple(total.shape)} (slot owner: {host.owner('compute_loss')})")
-        if self._any_rank(not bool(torch.isfinite(total))):
-            last = self.folder.checkpoints / "last.pt"
-            msg = (
-                f"non-finite loss ({float(total.detach())}) at step {state.step} (epoch {state.epoch}), batch dataset indices "
-                f"{batch.index.tolist()[:16]}; last good checkpoint: {str(last) if last.exists() else 'none yet'}"
-            )
+        return {"loss": total, "logged": logged}
+
+    def _non_finite_message(self, what: str, batch: Batch) -> str:
+        last = self.folder.checkpoints / "last.pt"
+        return (
+            f"{what} at step {self.state.step} (epoch {self.state.epoch}), batch dataset indices "
+            f"{batch.index.tolist()[:16]}; last good checkpoint: {str(last) if last.exists() else 'none yet'}"
+        )
+
+    def train_step(self, batch: Batch) -> dict[str, float] | None:
+        """One optimizer step through the hooks; returns the logged scalars (None if skipped).
+
+        Under DDP no collective besides the gradient buckets: a process whose batch or loss is
+        non-finite still runs forward and backward, with a NaN loss, so the averaged gradient is
+        non-finite on every process and all of them skip (or stop at) the same step.
+        """
+        state = self.state
+        batch = batch.to(self.device)
+        multi = self.dist.enabled
+        good_batch = self.check_batch(batch)
+        if not good_batch:
+            if not multi:
+                return None
+            batch = batch.replace(inputs=torch.nan_to_num(batch.inputs), targets=torch.nan_to_num(batch.targets) if batch.targets.is_floating_point() else batch.targets)
+        self._set_train_mode(True)
+        state.phase = state.stage = "train"
+        out = self.train_module(batch)
+        total, logged = out["loss"], out["logged"]
+        finite = bool(torch.isfinite(total))
+        if not finite and not multi:
+            msg = self._non_finite_message(f"non-finite loss ({float(total.detach())})", batch)
             if self.config.train.nan_policy == "skip":
                 log.warning("%s; skipping the batch", msg)
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
             raise NonFiniteError(msg)
+        if multi and not (finite and good_batch):
+            if finite:  # a skipped batch: poison this rank's loss so every rank skips the step
+                total = total * float("nan")
+            log.warning("%s", self._non_finite_message("non-finite loss" if good_batch else "skipped batch", batch))
         self.scheduler.step(state.step)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(total).backward()
         else:
             total.backward()
-        if self.world_size > 1:
-            self._sync_grads()  # before unscaling and clipping: every rank sees the averaged gradient
+        if multi and self.scaler is None and not self._gradients_finite():
+            msg = f"non-finite averaged gradient at step {state.step} (epoch {state.epoch}): a process had a non-finite loss or a skipped batch"
+            if self.config.train.nan_policy == "skip":
+                log.warning("%s; every process skips the step", msg)
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            raise NonFiniteError(msg + "; set train.nan_policy=skip to drop such batches")
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.config.train.clip_grad_norm is not None:
@@ -408,7 +488,7 @@ class Trainer:
         state.step += 1
         if self.ema is not None:
             self.ema.update(self.model, step=state.step)
-        host.collect("mixhub_after_step", state=state)
+        self.host.collect("mixhub_after_step", state=state)
         logged["loss"] = total.detach()
         out = {k: float(v) for k, v in logged.items()}
         out.update({k: float(v) for k, v in state.log.items()})
@@ -427,41 +507,29 @@ class Trainer:
                 f"{did_you_mean(unknown[0], known)} (known: {', '.join(sorted(known)) or 'none'})"
             )
 
-    def _any_rank(self, flag: bool) -> bool:
-        """``flag`` on any process (an all-reduce under DDP, so every rank takes the same branch)."""
-        if self.world_size == 1:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0)
+    def _gradients_finite(self) -> bool:
+        """Whether every gradient is finite. Under DDP the gradients are the same averaged values
+        on every process, so every process decides alike without a collective; FSDP2 shards
+        them, so there the processes agree through one all-reduce."""
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return True
+        if self.sharded:
+            from torch.distributed.tensor import DTensor
 
-    def _sync_grads(self) -> None:
-        """Average the gradients of every optimized parameter across processes (one flat all-reduce).
-
-        A parameter keeps ``grad=None`` only when no process produced a gradient for it.
-        """
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=self.device)
-        dist.all_reduce(has)
-        live = [p for p, h in zip(params, has.tolist()) if h > 0]
-        if not live:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in live]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat.div_(self.world_size)
-        offset = 0
-        for p, g in zip(live, grads):
-            n = g.numel()
-            p.grad = flat[offset : offset + n].view_as(g).clone()
-            offset += n
+            local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
+            ok = torch.stack([torch.isfinite(g).all() for g in local]).all()
+            return not D.any_rank(not bool(ok), self.dist)
+        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
     def _sync_buffers(self) -> None:
-        """Give every process rank 0's buffers (BatchNorm statistics) before an evaluation."""
-        if self.world_size > 1:
-            for module in [self.model, *(spec.module for spec in self.state.modules.values())]:
-                for b in module.buffers():
-                    dist.broadcast(b, 0)
+        """``train.dist_bn`` before an evaluation: BatchNorm statistics of the model, the EMA
+        copy and the plugin modules averaged (``reduce``) or copied from rank 0 (``broadcast``)."""
+        if self.dist.enabled:
+            modules = [self.model, *(spec.module for spec in self.state.modules.values())]
+            if self.ema is not None:
+                modules.append(self.ema.module)
+            D.distribute_bn(modules, self.dist, self.config.train.dist_bn)
 
     # ------------------------------------------------------------------ evaluation
     def eval_model(self) -> nn.Module:
@@ -469,38 +537,62 @@ class Trainer:
 
     @torch.no_grad()
     def predict(self, dataset: Dataset, stage: str, batch_size: int | None = None) -> tuple[dict[str, Tensor], Tensor]:
-        """Outputs (every tensor output key) and targets over a dataset, through the eval hooks."""
+        """Outputs (every tensor output key) and targets over a dataset, through the eval hooks.
+
+        With several processes each predicts its share of the batches (``distributed.ShardedEval``)
+        and every process gets all rows back in dataset order, so metrics equal one process's.
+        BatchNorm statistics are first agreed as ``train.dist_bn`` says.
+        """
         state, host = self.state, self.host
+        self._sync_buffers()
         model = self.eval_model()
         state.phase, state.stage = "eval", stage
-        loader = eval_loader(dataset, batch_size or max(self.config.train.batch_size, 128), self.config.data, device=self.device, world_size=self.world_size)
+        n = len(dataset)  # type: ignore[arg-type]
+        if n == 0:
+            raise DataError(f"the {stage} split is empty")
+        shard = D.ShardedEval(n, batch_size or max(self.config.train.batch_size, 128), self.dist)
+        loader = eval_loader(dataset, shard.batch_size, self.config.data, device=self.device, world_size=self.world_size, indices=shard.indices())
         skipped = BadSampleLog()
         outs: dict[str, list[Tensor]] = {}
         targets = []
         was_training = model.training
         model.eval()  # before the wrappers, so a wrapper's own mode choice stands
+
+        sizes: list[int] = []
+
+        def forward(batch: Batch) -> dict[str, Any]:
+            batch = batch.to(self.device)
+            with self.autocast():
+                return host.slot("eval_forward", expected=dict, model=model, batch=batch, state=state)  # type: ignore[no-any-return]
+
         try:
             with host.wrap("mixhub_evaluate", model=model, state=state):
                 for batch in loader:
                     skipped.add(batch)
-                    batch = batch.to(self.device)
-                    with self.autocast():
-                        o = host.slot("eval_forward", expected=dict, model=model, batch=batch, state=state)
+                    o = forward(batch)
+                    sizes.append(len(batch.targets))
                     for k, v in o.items():
                         if isinstance(v, Tensor) and k.startswith("logits"):
                             outs.setdefault(k, []).append(v.float().cpu())
                     targets.append(batch.targets.cpu())
+                if self.sharded:  # every FSDP forward is a collective: match rank 0's number of calls
+                    for _ in range(shard.missing_batches()):
+                        forward(next(iter(eval_loader(dataset, shard.batch_size, self.config.data, indices=list(shard.batch_rows(0))))))
         finally:
             model.train(was_training)
             state.phase = "train"
         skipped.report(f"{stage} split")
-        if not targets:
+        local = {k: torch.cat(v) for k, v in outs.items()}
+        local["__targets"] = torch.cat(targets) if targets else torch.empty(0)
+        full = shard.gather(local, sizes)
+        full_targets = full.pop("__targets")
+        if full_targets.shape[0] == 0:
             raise DataError(f"the {stage} split is empty")
-        return {k: torch.cat(v) for k, v in outs.items()}, torch.cat(targets)
+        return full, full_targets
 
-    def evaluate(self, dataset: Dataset, stage: str, temperature: float | None = None) -> dict[str, float]:
+    def evaluate(self, dataset: Dataset, stage: str, temperature: float | None = None, batch_size: int | None = None) -> dict[str, float]:
         """Metrics of the eval model on ``dataset`` (outputs kept in ``self.last_outputs``)."""
-        outs, targets = self.predict(dataset, stage)
+        outs, targets = self.predict(dataset, stage, batch_size)
         self.last_outputs = (outs, targets)
         metrics = self.metrics_from(outs, targets, temperature)
         for extra in self.host.collect("mixhub_metrics", stage=stage, state=self.state):
@@ -522,14 +614,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_payload(self) -> dict[str, Any]:
+        """Everything a checkpoint holds. A sharded (FSDP2) run keeps model, plugin modules and
+        optimizer in a ``torch.distributed.checkpoint`` folder instead (see ``save_checkpoint``)."""
+        if self.sharded:
+            weights: dict[str, Any] = {"model": {}, "optimizer": {}, "modules": {}}
+        else:
+            weights = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "modules": {k: spec.module.state_dict() for k, spec in self.state.modules.items()},
+            }
         return {
             "config": self.config.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            **weights,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
-            "modules": {k: spec.module.state_dict() for k, spec in self.state.modules.items()},
             "plugins": self.host.per_plugin("mixhub_state_dict", state=self.state),
             "plugin_versions": {n: p.version for n, p in self.host.plugins.items()},
             "rng": ckpt.capture_rng(self.state.generator),
@@ -552,9 +652,43 @@ class Trainer:
             load(self._pending_extra.pop(name))
 
     def save_checkpoint(self, name: str = "last") -> Path | None:
-        if not self.folder.enabled or not self.config.train.checkpoint:
+        """``checkpoints/<name>.pt`` (rank 0). Sharded runs: every process first writes its shards
+        of the model, plugin modules and optimizer to ``checkpoints/<name>.dcp/`` (the previous
+        one kept as ``<name>.prev.dcp/``); ``<name>.pt`` then holds the rest and names the folder."""
+        if not self._write or not self.config.train.checkpoint:
             return None
-        return ckpt.save_checkpoint(self.state_payload(), self.folder.checkpoints / f"{name}.pt", keep_previous=name == "last")
+        if self.sharded:
+            folder = self.folder.checkpoints / f"{name}.dcp"
+            tmp = folder.with_name(f".{folder.name}.tmp")
+            if self.rank == 0 and tmp.exists():
+                import shutil
+
+                shutil.rmtree(tmp)
+            dist.barrier()
+            D.save_sharded(tmp, self.train_forward, self.optimizer)
+            dist.barrier()  # every shard written
+            if self.rank == 0:
+                import shutil
+
+                prev = folder.with_name(f"{name}.prev.dcp")
+                if folder.exists():
+                    if prev.exists():
+                        shutil.rmtree(prev)
+                    os.replace(folder, prev)
+                os.replace(tmp, folder)
+            payload = {**self.state_payload(), "sharded": folder.name}
+            dist.barrier()  # the folder is in place before anyone reads it
+        else:
+            payload = self.state_payload() if self.folder.enabled else {}
+        if not self.folder.enabled:
+            return None
+        return ckpt.save_checkpoint(payload, self.folder.checkpoints / f"{name}.pt", keep_previous=name == "last")
+
+    def _load_sharded(self, data: dict[str, Any], optimizer: bool) -> None:
+        folder = self.folder.checkpoints / str(data["sharded"])
+        if not self.sharded:
+            raise CheckpointError(f"this checkpoint keeps its weights sharded in {str(folder)!r}; load it with train.strategy=fsdp under torchrun, or use export.pt")
+        D.load_sharded(folder, self.train_forward, self.optimizer if optimizer else None)
 
     def load_state(self, data: dict[str, Any], weights_only: bool = False, allow_new_plugins: bool = False) -> None:
         """Restore a checkpoint; ``weights_only`` restores the model, modules and plugin state only.
@@ -569,7 +703,10 @@ class Trainer:
         if saved != active and not (allow_new_plugins and saved <= active):
             raise CheckpointError(f"checkpoint was written with plugins {sorted(saved)}, this run activates {sorted(active)}")
         try:
-            self.model.load_state_dict(data["model"])
+            if data.get("sharded"):
+                self._load_sharded(data, optimizer=not weights_only)
+            else:
+                self.model.load_state_dict(data["model"])
             for key, sd in data.get("modules", {}).items():
                 if key not in self.state.modules:
                     raise CheckpointError(f"checkpoint holds plugin module {key!r}, which this run does not register")
@@ -585,7 +722,8 @@ class Trainer:
         self.state.task = int(data.get("task", 0))
         if weights_only:
             return
-        self.optimizer.load_state_dict(data["optimizer"])
+        if not data.get("sharded"):
+            self.optimizer.load_state_dict(data["optimizer"])
         self.scheduler.load_state_dict(data["scheduler"])
         if self.scaler is not None and data.get("scaler") is not None:
             self.scaler.load_state_dict(data["scaler"])
@@ -608,8 +746,17 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     @property
     def stop_requested(self) -> bool:
-        """True once SIGTERM/SIGINT arrived on any process: finish the step, checkpoint, raise ``RunInterrupted``."""
-        return self._any_rank(self._stop_signal is not None)
+        """True once SIGTERM/SIGINT arrived: finish the step, checkpoint, raise ``RunInterrupted``.
+
+        With several processes they agree every ``train.sync_every`` optimizer steps (one small
+        all-reduce then, none in between), so all of them stop after the same step.
+        """
+        if not self.dist.enabled:
+            return self._stop_signal is not None
+        if self.state.step - self._stop_checked_at < self.config.train.sync_every:
+            return False
+        self._stop_checked_at = self.state.step
+        return D.any_rank(self._stop_signal is not None, self.dist)
 
     @contextmanager
     def _signals(self) -> Iterator[None]:
@@ -694,7 +841,6 @@ class Trainer:
             for extra in self.host.collect("mixhub_metrics", stage="train", state=self.state):
                 train_rec.update({k: float(v) for k, v in extra.items()})
             self.folder.log(train_rec)
-            self._sync_buffers()
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
                 val = self.evaluate(self.bundle.val, "val")
                 self.folder.log({"epoch": epoch, "split": "val", **val})
@@ -711,7 +857,7 @@ class Trainer:
     def _reduce_means(self, sums: dict[str, float], count: int) -> dict[str, float]:
         """Epoch means of the step scalars, averaged over ranks under DDP."""
         keys = sorted(sums)
-        if self.world_size > 1:
+        if self.dist.enabled:
             t = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
             dist.all_reduce(t)
             vals, total = t[:-1].tolist(), float(t[-1])
@@ -727,18 +873,26 @@ class Trainer:
 
     def write_export(self) -> Path | None:
         """``checkpoints/export.pt``: the exported module's weights (``weights_only`` loadable)."""
-        if not self.folder.enabled or not self.config.train.checkpoint:
+        if not self._write or not self.config.train.checkpoint:
             return None
         if self.state.step == 0:
             log.warning("no optimizer step ran (train.epochs=%d): the run evaluates the initial, untrained weights and writes no export", self.config.train.epochs)
             return None
         name, module = self.export_module()
-        payload = {"module": name, "state_dict": module.state_dict(), "config": self.config.to_dict()}
+        state_dict = D.full_model_state_dict(module)  # a sharded module is gathered (every process takes part)
+        if not self.folder.enabled:
+            return None
+        payload = {"module": name, "state_dict": state_dict, "config": self.config.to_dict()}
         return ckpt.save_checkpoint(payload, self.folder.checkpoints / "export.pt", keep_previous=False)
 
     def _load_weights(self, data: dict[str, Any]) -> None:
         """Model, EMA, plugin modules and plugin state from a checkpoint payload."""
-        self.model.load_state_dict(data["model"])
+        if "sharded_state" in data:  # in-memory copy of a sharded run's own shards
+            self.train_forward.load_state_dict(data["sharded_state"])
+        elif data.get("sharded"):
+            self._load_sharded(data, optimizer=False)
+        else:
+            self.model.load_state_dict(data["model"])
         if self.ema is not None and data.get("ema") is not None:
             self.ema.module.load_state_dict(data["ema"])
         for key, sd in data.get("modules", {}).items():
@@ -754,17 +908,21 @@ class Trainer:
         best = self.best["value"]
         if best is None or (value > best if self.select_high else value < best):
             self.best = {"value": value, "epoch": epoch, "metric": key}
-            if self.folder.enabled and self.config.train.checkpoint:
+            if self._write and self.config.train.checkpoint:
                 self.save_checkpoint("best")
             else:  # no run folder: keep the best weights in memory for the final test
                 import copy
 
                 self._best_in_memory = copy.deepcopy({k: v for k, v in self.state_payload().items() if k in ("model", "ema", "modules", "plugins")})
+                if self.sharded:
+                    self._best_in_memory["sharded_state"] = copy.deepcopy(self.train_forward.state_dict())
 
     def final_evaluation(self) -> dict[str, Any]:
         """Test metrics of the best-validation checkpoint (temperature fitted on validation)."""
         best_path = self.folder.checkpoints / "best.pt"
-        if self.folder.enabled and best_path.exists() and self.config.train.checkpoint:
+        if self.dist.enabled and self._write:
+            dist.barrier()  # rank 0 has finished writing best.pt before anyone reads it
+        if self._write and best_path.exists() and self.config.train.checkpoint:
             self._load_weights(ckpt.load_checkpoint(best_path))
         elif self._best_in_memory is not None:
             self._load_weights(self._best_in_memory)
@@ -812,31 +970,10 @@ def _check_bundle(bundle: DataBundle) -> None:
         raise DataError(f"training labels out of range [0, {bundle.num_classes})")
 
 
-def _device(spec: str, rank: int) -> torch.device:
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", rank % torch.cuda.device_count())
-        return torch.device("cpu")
-    dev = torch.device(spec)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {spec!r} requested but CUDA is not available")
-    return dev
-
-
 def _amp_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
     if not amp or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _init_distributed(device_spec: str) -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 1, 0
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and device_spec != "cpu" else "gloo"
-        dist.init_process_group(backend)
-    return dist.get_world_size(), dist.get_rank()
 
 
 def _main_thread() -> bool:
@@ -849,6 +986,21 @@ def _default_out(cfg: RunConfig) -> str:
     """``runs/<data>-<model>-<plugins>-s<seed>``; ``open_run_folder`` numbers it (``-1``, ``-2``, ...) when taken."""
     plugins = "-".join(cfg.plugins) or "erm"
     return str(Path("runs") / f"{cfg.data.name.replace(':', '_').replace('/', '_')}-{cfg.model.name}-{plugins}-s{cfg.seed}")
+
+
+def _agreed(trainer: Trainer, check: Any) -> None:
+    """Run a run-folder check (it looks only on rank 0) and raise its error on every process."""
+    error = None
+    try:
+        check()
+    except ConfigError as exc:
+        error = str(exc)
+    if trainer.dist.enabled:
+        box = [error]
+        dist.broadcast_object_list(box, 0)
+        error = box[0]
+    if error is not None:
+        raise ConfigError(error)
 
 
 def train(
@@ -864,10 +1016,10 @@ def train(
     trainer = Trainer(raw, extra_plugins=extra_plugins, quiet=quiet, out=out, write=write)
     try:
         if resume:
-            trainer.folder.check_resume()
+            _agreed(trainer, trainer.folder.check_resume)
             trainer.resume()
         else:
-            trainer.folder.check_new()
+            _agreed(trainer, trainer.folder.check_new)
         summary = trainer.fit()
     finally:
         trainer.folder.release()

@@ -299,11 +299,16 @@ def train_loader(
     return _loader(dataset, keys, collate, data_cfg, workers, device, seed, rank, persistent=data_cfg.persistent_workers and workers > 0)
 
 
-def eval_loader(dataset: Dataset, batch_size: int, data_cfg: Any | None = None, *, device: torch.device | None = None, world_size: int = 1) -> DataLoader:
-    """An evaluation loader in dataset order (no extra indices, workers only for lazy datasets)."""
+def eval_loader(
+    dataset: Dataset, batch_size: int, data_cfg: Any | None = None, *, device: torch.device | None = None, world_size: int = 1, indices: Sequence[int] | None = None
+) -> DataLoader:
+    """An evaluation loader in dataset order (no extra indices, workers only for lazy datasets).
+
+    ``indices``: only these rows, in this order (a process's share under sharded evaluation).
+    """
     from types import SimpleNamespace
 
     cfg = data_cfg if data_cfg is not None else SimpleNamespace(num_workers=0, pin_memory=False, prefetch_factor=2, channels_last=False)
     workers = resolve_num_workers(cfg, dataset, world_size)
-    keys = BatchKeys(range(len(dataset)), batch_size, drop_last=False)  # type: ignore[arg-type]
+    keys = BatchKeys(range(len(dataset)) if indices is None else list(indices), batch_size, drop_last=False)  # type: ignore[arg-type]
     return _loader(dataset, keys, Collate((), channels_last=cfg.channels_last), cfg, workers, device, 0, 0, persistent=False)
