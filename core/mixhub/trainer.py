@@ -441,7 +441,12 @@ class Trainer:
         state = self.state
         batch = batch.to(self.device)
         multi = self.dist.enabled
-        good_batch = self.check_batch(batch)
+        try:
+            good_batch = self.check_batch(batch)
+        except NonFiniteError:
+            if not multi:
+                raise
+            good_batch = False  # every process stops together after the backward below
         if not good_batch:
             if not multi:
                 return None
