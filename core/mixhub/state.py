@@ -40,8 +40,9 @@ class State:
 
     Attributes:
         config: the resolved, validated ``mixhub.config.Config``.
-        model: the model being trained (never wrapped: under DDP the core all-reduces gradients
-            after backward, so any forward path is synchronised).
+        model: the model being trained (never wrapped itself: under DDP the core wraps the module
+            that runs the whole training forward, so any forward path through the model is
+            synchronised; under FSDP2 its parameters are shards).
         optimizer, scheduler: set once built.
         device: where tensors live.
         task_kind: ``"classification"``, ``"regression"``, ``"continual"`` or ``"test-time"``.
