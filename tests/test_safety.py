@@ -440,9 +440,11 @@ def test_full_disk_names_the_file_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_partial_files_of_a_killed_write_are_removed_on_the_next_start(tmp_path, caplog):
     out = tmp_path / "r"
     train(tiny_config(), out=out)
-    left = [out / "checkpoints/.last.pt.tmp-4242", out / ".summary.json.tmp-4242"]
-    for f in left:
+    left = [out / "checkpoints/.last.pt.tmp-4242", out / ".summary.json.tmp-4242", out / "checkpoints/.last.dcp.tmp"]
+    for f in left[:2]:
         f.write_bytes(b"half a checkpoint")
+    left[2].mkdir()
+    (left[2] / "__0_0.distcp").write_bytes(b"half a shard")
     train(tiny_config(train={"epochs": 2}), out=out, resume=True)
     assert not any(f.exists() for f in left)
     assert "partial file an interrupted write left behind" in caplog.text

@@ -124,7 +124,12 @@ class RunFolder:
         for folder in (self.path, self.checkpoints):
             for f in folder.glob(".*.tmp*"):
                 log.warning("removing %s, a partial file an interrupted write left behind", f)
-                f.unlink(missing_ok=True)
+                if f.is_dir() and not f.is_symlink():  # a sharded checkpoint's folder
+                    import shutil
+
+                    shutil.rmtree(f, ignore_errors=True)
+                else:
+                    f.unlink(missing_ok=True)
 
     def run_files(self) -> list[str]:
         return [name for name in RUN_FILES if (self.path / name).exists()]
