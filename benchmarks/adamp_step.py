@@ -2,10 +2,15 @@
 
     OMP_NUM_THREADS=2 python benchmarks/adamp_step.py [--model resnet18] [--regime orth] [--threads 2]
 
+The last lines print the targets: the timm factory path (``create_optimizer_v2(params,
+"mixhubadamp")``) and the class default (``AdamP(params)``) each >= 3x faster than
+``timm.optim.AdamP``, and the default step within 2x of torch's fused AdamW.
+
 Compared, on the same parameters and preset gradients (lr 1e-3, wd 1e-2 for the Adam family;
 lr 0.1, momentum 0.9, wd 1e-4 for SGD/SGDP):
 torch AdamW (for-loop, foreach, fused), timm AdamP, the official ``adamp`` 0.3.0 (when
-installed), and mixhub-adamp's AdamP with ``impl`` reference / foreach / fused; then torch SGD,
+installed), and mixhub-adamp's AdamP: the class default, the timm factory name ``mixhubadamp``,
+and ``impl`` reference / foreach / fused / capturable (the CUDA code path, on CPU); then torch SGD,
 timm SGDP and ours for SGDP. Protocol: every optimizer warmed up, then interleaved in shuffled
 rounds; the median ms per step is reported with ratios against timm AdamP (SGDP: timm SGDP) and
 against fused AdamW. Before any timing, an equality check runs: ours (reference) against the
@@ -69,6 +74,8 @@ def check_equality(init: list[torch.Tensor], grads: list[torch.Tensor], steps: i
         makers = {
             "reference": lambda ps, c=ours_cls, kw=kw: c(ps, impl="reference", **kw),
             "fused": lambda ps, c=ours_cls, kw=kw: c(ps, impl="fused", **kw),
+            "default": lambda ps, c=ours_cls, kw=kw: c(ps, **kw),
+            "capturable": lambda ps, c=ours_cls, kw=kw: c(ps, capturable=True, **kw),
         }
         if off_cls is not None:
             makers["official"] = lambda ps, c=off_cls, kw=kw: c(ps, **kw)
@@ -84,19 +91,25 @@ def check_equality(init: list[torch.Tensor], grads: list[torch.Tensor], steps: i
             assert bitwise == len(ref), (
                 f"{ours_cls.__name__} reference: only {bitwise}/{len(ref)} tensors bitwise equal"
             )
-        rel = max(
-            float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(runs["fused"], ref)
-        )
-        assert rel <= 1e-5, f"{ours_cls.__name__} fused: max relative difference {rel:.2e} > 1e-5"
+        rels = {}
+        for name in ("fused", "default", "capturable"):
+            rels[name] = max(
+                float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(runs[name], ref)
+            )
+            assert rels[name] <= 1e-5, (
+                f"{ours_cls.__name__} {name}: max relative difference {rels[name]:.2e} > 1e-5"
+            )
         against = "official adamp 0.3.0" if "official" in runs else "our reference loop"
+        diffs = ", ".join(f"{k} {v:.1e}" for k, v in rels.items())
         print(
-            f"equality {ours_cls.__name__}: reference bitwise, fused max rel diff {rel:.1e} vs {against} ({steps} steps)"
+            f"equality {ours_cls.__name__}: reference bitwise; max rel diff {diffs} vs {against} ({steps} steps)"
         )
 
 
 def time_all(
     init, grads, makers: dict[str, Callable], warmup: int, rounds: int, per_round: int
 ) -> dict[str, float]:
+    """Median ms per step of each optimizer; all optimizers interleaved in shuffled rounds."""
     opts = {}
     for name, make in makers.items():
         opts[name] = make(clone_with_grads(init, grads))
@@ -147,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if not mixhub_adamp.fused_available():
         print(f"fused kernels unavailable: {mixhub_adamp.native.build_error()}", file=sys.stderr)
         return 1
+    mixhub_adamp.register_timm()
     check_equality(init, grads, args.check_steps)
     adam = dict(lr=1e-3, weight_decay=1e-2)
     makers: dict[str, Callable] = {
@@ -157,10 +171,27 @@ def main(argv: list[str] | None = None) -> int:
     }
     if official is not None:
         makers["adamp 0.3.0 AdamP"] = lambda ps: official.AdamP(ps, **adam)
+    makers["ours AdamP default"] = lambda ps: AdamP(ps, **adam)
+    makers["ours timm factory mixhubadamp"] = lambda ps: timm.optim.create_optimizer_v2(
+        ps, "mixhubadamp", **adam
+    )
     for impl in ("reference", "foreach", "fused"):
         makers[f"ours AdamP {impl}"] = lambda ps, impl=impl: AdamP(ps, impl=impl, **adam)
+    makers["ours AdamP capturable"] = lambda ps: AdamP(ps, capturable=True, **adam)
     ms = time_all(init, grads, makers, args.warmup, args.rounds, args.per_round)
     report("AdamP", ms, "timm AdamP", "torch AdamW fused")
+    timm_ms, fused_ms = ms["timm AdamP"], ms["torch AdamW fused"]
+    print()
+    for name in ("ours timm factory mixhubadamp", "ours AdamP default"):
+        ratio = timm_ms / ms[name]
+        print(
+            f"target {name}: {ratio:.2f}x faster than timm AdamP (>= 3x: {'met' if ratio >= 3 else 'MISSED'})"
+        )
+    ratio = ms["ours AdamP default"] / fused_ms
+    print(
+        f"target ours AdamP default: {ratio:.2f}x the time of torch AdamW fused "
+        f"(<= 2x: {'met' if ratio <= 2 else 'MISSED'})"
+    )
     if not args.skip_sgdp:
         sgd = dict(lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True)
         makers = {
@@ -168,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch SGD fused": lambda ps: torch.optim.SGD(ps, fused=True, **sgd),
             "timm SGDP": lambda ps: timm.optim.SGDP(ps, **sgd),
         }
+        makers["ours SGDP default"] = lambda ps: SGDP(ps, **sgd)
         for impl in ("reference", "fused"):
             makers[f"ours SGDP {impl}"] = lambda ps, impl=impl: SGDP(ps, impl=impl, **sgd)
         ms = time_all(init, grads, makers, args.warmup, args.rounds, args.per_round)

@@ -12,6 +12,10 @@ Three implementations of the same step:
   ``torch._foreach_*`` kernels; the projection decision is taken on the host on CPU (bitwise
   equal to the reference) and kept on the device (``projection_branchless``) elsewhere, so a
   CUDA step never synchronises;
+* ``adamp_capturable_update_``: the multi-tensor step with the step counts kept as device
+  tensors (bias corrections computed on the device) and branch-free projections: no host
+  synchronisation and no host value that changes between steps, so it can be captured in a
+  CUDA graph or compiled whole;
 * ``fused_adamp_update_`` / ``fused_sgdp_update_``: one C kernel per tensor on CPU
   (``_kernels.c``): two memory passes, row sums in double; equal to the reference to rounding.
 """
@@ -34,6 +38,7 @@ __all__ = [
     "adamp_update_",
     "sgdp_update_",
     "adamp_foreach_update_",
+    "adamp_capturable_update_",
     "sgdp_foreach_update_",
     "fused_adamp_update_",
     "fused_sgdp_update_",
@@ -273,6 +278,70 @@ def adamp_foreach_update_(
     return kinds
 
 
+def adamp_capturable_update_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    steps: Sequence[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    delta: float,
+    wd_ratio: float,
+    nesterov: bool,
+) -> list[Tensor | str]:
+    """``adamp_update_`` on a list of tensors whose step counts are 0-d tensors on their device.
+
+    ``steps`` hold the count before this update and are incremented in place. The bias
+    corrections are computed on the device in the steps' dtype (float64 where the device has
+    it), cast to the parameters' dtype where they meet them, as the reference casts its Python
+    floats; the projection is ``projection_branchless``. Nothing is read back to the host.
+    Returns the kinds (0-d code tensors, ``"1d"`` for tensors that are never tested).
+    """
+    params, grads = list(params), list(grads)
+    exp_avgs, exp_avg_sqs, steps = list(exp_avgs), list(exp_avg_sqs), list(steps)
+    torch._foreach_add_(steps, 1)
+    # 1 - beta**t as -(beta**t) + 1 (the same rounding), on the device
+    bias_correction1 = torch._foreach_pow(beta1, steps)
+    torch._foreach_neg_(bias_correction1)
+    torch._foreach_add_(bias_correction1, 1)
+    bias_correction2 = torch._foreach_pow(beta2, steps)
+    torch._foreach_neg_(bias_correction2)
+    torch._foreach_add_(bias_correction2, 1)
+    torch._foreach_sqrt_(bias_correction2)
+    # -lr / bias_correction1
+    neg_step_size = torch._foreach_reciprocal(bias_correction1)
+    torch._foreach_mul_(neg_step_size, -lr)
+    torch._foreach_mul_(exp_avgs, beta1)
+    torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+    denoms = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denoms, [b.to(d.dtype) for b, d in zip(bias_correction2, denoms)])
+    torch._foreach_add_(denoms, eps)
+    if nesterov:
+        dirs = torch._foreach_mul(exp_avgs, beta1)
+        torch._foreach_add_(dirs, torch._foreach_mul(grads, 1 - beta1))
+        torch._foreach_div_(dirs, denoms)
+    else:
+        dirs = torch._foreach_div(exp_avgs, denoms)
+    passed, _, kinds = _project_all(params, grads, dirs, delta, wd_ratio, eps, branchless=True)
+    if weight_decay > 0:
+        full, proj = 1 - lr * weight_decay * 1, 1 - lr * weight_decay * wd_ratio
+        for p, ok in zip(params, passed):
+            if ok is None:
+                p.mul_(full)
+            else:
+                _decay(p, ok, float("nan"), full, proj)
+    torch._foreach_mul_(dirs, [s.to(d.dtype) for s, d in zip(neg_step_size, dirs)])
+    torch._foreach_add_(params, dirs)
+    return kinds
+
+
 def sgdp_foreach_update_(
     params: Sequence[Tensor],
     grads: Sequence[Tensor],
@@ -333,12 +402,6 @@ def _like(t: Tensor, param: Tensor) -> Tensor:
     return out
 
 
-def _rows(param: Tensor) -> tuple[int, int, int]:
-    if param.dim() > 1:
-        return param.size(0), param.numel() // param.size(0), 1
-    return 1, param.numel(), 0
-
-
 def fused_adamp_update_(
     param: Tensor,
     grad: Tensor,
@@ -357,20 +420,16 @@ def fused_adamp_update_(
 ) -> str:
     """``adamp_update_`` in one C kernel (CPU). ``exp_avg``/``exp_avg_sq`` must share
     ``param``'s layout (``fused_supported(param)`` must hold); ``grad`` is copied if not."""
-    lib = native.library()
-    assert lib is not None and exp_avg.stride() == param.stride() == exp_avg_sq.stride()
+    kernels = native.ops()
+    assert kernels is not None and exp_avg.stride() == param.stride() == exp_avg_sq.stride()
     grad = _like(grad, param)
-    rows, cols, project = _rows(param)
-    sums = torch.empty(4 * rows, dtype=torch.float64)
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
     decay_full = 1 - lr * weight_decay * 1 if weight_decay > 0 else 1.0
     decay_proj = 1 - lr * weight_decay * wd_ratio if weight_decay > 0 else 1.0
-    fn = lib.adamp_step_f32 if param.dtype == torch.float32 else lib.adamp_step_f64
-    code = fn(
-        param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(),
-        rows, cols, project, beta1, beta2, lr / bias_correction1, math.sqrt(bias_correction2),
-        eps, decay_full, decay_proj, delta, int(nesterov), torch.get_num_threads(), sums.data_ptr(),
+    code = kernels.adamp_step(
+        param, grad, exp_avg, exp_avg_sq, param.dim() > 1, beta1, beta2, lr / bias_correction1,
+        math.sqrt(bias_correction2), eps, decay_full, decay_proj, delta, nesterov,
     )  # fmt: skip
     return KINDS[code]
 
@@ -391,17 +450,13 @@ def fused_sgdp_update_(
     buffer_alias: bool = True,
 ) -> str:
     """``sgdp_update_`` in one C kernel (CPU); same contract as ``fused_adamp_update_``."""
-    lib = native.library()
-    assert lib is not None and buf.stride() == param.stride()
+    kernels = native.ops()
+    assert kernels is not None and buf.stride() == param.stride()
     grad = _like(grad, param)
-    rows, cols, project = _rows(param)
-    sums = torch.empty(4 * rows, dtype=torch.float64)
     decay_full = 1 - lr * weight_decay * 1 / (1 - momentum) if weight_decay > 0 else 1.0
     decay_proj = 1 - lr * weight_decay * wd_ratio / (1 - momentum) if weight_decay > 0 else 1.0
-    fn = lib.sgdp_step_f32 if param.dtype == torch.float32 else lib.sgdp_step_f64
-    code = fn(
-        param.data_ptr(), grad.data_ptr(), buf.data_ptr(), rows, cols, project,
-        momentum, dampening, lr, eps, decay_full, decay_proj, delta, int(nesterov),
-        int(buffer_alias), torch.get_num_threads(), sums.data_ptr(),
+    code = kernels.sgdp_step(
+        param, grad, buf, param.dim() > 1, momentum, dampening, lr, eps, decay_full, decay_proj,
+        delta, nesterov, buffer_alias,
     )  # fmt: skip
     return KINDS[code]

@@ -3,14 +3,21 @@
 Signatures, defaults and state keys are the official ones (clovaai/AdamP, PyPI ``adamp``
 0.3.0), so official optimizer states load. Keyword-only extras choose the implementation:
 
-* ``impl="reference"`` (the default, also ``foreach=False``): the official per-tensor loop,
-  bitwise equal to ``adamp`` 0.3.0;
+* ``impl="auto"`` (the default): the fastest exact step for each tensor's device. On CPU the
+  fused kernel (float32/float64 tensors, when it builds; measured fastest by
+  ``benchmarks/adamp_step.py``), else the multi-tensor step (bitwise equal to the reference).
+  On other devices the capturable multi-tensor step (see ``capturable``);
+* ``impl="reference"`` (also ``foreach=False``): the official per-tensor loop, bitwise equal to
+  ``adamp`` 0.3.0, on every device;
 * ``impl="foreach"`` (also ``foreach=True``): multi-tensor kernels, host decision on CPU
   (bitwise equal), branch-free on other devices (no host synchronisation);
-* ``impl="fused"``: the C kernel on CPU (float32/float64), equal to rounding; CPU tensors it
-  cannot take (other dtypes, layouts) use the reference loop, other devices ``foreach``;
-* ``impl="auto"``: ``fused`` on CPU when the kernels build, ``foreach`` on CUDA, else
-  ``reference``.
+* ``impl="fused"``: the C++ kernel on CPU (float32/float64), equal to rounding; CPU tensors it
+  cannot take (other dtypes, layouts) use the reference loop, other devices ``foreach``.
+
+``capturable`` (default: on for tensors off the CPU unless ``impl="reference"``): the step
+count is a 0-d tensor on the parameter's device, bias corrections and projection decisions stay
+on the device (``functional.adamp_capturable_update_``), so a step never synchronises with the
+host and can be captured in a CUDA graph. ``capturable=True`` on CPU runs the same code.
 
 Fixes over the official classes (no number changes): ``reshape`` instead of ``view``
 (channels_last works), ``step`` under ``torch.no_grad()`` with the closure under
@@ -32,7 +39,7 @@ from . import native
 
 __all__ = ["AdamP", "SGDP", "IMPLS"]
 
-IMPLS = ("reference", "foreach", "fused", "auto")
+IMPLS = ("auto", "reference", "foreach", "fused")
 
 
 def _check(
@@ -45,7 +52,7 @@ def _check(
 
 def _resolve_impl(impl: str | None, foreach: bool | None) -> str:
     if impl is None:
-        return "foreach" if foreach else "reference"
+        return "auto" if foreach is None else ("foreach" if foreach else "reference")
     if impl not in IMPLS:
         raise ValueError(f"invalid impl {impl!r}; expected one of {IMPLS}")
     return impl
@@ -62,10 +69,17 @@ class _ProjectedOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("foreach", None)
-            group.setdefault("impl", None)
-            group.setdefault("track_projection", False)
+        # options a loaded state lacks (e.g. an official ``adamp`` state) come from this
+        # optimizer's own defaults
+        defaults = getattr(self, "defaults", {})
+        for key, default in (
+            ("foreach", None),
+            ("impl", None),
+            ("track_projection", False),
+            ("capturable", None),
+        ):
+            for group in self.param_groups:
+                group.setdefault(key, defaults.get(key, default))
         self.__dict__.setdefault("last_projection", {k: 0 for k in Fn.KINDS})
         self.__dict__.setdefault("_kinds", {})
 
@@ -81,9 +95,26 @@ class _ProjectedOptimizer(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        for st in self.state.values():
-            if isinstance(st.get("step"), Tensor):  # states saved by torch-style optimizers
-                st["step"] = int(st["step"].item())
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st and "step" in st:
+                    st["step"] = self._step_for(self._impl_for(group, p), p, st["step"])
+
+    @staticmethod
+    def _step_for(impl: str, p: Tensor, step: int | Tensor) -> int | Tensor:
+        """The step count in the form ``impl`` keeps it: a Python int (official), or a 0-d
+        float64 tensor on ``p``'s device for the capturable path (float32 where the device has no
+        float64). A conversion reads the device once, only when the form changes (e.g. a loaded
+        state)."""
+        if impl != "capturable":
+            return int(step.item()) if isinstance(step, Tensor) else step
+        dtype = torch.float32 if p.device.type == "mps" else torch.float64
+        if isinstance(step, Tensor):
+            if step.dtype == dtype and step.device == p.device and step.dim() == 0:
+                return step
+            return step.detach().reshape(()).to(device=p.device, dtype=dtype)
+        return torch.tensor(float(step), dtype=dtype, device=p.device)
 
     @staticmethod
     def _grads(group: dict[str, Any]) -> list[Tensor]:
@@ -99,17 +130,21 @@ class _ProjectedOptimizer(Optimizer):
         return params
 
     def _impl_for(self, group: dict[str, Any], p: Tensor) -> str:
+        """``reference``, ``foreach``, ``fused`` or ``capturable`` for ``p`` in ``group``."""
         impl = _resolve_impl(group.get("impl"), group.get("foreach"))
+        if impl == "reference":
+            return impl
+        capturable = group.get("capturable")
+        if capturable or (capturable is None and p.device.type != "cpu"):
+            return "capturable"
+        if p.device.type != "cpu":
+            return "foreach"  # branch-free, host step count: never synchronises
         if impl == "auto":
-            if p.device.type == "cpu" and Fn.fused_supported(p):
-                return "fused"
-            return "foreach" if p.device.type == "cuda" else "reference"
+            return "fused" if Fn.fused_supported(p) else "foreach"
         if impl == "fused":
-            if p.device.type == "cpu" and not native.available():
-                raise RuntimeError(f"impl='fused' needs the C kernels: {native.build_error()}")
-            if Fn.fused_supported(p):
-                return "fused"
-            return "reference" if p.device.type == "cpu" else "foreach"  # never sync on accelerators
+            if not native.available():
+                raise RuntimeError(f"impl='fused' needs the C++ kernels: {native.build_error()}")
+            return "fused" if Fn.fused_supported(p) else "reference"
         return impl
 
     def _record(self, params: list[Tensor], kinds: list[str | Tensor], track: bool) -> None:
@@ -143,7 +178,7 @@ class _ProjectedOptimizer(Optimizer):
             buckets: dict[tuple[Any, ...], list[Tensor]] = {}
             for p in params:
                 impl = self._impl_for(group, p)
-                key = (impl, p.device, p.dtype) if impl == "foreach" else (impl,)
+                key = (impl, p.device, p.dtype) if impl in ("foreach", "capturable") else (impl,)
                 buckets.setdefault(key, []).append(p)
             for key, ps in buckets.items():
                 kinds = self._update(group, key[0], ps)
@@ -161,9 +196,9 @@ class AdamP(_ProjectedOptimizer):
     whose update loses its radial component on scale-invariant tensors.
 
     Args: as the official class (``lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
-    delta=0.1, wd_ratio=0.1, nesterov=False``), plus keyword-only ``foreach``, ``impl``
-    (module docstring) and ``track_projection`` (read the CUDA branch-free decisions every
-    step, one sync, for ``last_projection``).
+    delta=0.1, wd_ratio=0.1, nesterov=False``), plus keyword-only ``foreach``, ``impl`` and
+    ``capturable`` (module docstring) and ``track_projection`` (read the branch-free decisions
+    every step, one sync, for ``last_projection``).
     """
 
     def __init__(
@@ -179,6 +214,7 @@ class AdamP(_ProjectedOptimizer):
         *,
         foreach: bool | None = None,
         impl: str | None = None,
+        capturable: bool | None = None,
         track_projection: bool = False,
     ) -> None:
         _check("lr", lr)
@@ -194,7 +230,8 @@ class AdamP(_ProjectedOptimizer):
         _resolve_impl(impl, foreach)
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, delta=delta, wd_ratio=wd_ratio,
-            nesterov=nesterov, foreach=foreach, impl=impl, track_projection=track_projection,
+            nesterov=nesterov, foreach=foreach, impl=impl, capturable=capturable,
+            track_projection=track_projection,
         )  # fmt: skip
         super().__init__(params, defaults)
 
@@ -212,11 +249,19 @@ class AdamP(_ProjectedOptimizer):
             lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
             delta=group["delta"], wd_ratio=group["wd_ratio"], nesterov=group["nesterov"],
         )  # fmt: skip
+        if impl == "capturable":
+            st = [self._state(p) for p in params]
+            for p, s in zip(params, st):
+                s["step"] = self._step_for(impl, p, s["step"])
+            return Fn.adamp_capturable_update_(
+                params, [p.grad for p in params], [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
+                [s["step"] for s in st], **hyper,
+            )  # fmt: skip
         if impl == "foreach":
             by_step: dict[int, list[Tensor]] = {}
             for p in params:
                 state = self._state(p)
-                state["step"] += 1
+                state["step"] = self._step_for(impl, p, state["step"]) + 1
                 by_step.setdefault(state["step"], []).append(p)
             kinds: dict[int, str | Tensor] = {}
             for step, ps in by_step.items():
@@ -233,7 +278,7 @@ class AdamP(_ProjectedOptimizer):
             state = self._state(p)
             if impl == "fused":
                 self._fused_state(p, ("exp_avg", "exp_avg_sq"))
-            state["step"] += 1
+            state["step"] = self._step_for(impl, p, state["step"]) + 1
             result.append(update(p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"], **hyper))
         return result
 
@@ -242,11 +287,12 @@ class SGDP(_ProjectedOptimizer):
     """SGDP (paper Algorithm 3; official ``adamp.SGDP``): momentum SGD with decoupled weight
     decay whose update loses its radial component on scale-invariant tensors.
 
-    Args: as the official class (``lr`` required, ``momentum=0, dampening=0, weight_decay=0,
-    nesterov=False, eps=1e-8, delta=0.1, wd_ratio=0.1``), plus keyword-only
-    ``buffer_alias=True`` (official: without nesterov the projection also rewrites the momentum
-    buffer; ``False`` projects a copy, as timm >= 1.0.26), ``foreach``, ``impl`` and
-    ``track_projection`` (see ``AdamP``).
+    Args: as the official class (``lr`` required: as an argument or in every parameter group;
+    ``momentum=0, dampening=0, weight_decay=0, nesterov=False, eps=1e-8, delta=0.1,
+    wd_ratio=0.1``), plus keyword-only ``buffer_alias=True`` (official: without nesterov the
+    projection also rewrites the momentum buffer; ``False`` projects a copy, as timm >= 1.0.26),
+    ``foreach``, ``impl``, ``capturable`` and ``track_projection`` (see ``AdamP``; SGDP has no
+    step count, so ``capturable`` means the branch-free multi-tensor step).
     """
 
     def __init__(
@@ -264,11 +310,13 @@ class SGDP(_ProjectedOptimizer):
         buffer_alias: bool = True,
         foreach: bool | None = None,
         impl: str | None = None,
+        capturable: bool | None = None,
         track_projection: bool = False,
     ) -> None:
-        if lr is required:
-            raise TypeError("SGDP: lr is required")
-        _check("lr", lr)
+        # ``lr=required``: torch's Optimizer then requires it in every parameter group and says
+        # which group lacks it
+        if lr is not required:
+            _check("lr", lr)
         _check("momentum", momentum, 0.0, 1.0, high_open=False)
         _check("dampening", dampening, 0.0, 1.0, high_open=False)
         for name, value in (
@@ -284,14 +332,14 @@ class SGDP(_ProjectedOptimizer):
         defaults = dict(
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
             eps=eps, delta=delta, wd_ratio=wd_ratio, buffer_alias=buffer_alias, foreach=foreach, impl=impl,
-            track_projection=track_projection,
+            capturable=capturable, track_projection=track_projection,
         )  # fmt: skip
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
-            group.setdefault("buffer_alias", True)
+            group.setdefault("buffer_alias", getattr(self, "defaults", {}).get("buffer_alias", True))
 
     def _update(self, group: dict[str, Any], impl: str, params: list[Tensor]) -> list[str | Tensor]:
         hyper = dict(
@@ -303,10 +351,11 @@ class SGDP(_ProjectedOptimizer):
             state = self.state[p]
             if len(state) == 0:
                 state["momentum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        if impl == "foreach":
+        if impl in ("foreach", "capturable"):
             return Fn.sgdp_foreach_update_(
-                params, [p.grad for p in params], [self.state[p]["momentum"] for p in params], **hyper
-            )
+                params, [p.grad for p in params], [self.state[p]["momentum"] for p in params], **hyper,
+                branchless=True if impl == "capturable" else None,
+            )  # fmt: skip
         update = Fn.fused_sgdp_update_ if impl == "fused" else Fn.sgdp_update_
         result: list[str | Tensor] = []
         for p in params:

@@ -6,7 +6,6 @@ import mixhub_adamp.functional as Fn
 import pytest
 import torch
 from mixhub_adamp import SGDP, AdamP
-from mixhub_adamp.functional import fused_supported
 
 W = {
     "P0": [[1.0, 2.0], [3.0, -1.0]],
@@ -116,7 +115,10 @@ def run_case(name: str, impl: str, dtype: torch.dtype = torch.float64):
     params = [torch.tensor(W[k], dtype=dtype, requires_grad=True) for k in W]
     if impl == "branchless":
         return params, _branchless_steps(name, params, dtype)
-    opt = cls(params, **kw, **extra, impl=impl)
+    if impl == "capturable":  # tensor step counts, branch-free projection, on CPU tensors
+        opt = cls(params, **kw, **extra, capturable=True)
+    else:
+        opt = cls(params, **kw, **extra, impl=impl)
     kinds = []
     for _ in range(3):
         for p, k in zip(params, G):
@@ -127,11 +129,9 @@ def run_case(name: str, impl: str, dtype: torch.dtype = torch.float64):
     return params, kinds
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", [*IMPLS, "capturable"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_tv_a_float64(name: str, impl: str) -> None:
-    if impl == "fused" and not fused_supported(torch.zeros(1)):
-        pytest.skip("fused kernels unavailable")
     params, kinds = run_case(name, impl)
     expected_kinds, expected = CASES[name][3], CASES[name][4]
     for p, k in zip(params, W):
