@@ -33,13 +33,12 @@ class GradProbe:
         state.log["probe/step"] = float(state.step)
 
 
-def tracked_config(**extra):
-    cfg = tiny_config(
+def tracked_config():
+    return tiny_config(
         plugins=["mixup", "tensorboard", "mlflow", "wandb", "probe"],
         train={"epochs": 2, "max_steps_per_epoch": 4, "log_every": 3, "plots": True, "sched": "none", "lr": 0.01, "device": "cpu"},
         track={"name": "digits-mixup", "tags": {"arm": "mixup"}},
     )
-    return {**cfg, **extra}
 
 
 @pytest.fixture(scope="module")
@@ -120,24 +119,41 @@ def test_wandb_offline_run(tracked_run):
     assert rows[8]["plots/reliability"]["_type"] == "image-file"
 
 
-def test_piped_console_has_one_plain_line_per_log_step(tmp_path):
-    mixhub = Path(sys.executable).with_name("mixhub")
-    log_file = tmp_path / "train.log"
-    cmd = [
-        str(mixhub), "train", "data.name=digits", "data.image_size=16", "model.name=smallcnn", "model.kwargs={widths: [8, 16]}",
-        "train.epochs=2", "train.batch_size=32", "train.max_steps_per_epoch=5", "train.log_every=2", "train.device=cpu",
-        "train.plots=false", f"out={tmp_path / 'run'}",
-    ]
-    with open(log_file, "w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
-    text = log_file.read_text()
-    assert proc.returncode == 0, text[-2000:]
+PIPE_OVERRIDES = [
+    "data.name=digits", "data.image_size=16", "model.name=smallcnn", "model.kwargs={widths: [8, 16]}",
+    "train.epochs=2", "train.batch_size=32", "train.max_steps_per_epoch=5", "train.log_every=2", "train.device=cpu",
+    "train.plots=false",
+]
+
+
+def check_piped_log(text):
     assert "\r" not in text
     step_lines = [line for line in text.splitlines() if line.startswith("step ")]
     assert [line.split()[1] for line in step_lines] == ["2/10", "4/10", "6/10", "8/10", "10/10"]
     for part in ("loss ", "lr ", "img/s ", "eta "):
         assert all(part in line for line in step_lines), part
     assert sum(line.startswith("epoch ") for line in text.splitlines()) == 2
+
+
+def test_console_piped_to_a_file_has_one_plain_line_per_log_step(tmp_path, monkeypatch):
+    from mixhub.config import parse_overrides
+
+    log_file = tmp_path / "train.log"
+    with open(log_file, "w") as fh:
+        monkeypatch.setattr(sys, "stderr", fh)  # what `mixhub train ... 2> train.log` gives the run
+        train(parse_overrides(PIPE_OVERRIDES), quiet=False, out=tmp_path / "run")
+    check_piped_log(log_file.read_text())
+
+
+@pytest.mark.slow
+def test_cli_piped_to_a_file(tmp_path):
+    log_file = tmp_path / "train.log"
+    cmd = [str(Path(sys.executable).with_name("mixhub")), "train", *PIPE_OVERRIDES, f"out={tmp_path / 'run'}"]
+    with open(log_file, "w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    text = log_file.read_text()
+    assert proc.returncode == 0, text[-2000:]
+    check_piped_log(text)
 
 
 def test_bench_logs_each_cell_as_a_run(tmp_path, monkeypatch):

@@ -545,7 +545,7 @@ def fit_continual(trainer: Any) -> dict[str, Any]:
         rec.update({k: v for k, v in shares.items() if v is not None})
         rec.update(task_rec)
         rec["buffer_size"] = len(buffer)
-        trainer.folder.log(rec)
+        trainer.runlog.epoch(rec)
         log.info(
             "task %d/%d: acc per task %s, er(n,o) %s, er(o,n) %s",
             t + 1,
@@ -557,6 +557,7 @@ def fit_continual(trainer: Any) -> dict[str, Any]:
         state.task = state.epoch = t + 1
         trainer.batch_in_epoch = 0
         trainer.save_checkpoint("last")
+        trainer.pause_step_clock()
     state.task = len(phases) - 1
     return _summary(trainer, cfg, progress, buffer, time.time() - t_start)
 
@@ -615,5 +616,5 @@ def _summary(
         )
     for split in ("test", "val"):
         if split in summary:
-            trainer.folder.log({"epoch": len(matrix), "split": f"final_{split}", **summary[split]})
+            trainer.runlog.epoch({"epoch": len(matrix), "split": f"final_{split}", **summary[split]})
     return summary

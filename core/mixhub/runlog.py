@@ -202,9 +202,13 @@ class StepMeter:
         self._steps += 1
         self._images += images
 
+    def is_log_step(self, step: int) -> bool:
+        """Whether ``step`` (steps done) is a log step: every ``log_every``, and the run's last."""
+        return step % self.log_every == 0 or step == self.max_steps
+
     def due(self, step: int) -> bool:
-        """A log step: every ``log_every`` steps, and the last step of the run."""
-        return self._steps > 0 and (step % self.log_every == 0 or step == self.max_steps)
+        """A log step with steps in the window."""
+        return self._steps > 0 and self.is_log_step(step)
 
     def flush(self, step: int, optimizer: torch.optim.Optimizer | None = None, grad_norm: Tensor | None = None) -> dict[str, float]:
         keys = list(self._sums)

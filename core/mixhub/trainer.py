@@ -26,12 +26,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed as D
 from .batch import Batch
 from .config import RunConfig, load_config, plugin_names
+from .console import Console
 from .data import DataBundle, IndexedDataset, build_data
 from .data.loader import BadSampleLog, eval_loader, train_loader
 from .errors import CheckpointError, ConfigError, DataError, MixhubError
@@ -40,6 +40,7 @@ from .models import build_model
 from .plan import MixPlan
 from .plugins import PluginHost, check_compatibility, resolve_plugins
 from .runio import EpochTally, RunFolder, open_run_folder, plot_curves, plot_reliability
+from .runlog import RunLog, StepMeter, grad_norm, truncate_steps
 from .schedule import GroupScheduler
 from .state import State
 
@@ -167,6 +168,7 @@ class Trainer:
             dist.broadcast_object_list(path, 0)
             if self.rank != 0:
                 self.folder = RunFolder(path[0], enabled=False)
+        self.console = Console(quiet=quiet, enabled=self.rank == 0)
         num_outputs = self.bundle.num_classes if self.bundle.num_classes else self.bundle.target_dim
         self.model: nn.Module = build_model(cfg.model, self.bundle.input_shape, num_outputs).to(self.device)
         if cfg.data.channels_last:
@@ -185,7 +187,9 @@ class Trainer:
             rank=self.rank,
             batch_size=cfg.train.batch_size,
             data=self.bundle,
+            run_dir=self.folder.path if self.folder.enabled else None,
         )
+        self.runlog = RunLog(self.folder, self.host, self.state, self.console)
         self.state._options = dict(cfg.options)
         self.host.collect("mixhub_configure_model", model=self.model, state=self.state)
         self.model.to(self.device)
@@ -239,6 +243,9 @@ class Trainer:
             milestones=[m * steps for m in cfg.train.milestones],
         )
         self.state.scheduler = self.scheduler
+        self.meter = StepMeter(cfg.train.log_every, self.state.max_steps)
+        self._step_end: float | None = None  # when the last step ended (data-wait time of the next)
+        self._resumed = False
         self.start_epoch = 0
         self.batch_in_epoch = 0
         self.best: dict[str, Any] = {"value": None, "epoch": -1}
@@ -433,11 +440,14 @@ class Trainer:
 
     def train_step(self, batch: Batch) -> dict[str, float] | None:
         """One optimizer step through the hooks; returns the logged scalars (None if skipped).
+        Every ``train.log_every`` steps (and at the last step) it also emits the step record.
 
         Under DDP no collective besides the gradient buckets: a process whose batch or loss is
         non-finite still runs forward and backward, with a NaN loss, so the averaged gradient is
         non-finite on every process and all of them skip (or stop at) the same step.
         """
+        if self._step_end is not None:
+            self.meter.data_wait(time.perf_counter() - self._step_end)
         state = self.state
         batch = batch.to(self.device)
         multi = self.dist.enabled
@@ -482,9 +492,14 @@ class Trainer:
             raise NonFiniteError(msg + "; set train.nan_policy=skip to drop such batches")
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
+        norm = None
+        self.meter.max_steps = state.max_steps  # the continual protocol sets it after construction
+        log_step = self.meter.is_log_step(state.step + 1)  # the gradient norm is read at log steps only
         if self.config.train.clip_grad_norm is not None:
             params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, self.config.train.clip_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(params, self.config.train.clip_grad_norm)  # the norm before clipping
+        elif log_step:
+            norm = grad_norm(p for g in self.optimizer.param_groups for p in g["params"])
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -498,7 +513,15 @@ class Trainer:
         out = {k: float(v) for k, v in logged.items()}
         out.update({k: float(v) for k, v in state.log.items()})
         state.log.clear()
+        self.meter.add(out, images=batch.size * self.world_size)
+        if self.meter.due(state.step):
+            self.runlog.step(self.meter.flush(state.step, self.optimizer, norm if log_step else None))
+        self._step_end = time.perf_counter()
         return out
+
+    def pause_step_clock(self) -> None:
+        """After work outside the step loop (evaluation): the next step's wait is not data wait."""
+        self._step_end = None
 
     def _check_loss_names(self, emitted: set[str]) -> None:
         """``losses.<name>`` must name an aux loss a plugin emits or declares (no silent weight 1 for a typo)."""
@@ -747,6 +770,8 @@ class Trainer:
         data, _ = ckpt.load_latest(self.folder.checkpoints, "last", warn=log.warning)
         self.load_state(data)
         self.folder.truncate_log(self.start_epoch)
+        truncate_steps(self.folder.path / "steps.jsonl", self.state.step)
+        self._resumed = True
 
     # ------------------------------------------------------------------ the loop
     @property
@@ -782,22 +807,37 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         self.folder.write_config(self.config.to_dict())
         t0 = time.time()
+        plugins = {n: p.version for n, p in self.host.plugins.items()}
         with self._signals(), self.host.wrap("mixhub_fit", state=self.state):
+            self.runlog.config(self.config.to_dict(), plugins, resumed=self._resumed)
+            self.meter.reset()
+            self._step_end = None
             if self.bundle.task == "continual":
                 from .continual import fit_continual
 
                 summary = fit_continual(self)
             else:
                 summary = self._fit_supervised()
-        summary.setdefault("time_s", time.time() - t0)
-        summary["config"] = self.config.to_dict()
-        summary["plugins"] = {n: p.version for n, p in self.host.plugins.items()}
-        self.folder.write_summary(summary)
-        self.folder.write_csv()
-        if self.config.train.plots and self.folder.enabled:
-            plot_curves(self.folder.records(), self.folder.path)
+            summary.setdefault("time_s", time.time() - t0)
+            summary["config"] = self.config.to_dict()
+            summary["plugins"] = plugins
+            self.folder.write_summary(summary)
+            self.folder.write_csv()
+            if self.config.train.plots and self.folder.enabled:
+                plot_curves(self.folder.records(), self.folder.path, self.runlog.steps())
+            self.runlog.summary(summary)
+            self._log_artifacts()
         self.folder.release()  # the run is over: the folder may be resumed (extended) by another process
         return summary
+
+    def _log_artifacts(self) -> None:
+        """Artifact records: the run's plots, ``summary.json`` and ``export.pt``."""
+        if not self.folder.enabled:
+            return
+        for path in sorted(self.folder.path.glob("*.png")):
+            self.runlog.artifact(path)
+        self.runlog.artifact(self.folder.path / "summary.json")
+        self.runlog.artifact(self.folder.checkpoints / "export.pt")
 
     def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
         self.sampler.epoch = epoch
@@ -815,19 +855,18 @@ class Trainer:
     def _fit_supervised(self) -> dict[str, Any]:
         cfg = self.config
         epochs = range(self.start_epoch, cfg.train.epochs)
-        bar = tqdm(epochs, desc="epochs", disable=self.quiet or self.rank != 0, leave=False)
-        for epoch in bar:
+        for epoch in self.console.progress(epochs, total=len(epochs), desc="epochs"):
             self.state.epoch = epoch
             if self.batch_in_epoch == 0:
                 self.host.collect("mixhub_epoch_start", state=self.state)
                 self.tally.reset()  # a resumed epoch keeps the sums and time of its first part
-            inner = tqdm(self._epoch_batches(epoch), total=self.state.steps_per_epoch, desc=f"epoch {epoch}", disable=self.quiet or self.rank != 0, leave=False)
+            inner = self.console.progress(self._epoch_batches(epoch), total=self.state.steps_per_epoch, desc=f"epoch {epoch}")
             for batch in inner:
                 out = self.train_step(batch)
                 self.batch_in_epoch += 1
                 if out is not None:
                     self.tally.add(out)
-                    inner.set_postfix(loss=f"{out['loss']:.4f}")
+                    self.console.postfix(loss=f"{out['loss']:.4f}")
                 if self.stop_requested:
                     self.tally.reduce_ranks()  # the interrupted epoch's sums of every rank go into the checkpoint
                     self.save_checkpoint("last")
@@ -845,18 +884,16 @@ class Trainer:
                 train_rec["bad_samples"] = skipped
             for extra in self.host.collect("mixhub_metrics", stage="train", state=self.state):
                 train_rec.update({k: float(v) for k, v in extra.items()})
-            self.folder.log(train_rec)
+            self.runlog.epoch(train_rec)
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
                 val = self.evaluate(self.bundle.val, "val")
-                self.folder.log({"epoch": epoch, "split": "val", **val})
+                self.runlog.epoch({"epoch": epoch, "split": "val", **val})
                 self._maybe_best(val, epoch)
                 msg = f"epoch {epoch + 1}/{cfg.train.epochs} train loss {train_rec.get('loss', float('nan')):.4f} " + " ".join(f"val {k} {val[k]:.4f}" for k in ("acc", "nll", "ece", "rmse") if k in val)
-                if self.quiet and self.rank == 0:
-                    log.info(msg)
-                else:
-                    bar.write(msg)
+                self.console.message(msg)
             self.state.epoch = epoch + 1
             self.save_checkpoint("last")
+            self.pause_step_clock()
         return self.final_evaluation()
 
     def _reduce_means(self, sums: dict[str, float], count: int) -> dict[str, float]:
@@ -945,10 +982,10 @@ class Trainer:
         if self.state.task_kind == "classification" and self.folder.enabled and self.config.train.plots:
             outs, t = self.last_outputs_test
             conf, acc, counts = reliability_bins(outs["logits"], t)
-            plot_reliability(conf, acc, counts, self.folder.path / "reliability.png", "test reliability")
+            plot_reliability(conf, acc, counts, self.folder.path / "reliability.png", "test reliability", ece=summary["test"].get("ece"))
             (self.folder.path / "reliability.json").write_text(json.dumps({"conf": conf.tolist(), "acc": acc.tolist(), "counts": counts.tolist()}))
         for k in ("val", "test", *self.bundle.extra_splits):
-            self.folder.log({"epoch": self.config.train.epochs, "split": f"final_{k}", **summary[k]})
+            self.runlog.epoch({"epoch": self.config.train.epochs, "split": f"final_{k}", **summary[k]})
         return summary
 
 
