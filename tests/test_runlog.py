@@ -1,7 +1,6 @@
 """The logging layer: records, the step meter, the dispatcher, the console and the run's plots."""
 
 import io
-import json
 import math
 
 import pytest
@@ -9,8 +8,8 @@ import torch
 
 from mixhub import LogRecord, PluginSpec, hookimpl
 from mixhub.console import Console, format_duration, format_step
-from mixhub.runio import binned_ece, plot_curves, plot_reliability
-from mixhub.runlog import StepMeter, flatten_numbers, grad_norm, group_lrs, read_jsonl, truncate_steps
+from mixhub.runio import RunFolder, binned_ece, plot_curves, plot_reliability
+from mixhub.runlog import StepMeter, flatten_numbers, grad_norm, group_lrs, read_jsonl
 from mixhub.testing import logging_run
 
 
@@ -159,10 +158,13 @@ def test_runlog_marks_error_and_stays_silent_off_the_main_process(tmp_path):
 
 
 def test_truncate_steps_keeps_records_up_to_the_checkpoint(tmp_path):
-    p = tmp_path / "steps.jsonl"
-    p.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (5, 10, 15, 20)))
-    truncate_steps(p, 10)
-    assert [r["step"] for r in read_jsonl(p)] == [5, 10]
+    folder = RunFolder(tmp_path)
+    for s in (5, 10, 15, 20):
+        folder.log_step({"step": s, "loss": 1.0})
+    folder.truncate_steps(10)
+    assert [r["step"] for r in read_jsonl(tmp_path / "steps.jsonl")] == [5, 10]
+    assert folder.steps() == read_jsonl(tmp_path / "steps.jsonl")
+    folder.release()
 
 
 # ---------------------------------------------------------------------------- console

@@ -178,9 +178,30 @@ class RunFolder:
             self._write_text("config.yaml", yaml.safe_dump(config, sort_keys=False))
 
     def log(self, record: dict[str, Any]) -> None:
+        """Append an epoch record to ``metrics.jsonl``."""
+        self.append_jsonl("metrics.jsonl", record)
+
+    def log_step(self, record: dict[str, Any]) -> None:
+        """Append a step record to ``steps.jsonl``."""
+        self.append_jsonl("steps.jsonl", record)
+
+    def steps(self) -> list[dict[str, Any]]:
+        p = self.path / "steps.jsonl"
+        if not p.is_file():
+            return []
+        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+    def truncate_steps(self, after_step: int) -> None:
+        """Keep only step records up to ``after_step`` (resume: later steps are redone)."""
+        if self.enabled and (self.path / "steps.jsonl").is_file():
+            kept = [r for r in self.steps() if int(r.get("step", 0)) <= after_step]
+            self._write_text("steps.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+
+    def append_jsonl(self, name: str, record: dict[str, Any]) -> None:
+        """Append one JSON line to ``name``; a failed write leaves no half line and names the file."""
         if not self.enabled:
             return
-        path = self.path / "metrics.jsonl"
+        path = self.path / name
         line = json.dumps(to_jsonable(record)) + "\n"
         try:
             with open(path, "a") as fh:

@@ -302,9 +302,7 @@ class RunLog:
         record = LogRecord("step", step=self.state.step, epoch=self.state.epoch, scalars=dict(scalars))
         if self.writes:
             assert self.folder is not None
-            line = {"step": record.step, "epoch": record.epoch, **to_jsonable(dict(scalars))}
-            with open(self.folder.path / "steps.jsonl", "a") as fh:
-                fh.write(json.dumps(line) + "\n")
+            self.folder.log_step({"step": record.step, "epoch": record.epoch, **dict(scalars)})
         if self.enabled and self.console is not None:
             self.console.step(record, self.state.max_steps)
         self.emit(record)
@@ -348,20 +346,11 @@ class RunLog:
 
     def steps(self) -> list[dict[str, Any]]:
         """The step records written so far (``steps.jsonl``)."""
-        if self.folder is None:
-            return []
-        return read_jsonl(self.folder.path / "steps.jsonl")
+        return self.folder.steps() if self.folder is not None else []
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (``[]`` when it does not exist)."""
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def truncate_steps(path: Path, before_step: int) -> None:
-    """Keep only step records up to ``before_step`` (resume: the later ones are redone)."""
-    if not path.is_file():
-        return
-    kept = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= before_step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))

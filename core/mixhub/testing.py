@@ -127,8 +127,12 @@ def logging_run(
     state._options = dict(run.options)
     folder = RunFolder(run_dir, enabled=rank == 0) if run_dir is not None else None
     runlog = RunLog(folder, host, state)
-    with host.wrap("mixhub_fit", state=state):
-        yield runlog
+    try:
+        with host.wrap("mixhub_fit", state=state):
+            yield runlog
+    finally:
+        if folder is not None:
+            folder.release()
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

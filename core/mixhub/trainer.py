@@ -40,7 +40,7 @@ from .models import build_model
 from .plan import MixPlan
 from .plugins import PluginHost, check_compatibility, resolve_plugins
 from .runio import EpochTally, RunFolder, open_run_folder, plot_curves, plot_reliability
-from .runlog import RunLog, StepMeter, grad_norm, truncate_steps
+from .runlog import RunLog, StepMeter, grad_norm
 from .schedule import GroupScheduler
 from .state import State
 
@@ -770,7 +770,7 @@ class Trainer:
         data, _ = ckpt.load_latest(self.folder.checkpoints, "last", warn=log.warning)
         self.load_state(data)
         self.folder.truncate_log(self.start_epoch)
-        truncate_steps(self.folder.path / "steps.jsonl", self.state.step)
+        self.folder.truncate_steps(self.state.step)
         self._resumed = True
 
     # ------------------------------------------------------------------ the loop

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OfflineRun", "read_offline_run", "iter_records", "find_offline_runs"]
+__all__ = ["OfflineRun", "read_offline_run", "iter_records", "find_offline_runs", "wait_until_complete"]
 
 _MAGIC = b":W&B"
 _HEADER = 7  # magic (4) + file magic number (2) + version (1)
@@ -96,6 +97,25 @@ def iter_records(path: str | Path) -> Iterator[Any]:
         record = pb.Record()
         record.ParseFromString(payload)
         yield record
+
+
+def wait_until_complete(log_file: str | Path, timeout: float = 60.0, poll: float = 0.05) -> bool:
+    """Wait until a run's transaction log holds its ``exit`` record; ``False`` on timeout.
+
+    ``run.finish()`` can return while W&B's core process is still writing the log, so a run
+    that must be readable (or syncable) as soon as it ends waits for the record here.
+    """
+    deadline = time.monotonic() + timeout
+    path = Path(log_file)
+    while True:
+        try:
+            if path.is_file() and any(r.WhichOneof("record_type") == "exit" for r in iter_records(path)):
+                return True
+        except ValueError:
+            pass  # a record being written: read again
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
 
 
 def _key(item: Any) -> str:

@@ -17,6 +17,7 @@ and code saving are off, so W&B never wraps the run's stdout or prompts.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,10 @@ from pydantic import Field
 
 from mixhub import ConfigError, LogRecord, PluginOptions, PluginSpec, State, hookimpl, track_info
 
+from .offline import wait_until_complete
+
 NAME = "wandb"
+log = logging.getLogger("mixhub.wandb")
 
 
 class WandbOptions(PluginOptions):
@@ -37,6 +41,7 @@ class WandbOptions(PluginOptions):
     images: bool = Field(True, description="log the run's PNG plots as images")
     save_files: bool = Field(True, description="save non-image artefacts (summary.json, export.pt) with the run")
     system_metrics: bool = Field(False, description="sample CPU/GPU/memory usage in the background")
+    finish_timeout: float = Field(60.0, ge=0.0, description="seconds to wait at the end for W&B to finish writing the run's files")
 
 
 PLUGIN = PluginSpec(
@@ -137,5 +142,9 @@ def mixhub_fit(state: State) -> Generator[None, Any, Any]:
         sc = state.scratch(NAME)
         run = getattr(sc, "run", None)
         if run is not None:
-            run.finish(exit_code=code)
             sc.run = None
+            sync_file = getattr(run.settings, "sync_file", None)
+            run.finish(exit_code=code)
+            opts: WandbOptions = state.options(NAME)
+            if opts.mode != "disabled" and sync_file and not wait_until_complete(sync_file, opts.finish_timeout):
+                log.warning("wandb: the run's files in %s were not complete after %.0f s", sync_file, opts.finish_timeout)
