@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = [
     "data.name=synthetic-regression", "data.options.n=400", "model.name=mlp", "optimizer.name=momentum", "optimizer.momentum=0.0",
-    "train.epochs=3", "train.batch_size=32", "train.lr=0.05", "train.sched=none", "train.plots=false", "train.device=cpu", "--quiet",
+    "train.epochs=3", "train.batch_size=32", "train.lr=0.05", "train.sched=none", "train.plots=false", "train.device=cpu", "train.log_every=5", "--quiet",
 ]
 
 
@@ -35,6 +35,12 @@ def test_two_process_gloo_matches_single_process(tmp_path):
         for x, y in zip(a, b):
             assert abs(x - y) <= 1e-4 * max(1.0, abs(x)), (split, a, b)
     assert not (tmp_path / "ddp" / "rank1").exists()
+    # step records are means over the global batch (averaged over processes at log steps)
+    steps = [[json.loads(line) for line in (tmp_path / name / "steps.jsonl").read_text().splitlines()] for name in ("single", "ddp")]
+    assert [r["step"] for r in steps[0]] == [r["step"] for r in steps[1]] and steps[0]
+    for a, b in zip(*steps):
+        for key in ("loss", "grad_norm"):
+            assert abs(a[key] - b[key]) <= 1e-4 * max(1.0, abs(a[key])), (key, a, b)
 
 
 def _cases():

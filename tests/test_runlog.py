@@ -92,6 +92,21 @@ def test_step_meter_window_means_rates_and_eta():
     assert meter.flush(4)["loss"] == pytest.approx(10.0)
 
 
+def test_step_meter_reduces_window_sums_over_processes():
+    seen = []
+
+    def reduce(t):  # stands in for an all-reduce mean with a second process whose sums are 10x
+        seen.append(t.clone())
+        return (t + 10 * t) / 2
+
+    meter = StepMeter(log_every=2, max_steps=4, clock=FakeClock(), reduce=reduce)
+    meter.add({"loss": torch.tensor(1.0), "aux": 0.5}, images=4)
+    meter.add({"loss": torch.tensor(3.0), "aux": 0.5}, images=4)
+    out = meter.flush(2)
+    assert seen[0].tolist() == [1.0, 4.0]  # sorted keys: aux, loss (window sums)
+    assert out["loss"] == pytest.approx(11 * 4.0 / 2 / 2) and out["aux"] == pytest.approx(11 * 1.0 / 2 / 2)
+
+
 def test_step_meter_rejects_bad_interval():
     with pytest.raises(ValueError, match="log_every"):
         StepMeter(0, 10)

@@ -172,15 +172,23 @@ class StepMeter:
     ``flush(step, optimizer, grad_norm)`` which returns the step record's scalars: window means
     of every added scalar, the learning rate of each group, images/s, data-wait and step time,
     the gradient norm of the log step and the ETA. ``flush`` reads all device values with one
-    transfer.
+    transfer. Under DDP, ``reduce`` (an all-reduce mean over processes of a 1-D tensor, called on
+    every process at the same log steps) makes the window means those of the global batch.
     """
 
-    def __init__(self, log_every: int, max_steps: int, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        log_every: int,
+        max_steps: int,
+        clock: Callable[[], float] = time.perf_counter,
+        reduce: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
         if log_every < 1:
             raise ValueError(f"train.log_every must be >= 1, got {log_every}")
         self.log_every = log_every
         self.max_steps = max_steps
         self.clock = clock
+        self.reduce = reduce
         self.reset()
 
     def reset(self) -> None:
@@ -211,8 +219,12 @@ class StepMeter:
         return self._steps > 0 and self.is_log_step(step)
 
     def flush(self, step: int, optimizer: torch.optim.Optimizer | None = None, grad_norm: Tensor | None = None) -> dict[str, float]:
-        keys = list(self._sums)
+        keys = sorted(self._sums)
         values = [self._sums[k] for k in keys]
+        if self.reduce is not None and keys:
+            device = next((v.device for v in values if isinstance(v, Tensor)), torch.device("cpu"))
+            stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values])
+            values = list(self.reduce(stacked).unbind())
         if grad_norm is not None:
             values.append(grad_norm)
         host = _to_host(values)

@@ -243,7 +243,7 @@ class Trainer:
             milestones=[m * steps for m in cfg.train.milestones],
         )
         self.state.scheduler = self.scheduler
-        self.meter = StepMeter(cfg.train.log_every, self.state.max_steps)
+        self.meter = StepMeter(cfg.train.log_every, self.state.max_steps, reduce=self._mean_over_ranks if self.dist.enabled else None)
         self._step_end: float | None = None  # when the last step ended (data-wait time of the next)
         self._resumed = False
         self.start_epoch = 0
@@ -518,6 +518,12 @@ class Trainer:
             self.runlog.step(self.meter.flush(state.step, self.optimizer, norm if log_step else None))
         self._step_end = time.perf_counter()
         return out
+
+    def _mean_over_ranks(self, values: Tensor) -> Tensor:
+        """The mean over processes of a 1-D tensor (the step records' window sums, at log steps)."""
+        t = values.to(self.device)
+        dist.all_reduce(t)
+        return t / self.world_size
 
     def pause_step_clock(self) -> None:
         """After work outside the step loop (evaluation): the next step's wait is not data wait."""
