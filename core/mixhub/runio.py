@@ -427,6 +427,7 @@ def plot_reliability(conf: Any, acc: Any, counts: Any, out: Path, title: str = "
     for x, c in zip(centers, counts):
         if float(c) > 0:
             ax_n.annotate(f"{int(c)}", (x, float(c)), ha="center", va="bottom", fontsize=6)
+    ax_n.set_ylim(0, 1.3 * max([float(c) for c in counts] + [1.0]))  # room for the count labels
     ax_n.set_xlabel("confidence")
     ax_n.set_ylabel("samples")
     ax_n.set_xlim(0, 1)
