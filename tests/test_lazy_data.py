@@ -501,3 +501,15 @@ def test_two_process_gloo_training_on_a_folder(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     sums = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
     assert sums[0] == sums[1], sums
+
+
+def test_bad_extra_indices_name_the_plugin():
+    def extend(index, epoch, generator):
+        return {"pairs": torch.full((len(index),), 99)}
+
+    keys = BatchKeys(range(8), 4, True, extend=extend, names=["pairs"], dataset_size=8)
+    with pytest.raises(DataError, match=r"plugin 'pairs'.*outside \[0, 8\)"):
+        next(iter(keys))
+    keys.extend = lambda index, epoch, generator: {"pairs": torch.rand(4)}
+    with pytest.raises(DataError, match="plugin 'pairs'.*1-D integer tensor"):
+        next(iter(keys))
