@@ -58,6 +58,22 @@ def to_jsonable(value: Any) -> Any:
 _HELD: dict[str, list[Any]] = {}
 
 
+def _drop_locks_in_child() -> None:
+    """A forked child (a DataLoader worker) shares the parent's lock files, and an flock lives as
+    long as any process keeps the file open: the child closes its copies, so the folder is free
+    once the parent releases it, even while persistent loader workers live on."""
+    for fh, _ in _HELD.values():
+        try:
+            fh.close()
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 class RunFolder:
     """A run's folder, owned by one process at a time.
 
