@@ -50,7 +50,7 @@ def config_reference() -> str:
     lines += ["", "## Plugins", "", "Each active plugin validates its own section, named after the plugin.", ""]
     in_tree = {p.parent.name for p in ROOT.glob("plugins/*/pyproject.toml")}
     for name, info in sorted(discover().items()):
-        if name not in in_tree:
+        if name.replace("-", "_") not in in_tree:  # folders spell a hyphenated name with "_"
             continue  # the reference documents this repository's plugins, whatever else is installed
         try:
             spec = load_plugin(info).spec
@@ -76,7 +76,8 @@ def catalogue() -> str:
         if e.get("kind", "method") != "method":
             continue
         paper = e["paper"]
-        card = f"[{name}](methods/{name}.md)" if (ROOT / "plugins" / name / "README.md").exists() else name
+        folder = name.replace("-", "_")  # a hyphenated plugin name lives in an underscored folder
+        card = f"[{name}](methods/{folder}.md)" if (ROOT / "plugins" / folder / "README.md").exists() else name
         lines.append(
             f"| {card} | [{paper['title']}]({paper['link']}) ({paper['venue']}) | {', '.join(e['slots']) or '-'} | "
             f"{', '.join(e['task_kinds'])} | {e['status']} | `{e['install']}` |"

@@ -8,6 +8,7 @@ import copy
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from mixhub.doctor import smoke_config
 from mixhub.plugins import discover, load_plugin
@@ -15,7 +16,11 @@ from mixhub.registry import load_registry
 from mixhub.testing import Contract, is_plain, tiny_testtime_config, train_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-IN_TREE = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").exists())
+IN_TREE = sorted(
+    name  # the entry-point names (a folder is the name with "-" as "_")
+    for pyproject in (ROOT / "plugins").glob("*/pyproject.toml")
+    for name in tomllib.loads(pyproject.read_text())["project"]["entry-points"]["mixhub"]
+)
 
 
 def spec_of(name):

@@ -34,7 +34,8 @@ def test_registry_matches_in_tree_entry_points():
         entry = reg[name]
         assert entry["entry_point"] == value
         assert entry["distribution"] == data["project"]["name"]
-        assert pyproject.parent.name == name and re.fullmatch(rf"mixhub_{name}\.plugin", value)
+        module = name.replace("-", "_")  # a hyphenated plugin name lives in an underscored folder and package
+        assert pyproject.parent.name == module and re.fullmatch(rf"mixhub_{module}\.plugin", value)
 
 
 def test_registry_slots_match_plugin_declarations():
