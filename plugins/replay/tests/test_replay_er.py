@@ -76,3 +76,18 @@ def test_er_beats_fine_tune_on_split_digits() -> None:
     assert er["test"]["avg_acc"] > ft["avg_acc"] + 0.1
     assert er["test"]["avg_forgetting"] < ft["avg_forgetting"]
     assert er["continual"]["buffer_class_counts"] and sum(er["continual"]["buffer_class_counts"]) == 20
+
+
+def test_er_loss_with_one_memory_sample_and_its_errors() -> None:
+    import re
+
+    import pytest
+
+    g = torch.Generator().manual_seed(1)
+    z, y = torch.randn(4, 3, generator=g), torch.tensor([0, 1, 2, 0])
+    zm, ym = torch.randn(1, 3, generator=g), torch.tensor([2])
+    expected = F.cross_entropy(z, y) + F.cross_entropy(zm, ym)
+    assert torch.allclose(er_loss(z, y, zm, ym), expected)
+    assert torch.allclose(er_loss(z, y, torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)), F.cross_entropy(z, y))
+    with pytest.raises(ValueError, match="^" + re.escape("er_loss: memory_logits given without memory_targets") + "$"):
+        er_loss(z, y, zm, None)

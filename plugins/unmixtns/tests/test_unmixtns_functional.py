@@ -341,3 +341,133 @@ def test_timm_efficientnet_bnact_keeps_activation():
     restore_batchnorm(model)
     with torch.no_grad():
         assert torch.equal(model(x), ref)
+
+
+# ---------------------------------------------------------------- options reach the layers, exact init, 1-D layer
+def _bn_model(dtype=torch.float64):
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(5), nn.BatchNorm1d(5))
+    m(torch.randn(4, 3, 6, 6))
+    m = m.to(dtype)
+    with torch.no_grad():
+        for bn in (m[1], m[5]):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    return m.eval()
+
+
+def test_replace_batchnorm_passes_every_option_to_the_layers():
+    m = replace_batchnorm(_bn_model(), 3, torch.Generator().manual_seed(0), batch_size=16, batch_size_max=32,
+                          temperature=0.5, alpha=0.25, update="train", momentum_from_actual_batch=True)
+    layer = m[1]
+    assert isinstance(layer, UnMixTNS2d)
+    assert layer.momentum == pytest.approx(unmix_momentum(0.1, 16, 32)) and layer.batch_size_max == 32
+    assert layer.temperature == 0.5 and layer.update == "train" and layer.momentum_from_actual_batch is True
+    assert layer.bn_momentum == pytest.approx(0.1)
+    assert torch.allclose(layer.component_vars, (0.75 * layer.source_var)[None].expand(3, 4))
+    assert isinstance(m[5], UnMixTNS1d)
+    fixed = replace_batchnorm(_bn_model(), 3, torch.Generator().manual_seed(0), momentum=0.3)
+    assert fixed[1].momentum == pytest.approx(0.3)
+    bn = _bn_model()[1]
+    bn.momentum = None
+    with pytest.warns(UserWarning, match=r"BatchNorm2d\(4\) has momentum=None .* m=0.2 in its momentum formula"):
+        w = replace_batchnorm(nn.Sequential(bn), 2, torch.Generator().manual_seed(0), bn_momentum_fallback=0.2)
+    assert w[0].bn_momentum == pytest.approx(0.2)
+
+
+def test_replace_batchnorm_defaults():
+    layer = replace_batchnorm(_bn_model(), 4, torch.Generator().manual_seed(0))[1]
+    assert layer.num_components == 4 and layer.num_features == 4
+    assert layer.momentum == pytest.approx(unmix_momentum(0.1, 64, 64)) and layer.batch_size_max == 64
+    assert layer.temperature == 0.07 and layer.update == "always" and layer.momentum_from_actual_batch is False
+    assert torch.allclose(layer.component_vars, (0.5 * layer.source_var)[None].expand(4, 4))
+    bn = _bn_model()[1]
+    bn.momentum = None
+    with pytest.warns(UserWarning, match="m=0.1 in"):
+        assert UnMixTNS2d(bn, 2).bn_momentum == pytest.approx(0.1)
+    d = UnMixTNS2d(_bn_model()[1])
+    assert d.num_components == 16 and d.temperature == 0.07 and d.momentum == pytest.approx(unmix_momentum(0.1, 64, 64))
+
+
+def test_component_init_is_the_source_spread_by_one_draw():
+    bn = _bn_model()[1]
+    k, alpha = 5, 0.3
+    layer = UnMixTNS2d(bn, k, torch.Generator().manual_seed(11), alpha=alpha)
+    noise = torch.randn((k, 4), generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    expected = bn.running_mean + (alpha * k / (k - 1)) ** 0.5 * bn.running_var.sqrt() * noise
+    torch.testing.assert_close(layer.component_means, expected)
+    torch.testing.assert_close(layer.component_vars, ((1 - alpha) * bn.running_var)[None].expand(k, 4))
+    assert layer.component_means.dtype == torch.float64
+    one = UnMixTNS1d(_bn_model()[5], 3, torch.Generator().manual_seed(2), alpha=0.9)
+    torch.testing.assert_close(one.component_vars[0], 0.1 * one.source_var)
+
+
+def test_meta_device_components():
+    bn = nn.BatchNorm2d(3, device="meta")
+    layer = UnMixTNS2d(bn, 4)
+    assert layer.component_means.device.type == "meta" and layer.component_vars.device.type == "meta"
+
+
+def test_bn1d_layer_is_source_batch_norm_with_affine_and_eps():
+    m = _bn_model()
+    bn = m[5]
+    bn.eps = 0.3
+    layer = UnMixTNS1d.from_batchnorm(bn, 2, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        layer.weight.mul_(2.0)
+        layer.bias.add_(1.0)
+    for x in (torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, 3, dtype=torch.float64)):
+        shape = (1, 5) + (1,) * (x.dim() - 2)
+        expect = (x - bn.running_mean.reshape(shape)) / (bn.running_var.reshape(shape) + 0.3).sqrt() * layer.weight.reshape(shape) + layer.bias.reshape(shape)
+        torch.testing.assert_close(layer(x), expect.detach())
+    import re
+
+    with pytest.raises(ValueError, match="^" + re.escape("UnMixTNS1d expects (B, C) or (B, C, L) input, got shape (2, 5, 1, 1)") + "$"):
+        layer(torch.randn(2, 5, 1, 1, dtype=torch.float64))
+    assert UnMixTNS1d.from_batchnorm(bn).num_components == 16
+
+
+def test_cosine_assignment_normalises_over_channels():
+    layer = make_layer(3, 2, temperature=1.0)
+    with torch.no_grad():
+        layer.component_means.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 10.0, 0.0]], dtype=torch.float64))
+    x = torch.zeros(2, 3, 2, 2, dtype=torch.float64)
+    x[0, 0] = 5.0  # mean direction (1, 0, 0): cosine 1 with component 0, 0 with component 1
+    x[1, 1] = 0.1  # direction (0, 1, 0)
+    layer.update = "never"
+    layer(x)
+    p = layer.last_assignment
+    e = torch.tensor(1.0, dtype=torch.float64).exp()
+    torch.testing.assert_close(p, torch.tensor([[e / (e + 1), 1 / (e + 1)], [1 / (e + 1), e / (e + 1)]], dtype=torch.float64))
+
+
+def test_layer_errors_name_the_problem():
+    import re
+
+    bn = nn.BatchNorm2d(3, track_running_stats=False)
+    with pytest.raises(ValueError, match="^" + re.escape("layer '0': BatchNorm2d has track_running_stats=False: no source statistics to start UnMix-TNS components from") + "$"):
+        replace_batchnorm(nn.Sequential(bn), 2)
+    with pytest.raises(ValueError, match="^" + re.escape("layer '<model>': num_components must be >= 1, got 0") + "$"):
+        replace_batchnorm(nn.BatchNorm2d(3), 0)
+    with pytest.raises(ValueError, match="^" + re.escape("layer '1': num_components must be >= 1, got 0") + "$"):
+        replace_batchnorm(nn.Sequential(nn.Identity(), nn.BatchNorm1d(3)), 0)
+    half = nn.BatchNorm2d(3)
+    half.running_var = None
+    with pytest.raises(ValueError, match="track_running_stats=False"):
+        UnMixTNS2d(half, 2)
+    with pytest.raises(ValueError, match="^" + re.escape("update must be one of ('always', 'train', 'never'), got 'sometimes'") + "$"):
+        UnMixTNS2d(nn.BatchNorm2d(3), 2, update="sometimes")
+    with pytest.raises(ValueError, match="^" + re.escape("bn1d must be 'source' or 'keep', got 'drop'") + "$"):
+        replace_batchnorm(nn.BatchNorm2d(3), 2, bn1d="drop")
+
+
+def test_swapping_warns_only_when_nothing_is_swapped_and_names_the_model():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        replace_batchnorm(nn.Sequential(nn.BatchNorm2d(3)), 2)  # one layer swapped: no warning
+        already = replace_batchnorm(nn.Sequential(nn.BatchNorm2d(3)), 2)
+        replace_batchnorm(already, 2)  # nothing new, but UnMix-TNS layers present: no warning
+    with pytest.warns(UserWarning, match=r"^UnMix-TNS: model Sequential has no BatchNorm2d/BatchNorm1d layer; nothing was swapped \(LayerNorm/GroupNorm models such as ViT, Swin, ConvNeXt gain nothing; convert SyncBatchNorm or FrozenBatchNorm2d to BatchNorm2d first\)$"):
+        replace_batchnorm(nn.Sequential(nn.LayerNorm(3)), 2)
