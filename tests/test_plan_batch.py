@@ -206,3 +206,11 @@ def test_lam_as_and_regression_targets_of_any_rank():
     y3 = torch.arange(8, dtype=torch.float32).reshape(2, 2, 2)
     n.resolve(Batch(inputs=torch.zeros(2, 1), targets=y3, index=torch.arange(2)))
     assert torch.allclose(n.mixed_regression_target(), torch.stack([0.25 * y3[0] + 0.75 * y3[1], y3[1]]))
+
+
+def test_n_source_regression_target_is_float32_for_any_weight_dtype():
+    w1, w2 = torch.tensor([0.25, 1.0], dtype=torch.float64), torch.tensor([0.75, 0.0], dtype=torch.float64)
+    n = MixPlan(index=torch.arange(2), lam=w1, sources=[(torch.arange(2), w1), (torch.tensor([1, 0]), w2)])
+    n.resolve(Batch(inputs=torch.zeros(2, 1), targets=torch.tensor([0.0, 4.0]), index=torch.arange(2)))
+    out = n.mixed_regression_target()
+    assert out.dtype == torch.float32 and torch.allclose(out, torch.tensor([3.0, 4.0]))

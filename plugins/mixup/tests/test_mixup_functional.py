@@ -227,3 +227,17 @@ def test_mixup_target_has_num_classes_columns():
     assert t.shape == (3, 5)
     expect = torch.tensor([[0.75, 0.25, 0, 0, 0], [0, 1.0, 0, 0, 0], [0.25, 0.75, 0, 0, 0]]) * 0.9 + 0.02
     assert torch.allclose(t, expect)
+
+
+def test_cutmix_per_sample_draws_one_lam_per_sample_then_one_box_each():
+    """Independent replay of the draws: lam_i ~ Beta(a, a) per sample, then a box of side sqrt(1 - lam_i)."""
+    b, h, w, a = 6, 16, 16, 1.0
+    plan = cutmix_plan(b, h, w, a, index=torch.arange(b), per_sample=True, generator=torch.Generator().manual_seed(9))
+    g = torch.Generator().manual_seed(9)
+    lams = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=g))).beta(a, a, size=b).astype(np.float32)
+    rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=g)))
+    for i in range(b):
+        y0, y1, x0, x1 = _official_box(h, w, float(lams[i]), rng)
+        expect = torch.ones(h, w)
+        expect[y0:y1, x0:x1] = 0
+        assert torch.equal(plan.mask[i, 0], expect), i
