@@ -471,3 +471,54 @@ def test_swapping_warns_only_when_nothing_is_swapped_and_names_the_model():
         replace_batchnorm(already, 2)  # nothing new, but UnMix-TNS layers present: no warning
     with pytest.warns(UserWarning, match=r"^UnMix-TNS: model Sequential has no BatchNorm2d/BatchNorm1d layer; nothing was swapped \(LayerNorm/GroupNorm models such as ViT, Swin, ConvNeXt gain nothing; convert SyncBatchNorm or FrozenBatchNorm2d to BatchNorm2d first\)$"):
         replace_batchnorm(nn.Sequential(nn.LayerNorm(3)), 2)
+
+
+def test_from_batchnorm_passes_generator_and_options():
+    bn = _bn_model()[1]
+    a = UnMixTNS2d.from_batchnorm(bn, 3, torch.Generator().manual_seed(5), temperature=0.5, alpha=0.2)
+    b = UnMixTNS2d(bn, 3, torch.Generator().manual_seed(5), temperature=0.5, alpha=0.2)
+    assert a.temperature == 0.5 and torch.equal(a.component_means, b.component_means)
+    bn1 = _bn_model()[5]
+    c = UnMixTNS1d.from_batchnorm(bn1, 3, torch.Generator().manual_seed(5), alpha=0.2)
+    d = UnMixTNS1d(bn1, 3, torch.Generator().manual_seed(5), alpha=0.2)
+    assert torch.equal(c.component_means, d.component_means)
+    torch.testing.assert_close(c.component_vars[0], 0.8 * bn1.running_var)
+    torch.testing.assert_close(UnMixTNS1d(bn1, 3).component_vars[0], 0.5 * bn1.running_var)  # default alpha 0.5
+    m = replace_batchnorm(_bn_model(), 3, torch.Generator().manual_seed(0), alpha=0.25)
+    torch.testing.assert_close(m[5].component_vars[0], 0.75 * m[5].source_var)
+
+
+def test_buffers_in_another_dtype_than_the_input():
+    layer = make_layer(4, 3)  # float64 buffers and affine
+    x = torch.randn(5, 4, 3, 3)
+    y = layer(x)
+    assert y.dtype == torch.float32
+    ref = make_layer(4, 3)(x.double())
+    torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_replace_default_momentum_fallback_and_validation_edges():
+    import re
+
+    bn = _bn_model()[1]
+    bn.momentum = None
+    with pytest.warns(UserWarning, match="m=0.1 in"):
+        m = replace_batchnorm(nn.Sequential(bn), 2, torch.Generator().manual_seed(0))
+    assert m[0].bn_momentum == pytest.approx(0.1)
+    odd = nn.BatchNorm2d(3)
+    odd.track_running_stats = False  # buffers still there, but the layer does not track them
+    with pytest.raises(ValueError, match="track_running_stats=False"):
+        UnMixTNS2d(odd, 2)
+    with pytest.raises(ValueError, match="^" + re.escape("layer '<model>': num_components must be >= 1, got 0") + "$"):
+        replace_batchnorm(nn.BatchNorm1d(3), 0)
+    msg = "batch sizes must be positive, got batch_size={}, batch_size_max={}"
+    for bs, bmax in ((0, 5), (5, 0)):
+        with pytest.raises(ValueError, match="^" + re.escape(msg.format(bs, bmax)) + "$"):
+            unmix_momentum(0.1, bs, bmax)
+    assert unmix_momentum(0.1, 1, 1) == pytest.approx(0.1)
+
+
+def test_restore_returns_the_model():
+    model = _bn_model()
+    replace_batchnorm(model, 2, torch.Generator().manual_seed(0))
+    assert restore_batchnorm(model) is model and isinstance(model[1], nn.BatchNorm2d)
