@@ -522,3 +522,10 @@ def test_restore_returns_the_model():
     model = _bn_model()
     replace_batchnorm(model, 2, torch.Generator().manual_seed(0))
     assert restore_batchnorm(model) is model and isinstance(model[1], nn.BatchNorm2d)
+
+
+def test_sixteen_components_by_default():
+    m = _bn_model()
+    assert UnMixTNS2d.from_batchnorm(m[1]).num_components == 16 and UnMixTNS1d(m[5]).num_components == 16
+    swapped = replace_batchnorm(_bn_model())
+    assert swapped[1].num_components == 16 and swapped[5].num_components == 16
