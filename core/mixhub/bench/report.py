@@ -236,7 +236,7 @@ def write_report(suite: Suite, results: dict[str, Any], out: Path, command: str 
     ]
     lines += ["| comparison | " + " | ".join(_head(m, diff=True) for m in suite.metrics) + " |", "|" + "---|" * (len(suite.metrics) + 1)]
     for name, row in agg["diffs"].items():
-        lines.append(f"| {name} | " + " | ".join(_diff_cell(*row[m], m, suite) for m in suite.metrics) + " |")
+        lines.append(f"| {name} | " + " | ".join(_diff_cell(row[m][0], row[m][1], row[m][2], m, suite) for m in suite.metrics) + " |")
     lines += [
         "",
         f"✓ / ✗: significantly better / worse by a two-sided paired t-test at the 5% level (|mean / SE| > {crit}, "

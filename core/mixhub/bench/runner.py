@@ -127,7 +127,7 @@ def code_identity() -> dict[str, Any]:
     from ..plugins import discover
 
     names = {"mixhub", "torch", "timm", "numpy"} | {info.distribution for info in discover().values() if info.distribution}
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in sorted(names):
         try:
             versions[name] = metadata.version(name)
