@@ -16,8 +16,10 @@ Three implementations of the same step:
   tensors (bias corrections computed on the device) and branch-free projections: no host
   synchronisation and no host value that changes between steps, so it can be captured in a
   CUDA graph or compiled whole;
-* ``fused_adamp_update_`` / ``fused_sgdp_update_``: one C kernel per tensor on CPU
-  (``_kernels.c``): two memory passes, row sums in double; equal to the reference to rounding.
+* ``fused_adamp_update_`` / ``fused_sgdp_update_``: one C++ kernel per tensor on CPU
+  (``_kernels.cpp``, the torch ops ``mixhub_adamp::adamp_step`` / ``sgdp_step``): the projection
+  decided first from g and w (row sums in double), then each row finished in one sweep; equal
+  to the reference to rounding.
 """
 
 from __future__ import annotations
@@ -418,7 +420,7 @@ def fused_adamp_update_(
     wd_ratio: float,
     nesterov: bool,
 ) -> str:
-    """``adamp_update_`` in one C kernel (CPU). ``exp_avg``/``exp_avg_sq`` must share
+    """``adamp_update_`` in one C++ kernel (CPU). ``exp_avg``/``exp_avg_sq`` must share
     ``param``'s layout (``fused_supported(param)`` must hold); ``grad`` is copied if not."""
     kernels = native.ops()
     assert kernels is not None and exp_avg.stride() == param.stride() == exp_avg_sq.stride()
@@ -449,7 +451,7 @@ def fused_sgdp_update_(
     wd_ratio: float,
     buffer_alias: bool = True,
 ) -> str:
-    """``sgdp_update_`` in one C kernel (CPU); same contract as ``fused_adamp_update_``."""
+    """``sgdp_update_`` in one C++ kernel (CPU); same contract as ``fused_adamp_update_``."""
     kernels = native.ops()
     assert kernels is not None and buf.stride() == param.stride()
     grad = _like(grad, param)

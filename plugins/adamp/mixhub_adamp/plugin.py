@@ -44,7 +44,7 @@ class AdamPOptions(PluginOptions):
     )
     impl: Literal["auto", "reference", "foreach", "fused"] = Field(
         "auto",
-        description="auto: fused C kernel on CPU, branch-free multi-tensor step on CUDA; reference: official loop",
+        description="auto: fused C++ kernel on CPU, capturable multi-tensor step on CUDA; reference: official loop",
     )
     foreach: bool | None = Field(
         None, description="multi-tensor step (same as impl=foreach when impl is reference)"
