@@ -9,6 +9,7 @@ from __future__ import annotations
 from .batch import Batch
 from .bench.suite import Arm, Suite
 from .defaults import mix_inputs, mixed_cross_entropy
+from .engine import Session
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -44,6 +45,7 @@ __all__ = [
     "PluginOptions",
     "PluginSpec",
     "SLOTS",
+    "Session",
     "SlotConflictError",
     "State",
     "Suite",

@@ -70,7 +70,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     overrides = parse_overrides(args.items)
     if args.stream:
-        from .testtime import evaluate_checkpoint_streams
+        from .protocols.testtime import evaluate_checkpoint_streams
 
         out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "testtime"
         result = evaluate_checkpoint_streams(args.checkpoint, overrides, out)

@@ -3,6 +3,10 @@
 The core's sections are fixed models; each active plugin validates its own section with its
 ``PluginSpec.options`` schema; other core modules (continual, test-time) add sections with
 ``register_section``. Every error names the key, what was expected and the closest valid key.
+
+Length: every core section is a pydantic model with one described field per option (the
+reference page ``docs/config.md`` is generated from them), kept together with the loading and
+override code that validates them.
 """
 
 from __future__ import annotations
@@ -92,8 +96,9 @@ class DataConfig(Section):
 class ModelConfig(Section):
     name: str = Field("smallcnn", description="`smallcnn`, `mlp` or any timm model name")
     pretrained: bool = Field(False, description="load timm pretrained weights (must be cached locally)")
+    checkpoint: str | None = Field(None, description="local file of pretrained weights (a state dict), loaded through timm's pretrained_cfg_overlay=dict(file=PATH); implies pretrained")
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
-    small_input: bool = Field(True, description="adapt timm CNN stems to small (32x32) inputs")
+    small_input: bool = Field(True, description="adapt timm CNN stems to small (32x32) inputs: a new 3x3 stride-1 stem, or, with pretrained weights, the pretrained stem kept at stride 1")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the model factory")
 
 
@@ -102,6 +107,7 @@ class TrainConfig(Section):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
+    layer_decay: float | None = Field(None, gt=0.0, le=1.0, description="layer-wise lr decay (timm's param_groups_layer_decay; needs a model with group_matcher, e.g. a ViT)")
     sched: Literal["cosine", "step", "multistep", "none"] = "cosine"
     warmup_epochs: int = Field(0, ge=0)
     min_lr: float = Field(0.0, ge=0.0)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from .batch import Batch
 from .hookspecs import hookimpl
 from .plan import MixPlan
-from .plugins import PluginSpec
+from .spec import PluginSpec
 from .state import State
 
 PLUGIN = PluginSpec(

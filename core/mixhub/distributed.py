@@ -20,6 +20,9 @@ A run launched by ``torchrun`` (``WORLD_SIZE`` > 1) gets one process per device:
   for sharded (FSDP2) runs and the export of a plain, unsharded state dict.
 * ``count_collectives``: the collectives that reach the process groups (``c10d::*`` ops recorded by
   the torch profiler), used to check that a training step issues DDP's gradient all-reduces only.
+
+Length: the multi-process parts of a run (DDP, FSDP2, BatchNorm, sharded evaluation and
+checkpoints) share the process-group context and are tested together.
 """
 
 from __future__ import annotations

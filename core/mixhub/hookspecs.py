@@ -1,12 +1,13 @@
 """Every mixhub hook, in its place in the loop.
 
-The training loop, as the core runs it (``trainer.py``)::
+The training loop, as the core runs it (``mixhub.Session`` in ``engine.py`` runs the step; the
+supervised protocol in ``protocols/supervised.py`` runs the epochs)::
 
-    # setup (building the Trainer)
+    # setup (building the Session)
     mixhub_configure_model(model, state)                      # collectors: model surgery, plugin modules
-    groups = core groups + module groups + mixhub_param_groups(model, state)
+    groups = timm's groups for the model + module groups + mixhub_param_groups(model, state)
     optimizer = mixhub_create_optimizer(groups, config, state)              # slot
-    (EMA, torch.compile, DDP wrap)
+    (EMA, torch.compile, DDP wrap of the task module)
     with mixhub_fit(state):                                   # wrappers, around the whole run
         mixhub_log(config record, state)                      # collectors: every record, see below
         for epoch:
@@ -16,6 +17,7 @@ The training loop, as the core runs it (``trainer.py``)::
                                                                 #  generator, state) before loading;
                                                                 #  continual: one task at a time,
                                                                 #  mixhub_task_start/end around it)
+                # ---- TaskModule.forward(batch): one module, one forward (see below) ----
                 plan = mixhub_sample_pairs(batch, state)                    # slot, outside autocast
                 (core fetches dataset partners when plan.partner_source == "dataset")
                 mixed = mixhub_mix_batch(batch, plan, state)                # slot, outside autocast
@@ -23,6 +25,7 @@ The training loop, as the core runs it (``trainer.py``)::
                     outputs = mixhub_forward(model, mixed, plan, state)     # slot
                     loss = mixhub_compute_loss(outputs, mixed, plan, state) # slot
                     loss += sum(w * v for v in mixhub_aux_losses(...))      # collectors
+                # ---- end of the forward ----
                 (lr for this step set) backward (DDP: bucketed all-reduces overlap it); clip; optimizer.step()
                 mixhub_after_step(state)                                     # collectors
                 every train.log_every steps: mixhub_log(step record, state)
@@ -34,6 +37,15 @@ The training loop, as the core runs it (``trainer.py``)::
             mixhub_log(epoch records: train, val, state)
             checkpoint: model, optimizer, ... + mixhub_state_dict(state)    # collectors
         final test; mixhub_log(final epoch records, summary record, artifact records, state)
+
+**The rule for plugin authors: every trainable computation happens inside the forward.** The five
+step hooks from ``mixhub_sample_pairs`` to ``mixhub_aux_losses`` run inside one
+``nn.Module.forward`` (``mixhub.engine.TaskModule``), which holds the model and every module
+registered with ``state.register_module``; see "One forward per backward" below for what that
+asks of a plugin. Also: do after-step work (EMA teachers, statistics) under ``torch.no_grad()``,
+and log with ``state.log[name] = tensor`` (detached): ``float(...)``/``.item()`` in the step hooks
+make the host wait for the device every step. The same hooks run unchanged in a user's loop
+(``Session.training_step``) and in timm's ``train.py`` (``mixhub.timm_task.MixhubTask``).
 
 Three kinds of hook:
 

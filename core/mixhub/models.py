@@ -6,12 +6,15 @@ Every model built here exposes timm's interface: ``forward_features``, ``forward
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
+
+log = logging.getLogger("mixhub")
 
 __all__ = ["MLP", "SmallCNN", "build_model", "num_params"]
 
@@ -132,19 +135,31 @@ class SmallCNN(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _adapt_small_input(model: nn.Module) -> None:
-    """Make a timm CNN's stem keep resolution on 32x32 inputs (3x3 stride-1 conv, no max-pool)."""
+def _adapt_small_input(model: nn.Module, keep_stem: bool = False) -> bool:
+    """Make a timm CNN's stem keep resolution on 32x32 inputs (stride 1, no max-pool).
+
+    Without pretrained weights the stem conv becomes a new 3x3 stride-1 conv. With pretrained
+    weights (``keep_stem``) the pretrained conv stays, weights and all, and only runs at stride 1:
+    the pretrained stem is never silently replaced. Returns whether the stem changed.
+    """
     conv1 = getattr(model, "conv1", None)
-    if isinstance(conv1, nn.Conv2d) and conv1.stride != (1, 1):
+    if not isinstance(conv1, nn.Conv2d) or conv1.stride == (1, 1):
+        return False
+    if keep_stem:
+        conv1.stride = (1, 1)
+    else:
         model.conv1 = nn.Conv2d(conv1.in_channels, conv1.out_channels, 3, 1, 1, bias=conv1.bias is not None)
-        if hasattr(model, "maxpool"):
-            model.maxpool = nn.Identity()
+    if hasattr(model, "maxpool"):
+        model.maxpool = nn.Identity()
+    return True
 
 
 def build_model(cfg: Any, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
     """Build ``cfg.name`` for inputs of ``input_shape`` with ``num_outputs`` outputs."""
     name = cfg.name
     kwargs = dict(cfg.kwargs)
+    if cfg.checkpoint and name in ("mlp", "smallcnn"):
+        raise ConfigError(f"model.checkpoint loads pretrained weights of timm models through timm; {name!r} is a mixhub model (resume a mixhub run with --resume instead)")
     if name == "mlp":
         if len(input_shape) != 1:
             kwargs.setdefault("in_features", int(torch.tensor(input_shape).prod()))
@@ -168,20 +183,53 @@ def build_model(cfg: Any, input_shape: tuple[int, ...], num_outputs: int) -> nn.
         raise ConfigError(f"model.name: unknown model {name!r}{did_you_mean(name, ['mlp', 'smallcnn', *timm.list_models()])}")
     if len(input_shape) != 3:
         raise ConfigError(f"model.name: timm model {name!r} needs image inputs, but the data has input shape {input_shape}")
+    pretrained = bool(cfg.pretrained or cfg.checkpoint)
+    if cfg.checkpoint:
+        from pathlib import Path
+
+        if not Path(cfg.checkpoint).is_file():
+            raise ConfigError(f"model.checkpoint: {cfg.checkpoint!r} is not a file")
+        kwargs["pretrained_cfg_overlay"] = {**kwargs.get("pretrained_cfg_overlay", {}), "file": str(cfg.checkpoint)}
     try:
         model = timm.create_model(
-            name, pretrained=cfg.pretrained, num_classes=num_outputs, in_chans=input_shape[0], drop_rate=cfg.drop_rate, **_size_kwargs(name, input_shape, kwargs)
+            name, pretrained=pretrained, num_classes=num_outputs, in_chans=input_shape[0], drop_rate=cfg.drop_rate, **_size_kwargs(name, input_shape, kwargs)
         )
     except Exception as exc:
-        if cfg.pretrained:
+        if cfg.checkpoint:
+            raise ConfigError(f"model.checkpoint: could not load {cfg.checkpoint!r} into {name!r} ({type(exc).__name__}: {exc})") from exc
+        if pretrained:
             raise ConfigError(
                 f"model.pretrained: could not load pretrained weights for {name!r} ({type(exc).__name__}: {exc}); "
-                "mixhub never downloads: place the weights in the local cache or set model.pretrained=false"
+                "mixhub never downloads: place the weights in the local cache, give model.checkpoint=PATH, or set model.pretrained=false"
             ) from exc
         raise ConfigError(f"model: could not build timm model {name!r}: {exc}") from exc
-    if cfg.small_input:
-        _adapt_small_input(model)
+    if cfg.checkpoint:
+        _check_loaded(model, cfg.checkpoint)
+    if cfg.small_input and _adapt_small_input(model, keep_stem=pretrained):
+        if pretrained:
+            log.info("model.small_input: %s keeps its pretrained stem at stride 1 (no max-pool)", name)
     return model
+
+
+def _check_loaded(model: nn.Module, path: str) -> None:
+    """timm loads pretrained files non-strictly; a file that lacks the model's weights must not
+    leave them at their random initialisation silently. The classifier may differ (a new head)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"model.checkpoint: {path!r} is not a weights-only state dict ({type(exc).__name__}: {exc})") from exc
+    for key in ("state_dict_ema", "state_dict", "model"):
+        if isinstance(saved, dict) and isinstance(saved.get(key), dict):
+            saved = saved[key]
+            break
+    saved = {k.removeprefix("module."): v for k, v in saved.items()} if isinstance(saved, dict) else {}
+    head = str(getattr(model, "pretrained_cfg", {}).get("classifier") or "")
+    missing = [k for k in model.state_dict() if k not in saved and not (head and k.startswith(head + "."))]
+    if missing:
+        raise ConfigError(
+            f"model.checkpoint: could not load {path!r} into {type(model).__name__}: it lacks {len(missing)} of the model's "
+            f"weights (e.g. {missing[:3]})"
+        )
 
 
 def _size_kwargs(name: str, input_shape: tuple[int, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""The run folder: resolved config, metrics (JSON lines and CSV), summary and plots."""
+"""The run folder: resolved config, metrics (JSON lines and CSV), summary and plots.
+
+Length: the folder's lock, atomic writes, the epoch tally and the plots share the folder's
+file layout.
+"""
 
 from __future__ import annotations
 

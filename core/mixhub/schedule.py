@@ -2,7 +2,9 @@
 
 Every parameter group follows the same shape (linear warm-up, then cosine, step or multi-step decay)
 from its own base ``lr`` down to its own ``min_lr`` (the run's ``train.min_lr`` unless the
-group sets one), so plugin modules (e.g. a mask generator) can keep their own floor.
+group sets one), so plugin modules (e.g. a mask generator) can keep their own floor. A group's ``lr_scale`` (set
+by timm's ``param_groups_layer_decay`` for ``train.layer_decay``) multiplies the scheduled value,
+floor included, as timm's own schedulers do.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class GroupScheduler:
         """Set every group's lr for the upcoming optimizer step ``step`` (0-based)."""
         self.last_step = step
         for g in self.optimizer.param_groups:
-            g["lr"] = self.lr_at(step, g["initial_lr"], g["min_lr"])
+            g["lr"] = self.lr_at(step, g["initial_lr"], g["min_lr"]) * g.get("lr_scale", 1.0)
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_step": self.last_step}

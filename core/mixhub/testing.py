@@ -323,7 +323,7 @@ class Contract:
         """Test-time contract of ``plugin`` on a trained ``checkpoint``: its evaluate wrapper runs
         once per episode, it changes the predictions (against the same streams without it), it
         reports its metrics, two runs agree exactly and the model is restored bitwise afterwards."""
-        from .testtime import evaluate_streams, load_for_testtime
+        from .protocols.testtime import evaluate_streams, load_for_testtime
 
         def run(plugins: list[str], rec: HookRecorder | None = None) -> tuple[dict[str, Any], Any, dict[str, torch.Tensor]]:
             cfg = copy.deepcopy(overrides)

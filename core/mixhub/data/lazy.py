@@ -8,6 +8,9 @@ Augmentation is reproducible per sample: the random draws of sample ``i`` in epo
 from a seed derived from ``(seed, e, i, role)`` (``sample_seed``), not from a worker's running
 generator, so a resumed run (or a different worker count) sees exactly the augmentations an
 uninterrupted run sees. ``role`` tells anchors (0) from extra samples a plugin asked for.
+
+Length: the four sources (folders, tar, webdataset, CSV paths) share the decoding, the per-sample
+seeding and the bad-sample handling of ``LazyImageDataset``.
 """
 
 from __future__ import annotations

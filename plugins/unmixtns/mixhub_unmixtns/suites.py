@@ -54,7 +54,8 @@ def source_model(config: dict[str, Any], cache: Path) -> Path:
 
 def run_cell(config: dict[str, Any], out: Path) -> dict[str, float]:
     """One (arm, seed): evaluate the cached source model under the arm's plugins on every stream."""
-    from mixhub.testtime import TestTimeConfig, evaluate_streams, load_for_testtime
+    from mixhub.protocols.testtime import evaluate_streams, load_for_testtime
+    from mixhub.testtime import TestTimeConfig
 
     config = copy.deepcopy(config)
     streams = config.pop("_streams")

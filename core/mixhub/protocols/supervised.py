@@ -1,0 +1,166 @@
+"""Supervised training: epochs, validation, the best checkpoint and the final test.
+
+::
+
+    for epoch:
+        mixhub_epoch_start(state)
+        for batch in run.epoch_batches(epoch):
+            logs = run.train_step(batch)          # Session.step + optimizer step + after_step
+            every train.log_every steps: run.log_step_record -> RunLog.step
+        mixhub_epoch_end(state)
+        write_epoch_record(train means + mixhub_metrics("train"))
+        every train.eval_every epochs: validate, keep best.pt
+        checkpoint last.pt
+    final_evaluation(): best weights, temperature on val, test and extra splits
+
+The step logs stay on the device; ``Run.log_step_record`` reads them on the host every
+``train.log_every`` steps (one step record) and ``epoch_means`` once per epoch
+(``write_epoch_record``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from typing import Any
+
+from .. import checkpoint as ckpt
+from ..errors import ConfigError
+from ..metrics import fit_temperature, reliability_bins
+from ..run import Run, RunInterrupted
+from ..runio import plot_reliability
+
+__all__ = ["SupervisedProtocol"]
+
+log = logging.getLogger("mixhub")
+
+
+class SupervisedProtocol:
+    """Drives a ``Run`` through ``train.epochs`` epochs; ``run()`` returns the summary."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.select_key, self.select_high = run.select_key, run.select_high
+
+    # ------------------------------------------------------------------ records
+    def epoch_means(self) -> dict[str, float]:
+        """The epoch's mean of every step log (one host read; averaged over processes under DDP)."""
+        import torch
+
+        run, tally = self.run, self.run.tally
+        keys = sorted(tally.sums)
+        if not keys:
+            return {}
+        vals = torch.stack([torch.as_tensor(tally.sums[k]).detach().to("cpu", torch.float64) for k in keys] + [torch.tensor(float(tally.count), dtype=torch.float64)])
+        if run.world_size > 1:
+            import torch.distributed as dist
+
+            t = vals.to(run.device)
+            dist.all_reduce(t)
+            vals = t.cpu()
+        total = max(float(vals[-1]), 1.0)
+        return {k: float(v) / total for k, v in zip(keys, vals[:-1].tolist())}
+
+    def write_epoch_record(self, record: dict[str, Any]) -> None:
+        """The one place epoch records (train, val, final) are written: ``RunLog.epoch``
+        (``metrics.jsonl`` and ``mixhub_log``)."""
+        self.run.runlog.epoch(record)
+
+    # ------------------------------------------------------------------ the loop
+    def run_epochs(self) -> None:
+        run = self.run
+        cfg = run.config
+        state = run.state
+        epochs = range(run.start_epoch, cfg.train.epochs)
+        for epoch in run.console.progress(epochs, total=len(epochs), desc="epochs"):
+            state.epoch = epoch
+            if run.batch_in_epoch == 0:
+                run.host.collect("mixhub_epoch_start", state=state)
+                run.tally.reset()  # a resumed epoch keeps the sums and time of its first part
+            for batch in run.console.progress(run.epoch_batches(epoch), total=state.steps_per_epoch, desc=f"epoch {epoch}"):
+                logs = run.train_step(batch)
+                run.batch_in_epoch += 1
+                if logs is not None:
+                    run.tally.add(logs)  # type: ignore[arg-type]  # tensors: summed on their device
+                if run.stop_requested:
+                    run.tally.reduce_ranks()  # the interrupted epoch's sums of every rank go into the checkpoint
+                    run.save_checkpoint("last")
+                    raise RunInterrupted(f"stopped by signal {run._stop_signal} at step {state.step}; resume with `mixhub train --resume {run.folder.path}`")
+            run.batch_in_epoch = 0
+            run.host.collect("mixhub_epoch_end", state=state)
+            train_rec = {"epoch": epoch, "split": "train", "step": state.step, **self.epoch_means(), "time_s": run.tally.seconds()}
+            skipped = run.bad_samples.report(f"epoch {epoch}" + (f" (rank {run.rank})" if run.world_size > 1 else ""))
+            if run.world_size > 1:  # every rank's skipped files count
+                import torch
+                import torch.distributed as dist
+
+                n_bad = torch.tensor([float(skipped)], device=run.device if run.device.type == "cuda" else "cpu")
+                dist.all_reduce(n_bad)
+                skipped = int(n_bad.item())
+            if skipped or run.config.data.on_bad_sample == "skip":
+                train_rec["bad_samples"] = skipped
+            for extra in run.host.collect("mixhub_metrics", stage="train", state=state):
+                train_rec.update({k: float(v) for k, v in extra.items()})
+            self.write_epoch_record(train_rec)
+            if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
+                val = run.evaluate(run.bundle.val, "val")
+                self.write_epoch_record({"epoch": epoch, "split": "val", **val})
+                self.maybe_best(val, epoch)
+                msg = f"epoch {epoch + 1}/{cfg.train.epochs} train loss {train_rec.get('loss', float('nan')):.4f} " + " ".join(f"val {k} {val[k]:.4f}" for k in ("acc", "nll", "ece", "rmse") if k in val)
+                run.console.message(msg)
+            state.epoch = epoch + 1
+            run.save_checkpoint("last")
+            run.pause_step_clock()
+
+    def run_all(self) -> dict[str, Any]:
+        self.run_epochs()
+        return self.final_evaluation()
+
+    def maybe_best(self, val: dict[str, float], epoch: int) -> None:
+        run = self.run
+        key = self.select_key
+        if key not in val:
+            raise ConfigError(f"train.select: validation metric {key!r} does not exist (have: {', '.join(sorted(val))})")
+        value = val[key]
+        best = run.best["value"]
+        if best is None or (value > best if self.select_high else value < best):
+            run.best = {"value": value, "epoch": epoch, "metric": key}
+            if run._write and run.config.train.checkpoint:
+                run.save_checkpoint("best")
+            else:  # no run folder: keep the best weights in memory for the final test
+                run._best_in_memory = copy.deepcopy({k: v for k, v in run.state_payload().items() if k in ("model", "ema", "modules", "plugins")})
+                if run.sharded:
+                    run._best_in_memory["sharded_state"] = copy.deepcopy(run.train_forward.state_dict())
+
+    def final_evaluation(self) -> dict[str, Any]:
+        """Test metrics of the best-validation checkpoint (temperature fitted on validation)."""
+        run = self.run
+        best_path = run.folder.checkpoints / "best.pt"
+        if run.dist.enabled and run._write:
+            import torch.distributed as dist
+
+            dist.barrier()  # rank 0 has finished writing best.pt before anyone reads it
+        if run._write and best_path.exists() and run.config.train.checkpoint:
+            run.load_weights(ckpt.load_checkpoint(best_path))
+        elif run._best_in_memory is not None:
+            run.load_weights(run._best_in_memory)
+        run.write_export()
+        summary: dict[str, Any] = {"best_epoch": run.best["epoch"], "select": self.select_key, "steps": run.state.step}
+        temperature = None
+        val_outs, val_t = run.predict(run.bundle.val, "val")
+        if run.state.task_kind == "classification":
+            temperature = fit_temperature(val_outs["logits"], val_t)
+        summary["val"] = run.metrics_from(val_outs, val_t, temperature)
+        summary["test"] = run.evaluate(run.bundle.test, "test", temperature)
+        run.last_outputs_test = run.last_outputs
+        for name, ds in run.bundle.extra_splits.items():
+            summary[name] = run.evaluate(ds, name, temperature)
+        if run.state.task_kind == "classification" and run.folder.enabled and run.config.train.plots:
+            outs, t = run.last_outputs_test
+            conf, acc, counts = reliability_bins(outs["logits"], t)
+            plot_reliability(conf, acc, counts, run.folder.path / "reliability.png", "test reliability", ece=summary["test"].get("ece"))
+            (run.folder.path / "reliability.json").write_text(json.dumps({"conf": conf.tolist(), "acc": acc.tolist(), "counts": counts.tolist()}))
+        for k in ("val", "test", *run.bundle.extra_splits):
+            self.write_epoch_record({"epoch": run.config.train.epochs, "split": f"final_{k}", **summary[k]})
+        return summary

@@ -1,0 +1,147 @@
+"""The core's layers: every module imports only from its own layer or the ones below, with no
+import cycle (function-level imports included; ``if TYPE_CHECKING:`` imports, which never run,
+excluded), and stays under ~400 lines unless its docstring says why. Every core module imports
+on its own."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "core" / "mixhub"
+
+#: bottom to top (see docs/architecture.md); a module may import its own layer and those below.
+LAYERS: list[tuple[str, set[str]]] = [
+    ("contract", {"errors", "_util", "batch", "plan", "state", "hookspecs", "spec", "plugins", "defaults", "config", "registry", "norm"}),
+    ("services", {"data", "data.*", "models", "metrics", "checkpoint", "runio", "runlog", "console", "distributed", "schedule", "optim", "sampling", "continual", "testtime", "bench.suite"}),
+    ("engine", {"engine", "taskmodule", "timm_task"}),
+    ("run", {"run", "runckpt", "runeval", "runsetup", "rundist", "runguard"}),
+    ("protocols", {"protocols", "protocols.*"}),
+    ("trainer", {"trainer"}),
+    ("commands", {"", "__main__", "cli", "doctor", "listing", "scaffold", "testing", "bench", "bench.runner", "bench.report", "bench.core_suites"}),
+]
+MAX_LINES = 400
+
+
+def core_modules() -> dict[str, tuple[Path, bool]]:
+    mods = {}
+    for f in ROOT.rglob("*.py"):
+        parts = list(f.relative_to(ROOT).with_suffix("").parts)
+        is_pkg = parts[-1] == "__init__"
+        if is_pkg:
+            parts = parts[:-1]
+        mods[".".join(parts)] = (f, is_pkg)
+    return mods
+
+
+def layer_of(mod: str) -> int:
+    for i, (_, names) in enumerate(LAYERS):
+        for n in names:
+            if mod == n or (n.endswith(".*") and mod.startswith(n[:-1])):
+                return i
+    raise AssertionError(f"core module mixhub.{mod} has no layer in tests/test_layers.py (place it in docs/architecture.md's layers)")
+
+
+def runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node except those under ``if TYPE_CHECKING:`` (annotations, never imported at run time)."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            skip.update(id(n) for child in node.body for n in ast.walk(child))
+    return [n for n in ast.walk(tree) if id(n) not in skip]
+
+
+def imports_of(mod: str, path: Path, is_pkg: bool, mods: dict[str, tuple[Path, bool]]) -> set[str]:
+    out = set()
+    for node in runtime_nodes(ast.parse(path.read_text())):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = mod.split(".") if mod else []
+                if not is_pkg:
+                    base = base[:-1]
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+                pkg = ["mixhub", *base, *([node.module] if node.module else [])]
+                target = ".".join(pkg)
+            else:
+                target = node.module or ""
+            for a in node.names:  # ``from . import x``: the submodule x, else the package itself
+                sub = f"{target}.{a.name}".removeprefix("mixhub").removeprefix(".")
+                targets.append(f"{target}.{a.name}" if sub in mods else target)
+        for t in targets:
+            if t != "mixhub" and not t.startswith("mixhub."):
+                continue
+            name = t.removeprefix("mixhub").removeprefix(".")
+            while name and name not in mods:
+                name = name.rsplit(".", 1)[0] if "." in name else ""
+            if name != mod and (name in mods):
+                out.add(name)
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    mods = core_modules()
+    return {m: imports_of(m, p, pkg, mods) for m, (p, pkg) in mods.items()}
+
+
+def test_every_import_goes_down_or_sideways() -> None:
+    bad = []
+    for mod, deps in graph().items():
+        for dep in deps:
+            if layer_of(dep) > layer_of(mod):
+                bad.append(f"mixhub.{mod} ({LAYERS[layer_of(mod)][0]}) imports mixhub.{dep} ({LAYERS[layer_of(dep)][0]})")
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_no_import_cycles() -> None:
+    g = graph()
+    cycles = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(v: str) -> None:
+        state[v] = 1
+        stack.append(v)
+        for w in sorted(g[v]):
+            if state.get(w) == 1:
+                cycles.append(" -> ".join(stack[stack.index(w) :] + [w]))
+            elif w not in state:
+                visit(w)
+        stack.pop()
+        state[v] = 2
+
+    for v in sorted(g):
+        if v not in state:
+            visit(v)
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_checker_sees_cycles_and_upward_imports(tmp_path: Path) -> None:
+    """The two checks above can fail: a protocol importing the trainer is both."""
+    mods = {"trainer": (tmp_path / "trainer.py", False), "protocols.supervised": (tmp_path / "s.py", False)}
+    (tmp_path / "s.py").write_text("def f():\n    from ..trainer import Trainer\n")
+    deps = imports_of("protocols.supervised", tmp_path / "s.py", False, mods)
+    assert deps == {"trainer"} and layer_of("trainer") > layer_of("protocols.supervised")
+    (tmp_path / "s.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..trainer import Trainer\n")
+    assert imports_of("protocols.supervised", tmp_path / "s.py", False, mods) == set()
+
+
+def test_modules_stay_small_or_say_why() -> None:
+    long = []
+    for mod, (path, _) in core_modules().items():
+        text = path.read_text()
+        n = text.count("\n")
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if n > MAX_LINES and "Length:" not in doc:
+            long.append(f"mixhub.{mod}: {n} lines and no 'Length:' reason in its docstring")
+    assert not long, "\n".join(long)
+
+
+@pytest.mark.parametrize("mod", sorted(m for m in core_modules() if m not in ("__main__",)))
+def test_every_core_module_imports(mod: str) -> None:
+    importlib.import_module("mixhub" + (f".{mod}" if mod else ""))
