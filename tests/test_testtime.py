@@ -174,3 +174,13 @@ def test_evaluate_checkpoint_streams_writes_outputs(checkpoint, tmp_path):
     assert json.loads((tmp_path / "testtime.json").read_text())["order"] == "dirichlet"
     assert (tmp_path / "testtime_trace.png").stat().st_size > 0
     assert (tmp_path / "testtime_batches.csv").read_text().startswith("episode,batch,domain,acc,ms")
+
+
+def test_stream_evaluation_is_a_tracked_run(checkpoint, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    s = evaluate_checkpoint_streams(checkpoint, {"plugins": ["tensorboard"], "testtime": {"batch_size": 16}}, tmp_path)
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    assert acc.Scalars("summary/overall/err")[0].value == pytest.approx(s["overall"]["err"])
+    assert "plots/testtime_trace" in acc.Tags()["images"]

@@ -179,7 +179,23 @@ def evaluate_checkpoint_streams(checkpoint_path: str | Path, overrides: dict[str
 
     ``overrides`` is a nested config dict (``plugins``, ``testtime.*``, plugin sections,
     ``data.*``); results go to ``out_dir`` (``testtime.json``, ``testtime_batches.csv``,
-    ``testtime_trace.png``).
+    ``testtime_trace.png``). With an ``out_dir`` the evaluation is also a tracked run: inside
+    ``mixhub_fit``, logger plugins receive its config, its summary and those files
+    (``state.run_dir`` is ``out_dir``).
     """
     trainer = load_for_testtime(checkpoint_path, overrides, extra_plugins=extra_plugins)
-    return evaluate_streams(trainer, out_dir)
+    if out_dir is None:
+        return evaluate_streams(trainer, None)
+    from ..runlog import RunLog
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer.state.run_dir = out
+    runlog = RunLog(None, trainer.host, trainer.state)  # the files are written by evaluate_streams
+    with trainer.host.wrap("mixhub_fit", state=trainer.state):
+        runlog.config(trainer.config.to_dict(), {n: p.version for n, p in trainer.host.plugins.items()})
+        summary = evaluate_streams(trainer, out)
+        runlog.summary(summary)
+        for name in ("testtime.json", "testtime_trace.png"):
+            runlog.artifact(out / name)
+    return summary
