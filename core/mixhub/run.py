@@ -305,6 +305,11 @@ class Run(CheckpointMixin, EvaluationMixin, DistributedMixin, GuardMixin):
             norm = torch.nn.utils.clip_grad_norm_(params, self.config.train.clip_grad_norm)  # the norm before clipping
         elif log_step:
             norm = grad_norm(p for g in self.optimizer.param_groups for p in g["params"])
+        if log_step and norm is not None and self.sharded:
+            from torch.distributed.tensor import DTensor
+
+            if isinstance(norm, DTensor):  # FSDP2: the norm of sharded gradients (every process takes part)
+                norm = norm.full_tensor()
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
