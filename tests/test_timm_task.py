@@ -211,6 +211,7 @@ def test_prepare_distributed_wraps_the_whole_training_forward(digits: Any, tmp_p
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         model, task = make_task()
+        assert (task.session.state.rank, task.session.state.world_size) == (dist.get_rank(), dist.get_world_size())
         task.prepare_distributed()
         assert isinstance(task.get_trainable_module(), DDP) and task.session.train_module is task.get_trainable_module()
         optimizer = create_optimizer_v2(task.get_trainable_module(), opt="sgd", lr=0.05)

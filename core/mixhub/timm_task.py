@@ -101,6 +101,9 @@ class MixhubTask(TrainingTask):
         num_classes = num_classes if num_classes is not None else getattr(model, "num_classes", None)
         cfg_input = getattr(model, "pretrained_cfg", {}).get("input_size")
         session_kwargs.setdefault("input_shape", tuple(cfg_input) if cfg_input else None)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # per-rank pairing draws
+            session_kwargs.setdefault("rank", torch.distributed.get_rank())
+            session_kwargs.setdefault("world_size", torch.distributed.get_world_size())
         self.session = Session(config, model=model, num_classes=num_classes, device=self.device, **session_kwargs)
         self.trainable_module: nn.Module = self.session.task_module
 
