@@ -81,7 +81,7 @@ def test_rerun_without_checkpoints_does_not_append(tmp_path):
     with pytest.raises(ConfigError, match="finished run"):
         train(tiny_config(train={"checkpoint": False}), out=out)
     (out / "summary.json").unlink()  # a crashed run without checkpoints: still another run's files
-    with pytest.raises(ConfigError, match=r"files of another run \(metrics.jsonl, config.yaml\)"):
+    with pytest.raises(ConfigError, match=r"files of another run \(metrics.jsonl, steps.jsonl, config.yaml\)"):
         train(tiny_config(train={"checkpoint": False}), out=out)
     assert (out / "metrics.jsonl").read_text() == before
 

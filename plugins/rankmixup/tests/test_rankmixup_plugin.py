@@ -91,7 +91,7 @@ def test_step_runs_two_forward_calls_and_logs_the_term(variant, m):
     trainer.model.register_forward_hook(lambda mod, inp, out: calls.append(tuple(inp[0].shape)))
     batch = first_batch(trainer)
     b = batch.size
-    out = trainer.train_step(batch)
+    out = {k: float(v) for k, v in trainer.train_step(batch).items()}
     assert calls == [(b, 12), (m * b, 12)]
     name = f"rankmixup_{variant}"
     assert out[name] > 0
@@ -150,7 +150,7 @@ def test_mndcg_aux_matches_functional():
 
 
 def test_separate_forward_keeps_batchnorm_statistics_apart():
-    raw = cfg(data={"name": "digits"}, model={"name": "smallcnn", "kwargs": {"widths": [4, 8, 8]}})
+    raw = cfg(data={"name": "digits", "options": {}}, model={"name": "smallcnn", "kwargs": {"widths": [4, 8, 8]}})
     for options, expected in (({}, 2), ({"separate_forward": False}, 1), ({"mixed_bn_update": False}, 1)):
         raw["rankmixup"] = options
         trainer = Trainer(raw, write=False)
