@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from .errors import ConfigError
 from .runio import to_jsonable
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ class TrackInfo:
             is set (a store shared by several runs, e.g. a bench suite), else ``<run_dir>/<tool>``;
             ``None`` when the run writes no folder and ``track.dir`` is unset.
         shared: whether ``root`` is shared with other runs (``track.dir`` set).
+        tool: the tracker this info was made for.
     """
 
     experiment: str
@@ -122,6 +124,14 @@ class TrackInfo:
     tags: Mapping[str, str]
     root: Path | None
     shared: bool
+    tool: str = ""
+
+    def require_root(self, option: str) -> Path:
+        """``root``, or a ``ConfigError`` naming the tracker's own folder ``option`` when the run
+        writes no folder and ``track.dir`` is unset."""
+        if self.root is None:
+            raise ConfigError(f"{self.tool}: the run writes no folder; set {option} (or track.dir)")
+        return self.root
 
 
 def track_info(state: State, tool: str) -> TrackInfo:
@@ -137,6 +147,7 @@ def track_info(state: State, tool: str) -> TrackInfo:
         tags=dict(getattr(track, "tags", None) or {}),
         root=root,
         shared=bool(shared_dir),
+        tool=tool,
     )
 
 

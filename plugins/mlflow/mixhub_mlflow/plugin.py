@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from mixhub import ConfigError, LogRecord, PluginOptions, PluginSpec, State, hookimpl, track_info
+from mixhub import LogRecord, PluginOptions, PluginSpec, State, hookimpl, track_info
 
 NAME = "mlflow"
 #: MLflow's batch limits (``log_batch``): params and metrics per call.
@@ -57,10 +57,7 @@ def tracking_uri(state: State) -> str:
     opts: MlflowOptions = state.options(NAME)
     if opts.tracking_uri:
         return opts.tracking_uri
-    info = track_info(state, NAME)
-    if info.root is None:
-        raise ConfigError("mlflow: the run writes no folder; set mlflow.tracking_uri (or track.dir)")
-    root = info.root.resolve()
+    root = track_info(state, NAME).require_root("mlflow.tracking_uri").resolve()
     root.mkdir(parents=True, exist_ok=True)
     if opts.store == "sqlite":
         return f"sqlite:///{root / 'mlflow.db'}"

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import Field
 
-from mixhub import ConfigError, LogRecord, PluginOptions, PluginSpec, State, hookimpl, track_info
+from mixhub import LogRecord, PluginOptions, PluginSpec, State, hookimpl, track_info
 
 NAME = "tensorboard"
 
@@ -42,9 +42,8 @@ def log_dir(state: State) -> Path:
     if opts.log_dir:
         return Path(opts.log_dir)
     info = track_info(state, NAME)
-    if info.root is None:
-        raise ConfigError("tensorboard: the run writes no folder; set tensorboard.log_dir (or track.dir)")
-    return info.root / info.name if info.shared else info.root
+    root = info.require_root("tensorboard.log_dir")
+    return root / info.name if info.shared else root
 
 
 def _writer(record: LogRecord, state: State) -> Any:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from mixhub import ConfigError, LogRecord, PluginOptions, PluginSpec, State, hookimpl, track_info
+from mixhub import LogRecord, PluginOptions, PluginSpec, State, hookimpl, track_info
 
 from .offline import wait_until_complete
 
@@ -57,10 +57,7 @@ def run_root(state: State) -> Path:
     opts: WandbOptions = state.options(NAME)
     if opts.dir:
         return Path(opts.dir)
-    info = track_info(state, NAME)
-    if info.root is None:
-        raise ConfigError("wandb: the run writes no folder; set wandb.dir (or track.dir)")
-    return info.root.parent  # W&B adds its own ``wandb/`` folder
+    return track_info(state, NAME).require_root("wandb.dir").parent  # W&B adds its own ``wandb/`` folder
 
 
 def _id_file(state: State) -> Path | None:
