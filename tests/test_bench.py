@@ -6,6 +6,7 @@ import pytest
 
 from mixhub.bench import runner as bench_runner
 from mixhub.bench.report import paired_difference, paired_t_test, t_cdf, t_quantile, write_report
+from mixhub.bench.codeid import key_part
 from mixhub.bench.runner import cell_key, code_identity, collect_suites, run_suite
 from mixhub.bench.suite import Arm, Suite
 
@@ -125,7 +126,7 @@ def test_cells_are_reused_only_under_the_same_key(tmp_path, monkeypatch):
     assert len(calls) == 9
     stored = json.loads((tmp_path / "cells/m/seed1.json").read_text())["key"]
     assert stored == cell_key({"x": 1, "seed": 1, "train": {}}, "m", 1)
-    assert stored["code"] == code_identity() and "mixhub" in stored["code"]["versions"]
+    assert stored["code"] == key_part(code_identity()) and "mixhub" in stored["code"]["versions"]
     calls.clear()
     run_suite(_toy_suite(calls), tmp_path, progress=False)
     assert calls == []  # same suite, same code: every cell reused
@@ -137,11 +138,15 @@ def test_cells_are_reused_only_under_the_same_key(tmp_path, monkeypatch):
     run_suite(_toy_suite(calls, base={"lr": 0.2}), tmp_path, progress=False)
     assert calls == [(2, None)]  # a cell without a key is not trusted
     calls.clear()
-    other = {**code_identity(), "git": "0" * 40}
+    moved = {**code_identity(), "git": "0" * 40}  # another commit with the same source (a docs-only commit)
+    monkeypatch.setattr(bench_runner, "code_identity", lambda: moved)
+    run_suite(_toy_suite(calls, base={"lr": 0.2}), tmp_path, progress=False)
+    assert calls == []
+    other = {**code_identity(), "source": "0" * 24}
     monkeypatch.setattr(bench_runner, "code_identity", lambda: other)
     res = run_suite(_toy_suite(calls, base={"lr": 0.2}), tmp_path, progress=False)
     assert len(calls) == 9  # other code: every cell runs again
-    assert res["code"]["git"] == "0" * 40 and any("changed: code" in r for r in res["rerun"])
+    assert res["code"]["source"] == "0" * 24 and any("changed: code" in r for r in res["rerun"])
     assert "changed: code" in (tmp_path / "REPORT.md").read_text()
 
 

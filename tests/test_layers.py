@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("run", {"run", "runckpt", "runeval", "runsetup", "rundist", "runguard"}),
     ("protocols", {"protocols", "protocols.*"}),
     ("trainer", {"trainer"}),
-    ("commands", {"", "__main__", "cli", "doctor", "listing", "scaffold", "testing", "bench", "bench.runner", "bench.report", "bench.core_suites"}),
+    ("commands", {"", "__main__", "cli", "doctor", "listing", "scaffold", "testing", "bench", "bench.runner", "bench.report", "bench.core_suites", "bench.cell", "bench.codeid", "bench.executors", "bench.suitefile", "bench.tune"}),
 ]
 MAX_LINES = 400
 

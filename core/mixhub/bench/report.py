@@ -2,7 +2,7 @@
 
 Per-arm values are mean ± SD over seeds; paired differences (arm − baseline on the same seeds)
 are mean ± SE with a two-sided paired t-test at the 5% level: significant when
-``|mean / SE| > t_{0.975, n-1}``, Student's t quantile for ``n`` paired seeds (``t_quantile``).
+``|mean / SE| > t_{0.975, n-1}``, Student's t quantile for ``n`` paired seeds (``scipy.stats.t``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from scipy import stats
 
 from .suite import Suite
 
@@ -42,78 +43,20 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, 
     return m, se, len(diffs)
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the regularised incomplete beta function (modified Lentz method)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 400):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-15:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta ``I_x(a, b)``."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    ln_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(ln_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(ln_front) * _betacf(b, a, 1.0 - x) / b
-
-
 def t_cdf(t: float, df: float) -> float:
-    """CDF of Student's t with ``df`` degrees of freedom: ``1 - I_{df/(df+t^2)}(df/2, 1/2) / 2`` for t >= 0."""
+    """CDF of Student's t with ``df`` degrees of freedom (``scipy.stats.t.cdf``)."""
     if df <= 0:
         raise ValueError(f"t distribution: df must be positive, got {df}")
-    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
+    return float(stats.t.cdf(t, df))
 
 
 def t_quantile(p: float, df: float) -> float:
-    """Quantile of Student's t (``t_cdf(t_quantile(p, df), df) == p``), by bisection on ``t_cdf``.
-
-    Written here because the core does not depend on scipy; the test suite checks it against
-    printed table values (e.g. ``t_quantile(0.975, 2) = 4.303``)."""
+    """Quantile of Student's t (``scipy.stats.t.ppf``): ``t_cdf(t_quantile(p, df), df) == p``."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"t quantile: p must lie in (0, 1), got {p}")
-    if p == 0.5:
-        return 0.0
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        hi *= 2.0
-        if hi > 1e12:
-            return math.inf
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-12 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
+    if df <= 0:
+        raise ValueError(f"t distribution: df must be positive, got {df}")
+    return float(stats.t.ppf(p, df))
 
 
 def paired_t_test(mean: float, se: float, n: int, alpha: float = ALPHA) -> tuple[float | None, float | None, bool]:

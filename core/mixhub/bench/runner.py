@@ -1,31 +1,33 @@
-"""Run a suite: every (arm, seed) cell, resumable; then the report.
+"""Run a suite: every (arm, seed) cell, resumable, through an executor; then the report.
 
-Each finished cell is written to ``OUT/cells/<arm>/seed<k>.json`` atomically, together with
-its **key**: the cell's resolved config (suite base + arm overrides + quick overrides + seed,
-loggers included), the arm, the seed and the code that ran it (``code_identity``: versions of
-mixhub, every installed plugin distribution, torch, timm and numpy, and the git commit of the
-source tree with a hash of its uncommitted changes, when it is a git checkout). A bench run
-again reuses a cell only when its stored key equals the key it would run now; any other cell
-(an edited suite, other code, an older cell without a key) is run again.
+Each cell is an ordinary run folder ``OUT/cells/<arm>/seed<k>/run`` (see ``mixhub.bench.cell``);
+a finished cell is written to ``OUT/cells/<arm>/seed<k>.json`` atomically, together with its
+**key**: the cell's resolved config (suite base + arm overrides + quick overrides + seed,
+loggers included), the arm, the seed and the code that ran it (``mixhub.bench.codeid``: package
+versions, a content hash of the source checkout including untracked source files, and a content
+hash of plugins installed from elsewhere). A bench run again reuses a cell only when its stored
+key equals the key it would run now; an unfinished cell under the same key resumes from its
+checkpoint; any other cell (an edited suite, other code, an older cell without a key) runs again.
+The cells go to an executor (``mixhub.bench.executors``: this process, a local process pool, or
+Ray); ``cells.jsonl`` lists every finished cell once, and the report reads only the cell files.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import logging
-import shutil
-import subprocess
-import time
+import sys
 from pathlib import Path
 from typing import Any
 
 from ..config import apply_overrides
 from ..errors import PluginError
+from .cell import cell_paths, flatten_summary, train_cell
+from .codeid import code_identity, key_part
+from .executors import Progress, make_executor
 from .suite import Suite
 
-__all__ = ["collect_suites", "run_suite", "default_run", "cell_config", "tracked_config", "flatten_summary", "code_identity", "cell_key"]
+__all__ = ["collect_suites", "run_suite", "default_run", "cell_config", "tracked_config", "flatten_summary", "code_identity", "cell_key", "load_cells"]
 
 log = logging.getLogger("mixhub.bench")
 
@@ -52,29 +54,6 @@ def collect_suites(strict: bool = False) -> dict[str, Suite]:
             suite.provider = name
             suites[suite.name] = suite
     return suites
-
-
-def flatten_summary(summary: dict[str, Any]) -> dict[str, float]:
-    """``{"test": {"acc": .9}}`` -> ``{"test.acc": .9}`` (numbers only)."""
-    out: dict[str, float] = {}
-    for split, metrics in summary.items():
-        if isinstance(metrics, dict) and split not in ("config", "plugins"):
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    out[f"{split}.{k}"] = float(v)
-        elif isinstance(metrics, (int, float)) and not isinstance(metrics, bool):
-            out[split] = float(metrics)
-    return out
-
-
-def default_run(config: dict[str, Any], out: Path) -> dict[str, float]:
-    from ..trainer import train
-
-    run_dir = out / "run"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # an unfinished cell: start it again
-    result = train(config, out=run_dir, quiet=True)
-    return flatten_summary(result.summary)
 
 
 def cell_config(suite: Suite, arm_name: str, seed: int, quick: bool) -> dict[str, Any]:
@@ -106,45 +85,9 @@ def tracked_config(config: dict[str, Any], suite: Suite, arm: str, seed: int, lo
     return cfg
 
 
-def _git(args: list[str], cwd: Path) -> str | None:
-    try:
-        p = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return p.stdout if p.returncode == 0 else None
-
-
-@functools.lru_cache(maxsize=1)
-def code_identity() -> dict[str, Any]:
-    """What identifies the code a cell ran: package versions and, for a git checkout, the commit.
-
-    ``git`` is the commit of the checkout holding the ``mixhub`` package (``None`` when it is not
-    one, e.g. an installed wheel); ``dirty`` is a hash of ``git diff HEAD`` (``None`` when clean),
-    so uncommitted edits count as other code too.
-    """
-    from importlib import metadata
-
-    from ..plugins import discover
-
-    names = {"mixhub", "torch", "timm", "numpy"} | {info.distribution for info in discover().values() if info.distribution}
-    versions: dict[str, str | None] = {}
-    for name in sorted(names):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    here = Path(__file__).resolve().parent
-    commit = _git(["rev-parse", "HEAD"], here)
-    dirty = None
-    if commit is not None:
-        diff = _git(["diff", "HEAD"], here) or ""
-        dirty = hashlib.sha256(diff.encode()).hexdigest()[:16] if diff.strip() else None
-    return {"versions": versions, "git": commit.strip() if commit else None, "dirty": dirty}
-
-
 def cell_key(config: dict[str, Any], arm: str, seed: int, code: dict[str, Any] | None = None) -> dict[str, Any]:
     """The key a finished cell is stored with (see the module docstring); JSON-canonical."""
-    key = {"config": config, "arm": arm, "seed": seed, "code": code if code is not None else code_identity()}
+    key = {"config": config, "arm": arm, "seed": seed, "code": key_part(code if code is not None else code_identity())}
     return json.loads(json.dumps(key, sort_keys=True, default=str))
 
 
@@ -174,6 +117,11 @@ def _check_loggers(loggers: list[str]) -> None:
             raise PluginError(f"--log {name!r}: no installed plugin of that name{did_you_mean(name, installed)}")
 
 
+def default_run(config: dict[str, Any], out: Path) -> dict[str, float]:
+    """Train one cell in ``out`` (resuming its run folder when it was started under the same config)."""
+    return flatten_summary(train_cell(config, Path(out), {"config": config}))
+
+
 def run_suite(
     suite: Suite,
     out: str | Path,
@@ -183,17 +131,23 @@ def run_suite(
     progress: bool = True,
     command: str = "",
     log: list[str] | None = None,
+    executor: str = "local",
+    jobs: int | None = None,
+    ray_address: str | None = None,
+    cpus_per_cell: float | None = None,
+    gpus_per_cell: float | None = None,
 ) -> dict[str, Any]:
-    """Run every cell not yet finished, then write ``results.json``, ``REPORT.md`` and plots.
+    """Run every cell not yet finished, then write ``cells.jsonl``, ``results.json``, ``REPORT.md`` and plots.
 
     ``log`` names logger plugins (``tensorboard``, ``mlflow``, ``wandb``) that record each
-    cell as a run (see ``tracked_config``).
+    cell as a run (see ``tracked_config``). ``executor`` (``local`` or ``ray``), ``jobs``,
+    ``ray_address``, ``cpus_per_cell`` and ``gpus_per_cell`` choose where cells run
+    (``mixhub.bench.executors.make_executor``). Cells that fail twice are listed in
+    ``results["failed"]`` and in REPORT.md; the others still run.
     """
-    from tqdm.auto import tqdm
-
     from .report import write_report
 
-    out = Path(out)
+    out = Path(out).resolve()
     loggers = list(log or [])
     _check_loggers(loggers)
     n_seeds = seeds if seeds is not None else (suite.quick_seeds if quick else suite.seeds)
@@ -204,14 +158,14 @@ def run_suite(
         old = json.loads(meta_path.read_text())
         if old.get("quick") != quick:
             raise PluginError(f"{str(out)!r} holds a {'quick' if old.get('quick') else 'full'} run of {old.get('suite')!r}; use another --out")
+    ex, n_jobs = make_executor(executor, jobs=jobs, run_fn=suite.run, ray_address=ray_address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell)
     out.mkdir(parents=True, exist_ok=True)
     meta_path.write_text(json.dumps(meta))
-    run = suite.run or default_run
-    bar = tqdm(cells, desc=suite.name, disable=None if progress else True)  # None: no bar off a terminal
     code = code_identity()
     rerun: list[str] = []
-    for arm, seed in bar:
-        cell_path = out / "cells" / arm / f"seed{seed}.json"
+    pending = []
+    for arm, seed in cells:
+        _, cell_path = cell_paths(out, arm, seed)
         config = cell_config(suite, arm, seed, quick)
         if loggers:
             config = tracked_config(config, suite, arm, seed, loggers, out)
@@ -222,26 +176,27 @@ def run_suite(
         if why:
             logging.getLogger("mixhub.bench").warning("bench %s: cell %s seed %d is run again (%s)", suite.name, arm, seed, why)
             rerun.append(f"{arm}/seed{seed}: {why}")
-        bar.set_postfix(arm=arm, seed=seed)
-        t0 = time.time()
-        metrics = run(config, out / "cells" / arm / f"seed{seed}")
-        cell = {"arm": arm, "seed": seed, "metrics": metrics, "time_s": time.time() - t0, "key": key}
-        cell_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cell_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cell))
-        tmp.replace(cell_path)
+        pending.append({"arm": arm, "seed": seed, "config": config, "key": key, "out": str(out)})
+    bar = Progress(suite.name, len(cells), n_jobs, done=len(cells) - len(pending), stream=sys.stderr, enabled=progress)
+    bar.show()
+    failed = ex.execute(pending, bar) if pending else []
     results = load_cells(suite, out, n_seeds)
     results["code"] = code
     results["rerun"] = rerun
+    results["failed"] = failed
     write_report(suite, results, out, command=command, quick=quick)
     return results
 
 
 def load_cells(suite: Suite, out: Path, n_seeds: int) -> dict[str, Any]:
+    """Every finished cell of the suite (one per arm and seed), also written to ``OUT/cells.jsonl``."""
     cells = []
-    for arm in suite.arms:
-        for seed in range(n_seeds):
-            p = out / "cells" / arm.name / f"seed{seed}.json"
+    for seed in range(n_seeds):
+        for arm in suite.arms:
+            _, p = cell_paths(out, arm.name, seed)
             if p.exists():
                 cells.append(json.loads(p.read_text()))
+    tmp = Path(out) / ".cells.jsonl.tmp"
+    tmp.write_text("".join(json.dumps({k: v for k, v in c.items() if k != "key"}) + "\n" for c in cells))
+    tmp.replace(Path(out) / "cells.jsonl")
     return {"suite": suite.name, "seeds": n_seeds, "cells": cells}
