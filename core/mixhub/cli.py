@@ -1,4 +1,4 @@
-"""The ``mixhub`` command line: train, eval, bench, plugins."""
+"""The ``mixhub`` command line: train, eval, bench, tune, plugins."""
 
 from __future__ import annotations
 
@@ -88,23 +88,56 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _suite_from(arg: str) -> tuple[Any, Any]:
+    """``(Suite, SuiteFile or None)``: a registered suite by name, or a user's suite file."""
+    from .bench.runner import collect_suites
+
+    suites = collect_suites()
+    if arg in suites:
+        return suites[arg], None
+    from .bench.suitefile import is_suite_file, load_suite_file
+
+    if is_suite_file(arg):
+        spec = load_suite_file(arg)
+        return spec.suite, spec
+    from ._util import did_you_mean
+
+    raise MixhubError(f"unknown bench suite {arg!r}{did_you_mean(arg, suites)} (see `mixhub bench --list`, or give a suite file)")
+
+
+def _command(name: str) -> str:
+    return f"mixhub {name} " + " ".join(sys.argv[2:]) if sys.argv[1:2] == [name] else ""
+
+
 def _bench(args: argparse.Namespace) -> int:
     from .bench.runner import collect_suites, run_suite
 
-    suites = collect_suites()
     if args.list or not args.suite:
-        for name, s in sorted(suites.items()):
+        for name, s in sorted(collect_suites().items()):
             print(f"{name:24s} [{s.provider}] {s.description}")
         return 0
-    if args.suite not in suites:
-        from ._util import did_you_mean
-
-        raise MixhubError(f"unknown bench suite {args.suite!r}{did_you_mean(args.suite, suites)} (see `mixhub bench --list`)")
-    suite = suites[args.suite]
+    suite, _ = _suite_from(args.suite)
     out = Path(args.out or f"bench-out/{suite.name}{'-quick' if args.quick else ''}")
-    cmd = "mixhub bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else f"mixhub bench {suite.name}"
+    cmd = _command("bench") or f"mixhub bench {args.suite}"
     loggers = [n.strip() for n in (args.log or "").split(",") if n.strip()]
-    run_suite(suite, out, seeds=args.seeds, quick=args.quick, progress=not args.quiet, command=cmd, log=loggers)
+    results = run_suite(
+        suite, out, seeds=args.seeds, quick=args.quick, progress=not args.quiet, command=cmd, log=loggers,
+        executor=args.executor, jobs=args.jobs, ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell, gpus_per_cell=args.gpus_per_cell,
+    )
+    print((out / "REPORT.md").read_text())
+    if results.get("failed"):
+        print(f"mixhub: error: {len(results['failed'])} cell(s) failed; see {out / 'REPORT.md'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from .bench.suitefile import load_suite_file
+    from .bench.tune import tune_suite
+
+    spec = load_suite_file(args.suite)
+    out = Path(args.out or f"tune-out/{spec.suite.name}")
+    tune_suite(spec, out, trials=args.trials, arm=args.arm, storage=args.storage, command=_command("tune"), progress=not args.quiet)
     print((out / "REPORT.md").read_text())
     return 0
 
@@ -163,7 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out")
     b.add_argument("--quiet", action="store_true")
     b.add_argument("--log", metavar="PLUGINS", help="logger plugins recording each cell as a run (one experiment per suite), e.g. tensorboard,mlflow,wandb")
+    b.add_argument("--jobs", type=int, help="cells at once, each in its own process (default: one per visible GPU; on CPU one cell using every thread)")
+    b.add_argument("--executor", choices=["local", "ray"], default="local", help="where cells run: this machine, or a Ray cluster (pip install 'mixhub[ray]')")
+    b.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance)")
+    b.add_argument("--cpus-per-cell", type=float, help="CPU threads of each cell (Ray: the task's num_cpus, default 1)")
+    b.add_argument("--gpus-per-cell", type=float, help="Ray: GPUs each cell asks for (default 0)")
     b.set_defaults(func=_bench)
+    tu = sub.add_parser("tune", help="tune a suite file's option ranges with Optuna on the validation split")
+    tu.add_argument("suite", help="suite file (YAML) whose arms declare `search` ranges")
+    tu.add_argument("--trials", type=int, help="trials per arm (default: the file's tune.trials); with a shared --storage, the study's total")
+    tu.add_argument("--arm", help="tune only this arm")
+    tu.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/optuna.db)")
+    tu.add_argument("--out", help="output folder (default: tune-out/<suite>)")
+    tu.add_argument("--quiet", action="store_true")
+    tu.set_defaults(func=_tune)
     pl = sub.add_parser("plugins", help="list or check installed plugins")
     pl.add_argument("action", choices=["list", "doctor"])
     pl.add_argument("--json", action="store_true")

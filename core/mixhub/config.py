@@ -78,6 +78,7 @@ class DataConfig(Section):
     val_frac: float = Field(0.15, ge=0.0, lt=1.0, description="share of the data kept for validation")
     test_frac: float = Field(0.2, ge=0.0, lt=1.0, description="share of the data kept for testing (datasets without a fixed test split)")
     train_frac: float = Field(1.0, gt=0.0, le=1.0, description="stratified share of the training split kept (low-data runs)")
+    subset: float | int | None = Field(None, gt=0, description="train on a seeded random part of the training split: a share in (0, 1] (float) or a number of samples (int); for cheap screening runs")
     label_noise: float = Field(0.0, ge=0.0, lt=1.0, description="share of training labels replaced by random classes")
     image_size: int = Field(32, ge=8, description="side of square images")
     augment: str = Field("none", description="augmentation pipeline of the bundled image proxies: none, light (shift-scale-rotate), flip-crop")
@@ -127,7 +128,8 @@ class TrainConfig(Section):
     nan_policy: Literal["stop", "skip"] = Field("stop", description="non-finite inputs, targets or loss: stop the run or skip the batch")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     eval_every: int = Field(1, ge=1)
-    max_steps_per_epoch: int | None = Field(None, ge=1)
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on the optimizer steps of each epoch (cheap screening runs)")
+    final_test: bool = Field(True, description="evaluate the test split (and extra evaluation splits) at the end; `mixhub tune` turns it off, so tuning never looks at test")
     checkpoint: bool = True
     plots: bool = True
     log_every: int = Field(50, ge=1, description="optimizer steps between step records (loss, lr, images/s, grad norm) and console lines")

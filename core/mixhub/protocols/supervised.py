@@ -152,6 +152,9 @@ class SupervisedProtocol:
         if run.state.task_kind == "classification":
             temperature = fit_temperature(val_outs["logits"], val_t)
         summary["val"] = run.metrics_from(val_outs, val_t, temperature)
+        if not run.config.train.final_test:  # tuning: the test split stays unseen
+            self.write_epoch_record({"epoch": run.config.train.epochs, "split": "final_val", **summary["val"]})
+            return summary
         summary["test"] = run.evaluate(run.bundle.test, "test", temperature)
         run.last_outputs_test = run.last_outputs
         for name, ds in run.bundle.extra_splits.items():
