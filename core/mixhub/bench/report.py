@@ -188,6 +188,7 @@ def write_report(suite: Suite, results: dict[str, Any], out: Path, command: str 
     ]
     if results.get("rerun"):
         lines += ["Cells run again because their stored key differed: " + "; ".join(results["rerun"]), ""]
+    lines += _failed_lines(results.get("failed") or [])
     lines += ["Arms:", ""] + [f"- `{a.name}`: {a.description or a.overrides}" for a in suite.arms] + [""]
     if suite.notes:
         lines += ["Notes: " + suite.notes, ""]
@@ -203,6 +204,17 @@ def write_report(suite: Suite, results: dict[str, Any], out: Path, command: str 
     path = out / "REPORT.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _failed_lines(failed: list[dict[str, Any]]) -> list[str]:
+    """The cells that failed twice (their seeds are missing from the paired statistics), each with its error."""
+    if not failed:
+        return []
+    lines = [f"**Failed cells ({len(failed)})**: tried twice, then left out; the paired statistics above use only the seeds both arms finished.", ""]
+    for f in failed:
+        error = str(f.get("error", "")).strip()
+        lines += [f"- `{f['arm']}` seed {f['seed']}:", "", "  ```text", *[f"  {line}" for line in error.splitlines()[-15:]], "  ```", ""]
+    return lines
 
 
 def _versions() -> str:
