@@ -5,8 +5,8 @@ from importlib import metadata
 import pytest
 
 from mixhub.bench import runner as bench_runner
-from mixhub.bench.report import paired_difference, paired_t_test, t_cdf, t_quantile, write_report
 from mixhub.bench.codeid import key_part
+from mixhub.bench.report import paired_difference, paired_t_test, t_cdf, t_quantile, write_report
 from mixhub.bench.runner import cell_key, code_identity, collect_suites, run_suite
 from mixhub.bench.suite import Arm, Suite
 

@@ -16,13 +16,24 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import apply_overrides, format_validation_error, load_config, plugin_names, read_yaml, set_dotted
+from ..config import (
+    apply_overrides,
+    format_validation_error,
+    load_config,
+    plugin_names,
+    read_yaml,
+    set_dotted,
+)
 from ..errors import ConfigError
 from .suite import Arm, Suite
 
 __all__ = ["SearchRange", "ArmFile", "TuneSettings", "SuiteFileModel", "SuiteFile", "load_suite_file", "is_suite_file"]
 
-PLOTS = ("bars", "curves", "reliability", "accuracy_matrix")
+PlotName = Literal["bars", "curves", "reliability", "accuracy_matrix"]
+
+
+def _default_plots() -> list[PlotName]:
+    return ["bars", "curves"]
 
 
 class _Strict(BaseModel):
@@ -97,7 +108,7 @@ class SuiteFileModel(_Strict):
     higher_is_better: dict[str, bool] = Field(default_factory=dict)
     quick: dict[str, Any] = Field(default_factory=dict, description="overrides of `--quick` (e.g. train.max_steps_per_epoch, data.subset)")
     quick_seeds: int = Field(1, ge=1)
-    plots: list[Literal["bars", "curves", "reliability", "accuracy_matrix"]] = Field(default_factory=lambda: ["bars", "curves"])
+    plots: list[PlotName] = Field(default_factory=_default_plots)
     comparisons: list[tuple[str, str]] = Field(default_factory=list)
     notes: str = ""
     tune: TuneSettings = Field(default_factory=TuneSettings)
