@@ -170,3 +170,60 @@ def test_data_subset_keeps_a_seeded_part_of_the_training_split():
         build_data(DataConfig(name="digits", image_size=8, subset=100000), seed=0)
     with pytest.raises(DataError, match="share must lie"):
         build_data(DataConfig(name="digits", image_size=8, subset=1.5), seed=0)
+
+
+def test_a_cell_resumes_only_its_own_run(tmp_path, monkeypatch):
+    import mixhub.trainer as trainer_mod
+    from mixhub.bench.cell import train_cell
+
+    calls = []
+
+    class Result:
+        summary = {"test": {"acc": 0.5}}
+
+    def fake_train(raw, *a, out=None, resume=False, **kw):
+        calls.append((resume, sorted(p.name for p in Path(out).rglob("*")) if Path(out).exists() else None))
+        return Result()
+
+    monkeypatch.setattr(trainer_mod, "train", fake_train)
+    folder = tmp_path / "cells" / "a" / "seed0"
+    (folder / "run" / "checkpoints").mkdir(parents=True)
+    (folder / "run" / "checkpoints" / "last.pt").write_bytes(b"x")
+    (folder / "key.json").write_text(json.dumps({"config": {"lr": 1}}))
+    train_cell({}, folder, {"config": {"lr": 1}})
+    assert calls == [(True, ["checkpoints", "last.pt"])]  # same key, a checkpoint: resumed
+    calls.clear()
+    train_cell({}, folder, {"config": {"lr": 2}})
+    assert calls == [(False, None)]  # another key: the old run folder is removed, a fresh run starts
+    assert json.loads((folder / "key.json").read_text()) == {"config": {"lr": 2}}
+    calls.clear()
+    (folder / "run").mkdir()
+    (folder / "run" / "summary.json").write_text(json.dumps({"test": {"acc": 0.75}}))
+    assert train_cell({}, folder, {"config": {"lr": 2}}) == {"test": {"acc": 0.75}}  # finished: read, not trained
+    assert calls == []
+
+
+def test_one_cell_per_visible_gpu(monkeypatch, tmp_path):
+    from mixhub.bench import executors
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert executors.visible_gpus() == ["3", "5"] and executors.default_jobs() == 2
+    ex, n = make_executor("local")
+    assert isinstance(ex, LocalExecutor) and n == 2 and ex.gpus == ["3", "5"]
+    envs = {}
+
+    class FakeProc:
+        def __init__(self, cmd, env, **kw):
+            spec = json.loads(Path(cmd[-1]).read_text())
+            envs[(spec["arm"], spec["seed"])] = env["CUDA_VISIBLE_DEVICES"]
+            (tmp_path / "cells" / spec["arm"] / f"seed{spec['seed']}.json").write_text("{}")
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(executors.subprocess, "Popen", FakeProc)
+    specs = [{"arm": "a", "seed": s, "config": {}, "key": {}, "out": str(tmp_path)} for s in range(2)]
+    assert ex.execute(specs, Progress("s", 2, 2, enabled=False)) == []
+    assert sorted(envs.values()) == ["3", "5"]  # the two cells at once, each on its own GPU

@@ -100,8 +100,14 @@ def test_the_same_suite_on_ray_gives_the_same_metrics_per_cell(local_bench, tmp_
     try:
         spec = load_suite_file(suite)
         res = run_suite(spec.suite, tmp_path / "ray-out", executor="ray", cpus_per_cell=1, progress=False)
+        failing = run_suite(_failing_suite(tmp_path / "attempts"), tmp_path / "ray-fail", executor="ray", progress=False)
     finally:
         ray.shutdown()
+    # on Ray too: a failing cell is tried twice, then reported with its error; the others finish
+    assert [(f["arm"], f["seed"]) for f in failing["failed"]] == [("bad", 1)]
+    assert len(list((tmp_path / "attempts").glob("bad-1-*"))) == 2 and len(list((tmp_path / "attempts").glob("ok-0-*"))) == 1
+    assert "ValueError: cell bad/1 cannot run" in (tmp_path / "ray-fail" / "REPORT.md").read_text()
+    assert len(failing["cells"]) == 3
     assert res["failed"] == []
     local = {(c["arm"], c["seed"]): c["metrics"] for c in cells_jsonl(out)}
     remote = {(c["arm"], c["seed"]): c["metrics"] for c in cells_jsonl(tmp_path / "ray-out")}
@@ -109,6 +115,23 @@ def test_the_same_suite_on_ray_gives_the_same_metrics_per_cell(local_bench, tmp_
     for cell, metrics in local.items():
         for name in ("test.acc", "test.nll", "val.acc", "val.nll"):
             assert remote[cell][name] == pytest.approx(metrics[name], rel=1e-6, abs=1e-7), (cell, name)
+
+
+def _failing_suite(attempts: Path):
+    from mixhub.bench.suite import Arm, Suite
+
+    attempts.mkdir(parents=True, exist_ok=True)
+
+    def run(cfg, out):  # runs in Ray workers: attempts are counted in files
+        import uuid
+
+        arm = "bad" if cfg.get("bad") else "ok"
+        (attempts / f"{arm}-{cfg['seed']}-{uuid.uuid4().hex}").write_text("")
+        if arm == "bad" and cfg["seed"] == 1:
+            raise ValueError("cell bad/1 cannot run")
+        return {"test.acc": 0.5}
+
+    return Suite("fail", "toy", {}, [Arm("ok"), Arm("bad", {"bad": 1})], "ok", ["test.acc"], seeds=2, run=run)
 
 
 def test_killed_bench_resumes_and_lists_every_cell_once(tmp_path, monkeypatch):
