@@ -227,3 +227,35 @@ def test_one_cell_per_visible_gpu(monkeypatch, tmp_path):
     specs = [{"arm": "a", "seed": s, "config": {}, "key": {}, "out": str(tmp_path)} for s in range(2)]
     assert ex.execute(specs, Progress("s", 2, 2, enabled=False)) == []
     assert sorted(envs.values()) == ["3", "5"]  # the two cells at once, each on its own GPU
+
+
+def test_a_cell_process_stops_when_its_bench_is_gone(tmp_path):
+    import os
+    import signal
+    import time
+
+    spec = {
+        "arm": "a", "seed": 0, "out": str(tmp_path), "key": {"k": 1}, "threads": 1,
+        "config": {"seed": 0, "data": {"name": "digits", "image_size": 8}, "model": {"name": "smallcnn", "kwargs": {"widths": [4, 8]}},
+                   "train": {"epochs": 100000, "batch_size": 8, "device": "cpu", "plots": False}},
+    }
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    # the "bench" starts the cell and dies at once, leaving the cell orphaned
+    bench = subprocess.run(["bash", "-c", f'MIXHUB_BENCH_PARENT=$$ "{sys.executable}" -m mixhub.bench.cell "{path}" >/dev/null 2>&1 & echo $!'], capture_output=True, text=True, check=True)
+    pid = int(bench.stdout.strip())
+
+    def alive() -> bool:
+        try:
+            return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+        except OSError:
+            return False
+
+    try:
+        deadline = time.time() + 120
+        while alive() and time.time() < deadline:
+            time.sleep(0.2)
+        assert not alive(), "the orphaned cell kept training"
+    finally:
+        if alive():
+            os.kill(pid, signal.SIGKILL)

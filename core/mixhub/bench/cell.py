@@ -27,6 +27,9 @@ from .suite import RunFn
 
 __all__ = ["CellSpec", "run_cell", "cell_paths", "train_cell", "flatten_summary", "write_json_atomic", "main"]
 
+#: The pid of the bench that started a cell process (set by the local executor).
+PARENT_ENV = "MIXHUB_BENCH_PARENT"
+
 CellSpec = dict[str, Any]
 """``{"arm", "seed", "config", "key", "out", "threads"}``: plain data, so it crosses processes."""
 
@@ -106,8 +109,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     spec = json.loads(Path(args[0]).read_text())
+    _stop_when_orphaned(int(os.environ.get(PARENT_ENV) or os.getppid()))
     run_cell(spec)
     return 0
+
+
+def _stop_when_orphaned(parent: int, every_s: float = 1.0) -> None:
+    """Send this process SIGTERM once its parent (the bench) is gone, however the bench died.
+
+    The run then checkpoints at its current step and stops, so a bench started again resumes the
+    cell instead of finding its run folder locked by a cell nobody waits for.
+    """
+    import signal
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:  # reparented (to init or a subreaper) once the parent is gone
+            time.sleep(every_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="mixhub-cell-parent-watch", daemon=True).start()
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through the local executor

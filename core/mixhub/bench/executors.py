@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import MixhubError
-from .cell import CellSpec, cell_paths, run_cell
+from .cell import PARENT_ENV, CellSpec, cell_paths, run_cell
 from .suite import RunFn
 
 __all__ = ["Progress", "InlineExecutor", "LocalExecutor", "RayExecutor", "default_jobs", "visible_gpus", "make_executor"]
@@ -158,7 +158,7 @@ class LocalExecutor:
         folder.mkdir(parents=True, exist_ok=True)
         spec_path = folder / "spec.json"
         spec_path.write_text(json.dumps({**spec, "threads": self.threads}, default=str))
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads), PARENT_ENV: str(os.getpid())}
         env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)] if self.gpus else ""
         log = open(folder / "cell.log", "ab")  # noqa: SIM115 - closed when the process ends
         try:
