@@ -35,6 +35,7 @@ def digits_suite(path, trials=4):
         "reference": "erm",
         "metrics": ["test.acc"],
         "tune": {"metric": "val.acc", "trials": trials},
+        "quick": {"data": {"subset": 64}},
     }
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -115,3 +116,38 @@ def test_missing_optuna_says_how_to_install(tmp_path, monkeypatch):
 
     with pytest.raises(MixhubError, match=r"pip install 'mixhub\[tune\]'"):
         tune_suite(load_suite_file(digits_suite(tmp_path / "t.yaml")), tmp_path / "o")
+
+
+def test_a_pruned_trial_stops_its_run_at_the_epoch_end(tmp_path):
+    from mixhub.bench.tune import _run_trial
+
+    class Trial:
+        number = 7
+
+        def __init__(self):
+            self.reports, self.attrs = [], {}
+
+        def suggest_float(self, name, low, high, step=None, log=False):
+            return low
+
+        def suggest_categorical(self, name, choices):
+            return choices[0]
+
+        def set_user_attr(self, k, v):
+            self.attrs[k] = v
+
+        def report(self, value, step):
+            self.reports.append((step, value))
+
+        def should_prune(self):
+            return True
+
+    spec = load_suite_file(digits_suite(tmp_path / "t.yaml"))
+    trial = Trial()
+    with pytest.raises(optuna.TrialPruned, match="epoch 0"):
+        _run_trial(spec, "mixup", trial, "val.acc", "maximize", tmp_path / "out", quick=True)
+    assert [s for s, _ in trial.reports] == [0]  # reported after the first epoch, then stopped
+    run = tmp_path / "out" / "trials" / "mixup" / "trial7"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["subset"] == 64 and saved["mixup"]["alpha"] == 0.1 and saved["train"]["final_test"] is False
+    assert not (run / "summary.json").exists() and trial.attrs["run_dir"] == str(run)

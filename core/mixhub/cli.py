@@ -137,7 +137,7 @@ def _tune(args: argparse.Namespace) -> int:
 
     spec = load_suite_file(args.suite)
     out = Path(args.out or f"tune-out/{spec.suite.name}")
-    tune_suite(spec, out, trials=args.trials, arm=args.arm, storage=args.storage, command=_command("tune"), progress=not args.quiet)
+    tune_suite(spec, out, trials=args.trials, arm=args.arm, storage=args.storage, command=_command("tune"), progress=not args.quiet, quick=args.quick)
     print((out / "REPORT.md").read_text())
     return 0
 
@@ -208,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--arm", help="tune only this arm")
     tu.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/optuna.db)")
     tu.add_argument("--out", help="output folder (default: tune-out/<suite>)")
+    tu.add_argument("--quick", action="store_true", help="trials with the suite's `quick` overrides (best.yaml stays the full config)")
     tu.add_argument("--quiet", action="store_true")
     tu.set_defaults(func=_tune)
     pl = sub.add_parser("plugins", help="list or check installed plugins")

@@ -140,10 +140,11 @@ class SuiteFile:
     search: dict[str, dict[str, SearchRange]] = field(default_factory=dict)
     tune: TuneSettings = field(default_factory=TuneSettings)
 
-    def arm_config(self, arm: str, seed: int) -> dict[str, Any]:
+    def arm_config(self, arm: str, seed: int, quick: bool = False) -> dict[str, Any]:
+        """The arm's config for ``seed`` (with the suite's ``quick`` overrides when ``quick``)."""
         from .runner import cell_config
 
-        return cell_config(self.suite, arm, seed, quick=False)
+        return cell_config(self.suite, arm, seed, quick=quick)
 
 
 def is_suite_file(name: str) -> bool:

@@ -86,8 +86,8 @@ def tune_metric(spec: SuiteFile, task_kind: str | None = None) -> tuple[str, str
     return metric, direction
 
 
-def _trial_config(spec: SuiteFile, arm: str, params: dict[str, Any], metric: str, direction: str) -> dict[str, Any]:
-    cfg = spec.arm_config(arm, spec.tune.seed)
+def _trial_config(spec: SuiteFile, arm: str, params: dict[str, Any], metric: str, direction: str, quick: bool = False) -> dict[str, Any]:
+    cfg = spec.arm_config(arm, spec.tune.seed, quick)
     for key, value in params.items():
         set_dotted(cfg, key, value)
     return apply_overrides(cfg, {"train": {"select": metric.split(".", 1)[1], "select_mode": "max" if direction == "maximize" else "min"}})
@@ -101,11 +101,11 @@ def _task_kind(spec: SuiteFile) -> str:
     return build_data(cfg.data, 0).task
 
 
-def _run_trial(spec: SuiteFile, arm: str, trial: Any, metric: str, direction: str, out: Path) -> float:
+def _run_trial(spec: SuiteFile, arm: str, trial: Any, metric: str, direction: str, out: Path, quick: bool = False) -> float:
     from ..trainer import train
 
     params = {key: suggest(trial, key, rng) for key, rng in spec.search[arm].items()}
-    cfg = _trial_config(spec, arm, params, metric, direction)
+    cfg = _trial_config(spec, arm, params, metric, direction, quick)
     cfg = apply_overrides(cfg, {"train": {"final_test": False}})
     cfg["plugins"] = [*cfg.get("plugins", []), REPORTER]
     reporter = TrialReporter(trial, metric.split(".", 1)[1])
@@ -134,8 +134,12 @@ def tune_suite(
     storage: str | None = None,
     command: str = "",
     progress: bool = True,
+    quick: bool = False,
 ) -> dict[str, Any]:
-    """Tune every arm with ranges (or ``arm``); returns ``{arm: {"best_value", "best_params", ...}}``."""
+    """Tune every arm with ranges (or ``arm``); returns ``{arm: {"best_value", "best_params", ...}}``.
+
+    ``quick``: trials run with the suite's ``quick`` overrides (screening); ``best.yaml`` is the
+    full config with the best values."""
     optuna = _optuna()
     out = Path(out).resolve()
     arms = [arm] if arm else [a.name for a in spec.suite.arms if spec.search.get(a.name)]
@@ -164,14 +168,14 @@ def tune_suite(
         )
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         study.optimize(
-            lambda trial, name=name: _run_trial(spec, name, trial, metric, direction, out),  # type: ignore[misc]
+            lambda trial, name=name: _run_trial(spec, name, trial, metric, direction, out, quick),  # type: ignore[misc]
             n_trials=n_trials,
             callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=states)],
             catch=(),
         )
         results[name] = _arm_result(spec, name, study, metric, direction, out)
     _write_best(spec, results, metric, direction, out)
-    _write_report(spec, results, metric, direction, url, out, command)
+    _write_report(spec, results, metric, direction, url, out, command, quick)
     return results
 
 
@@ -238,7 +242,7 @@ def _fmt(v: Any) -> str:
     return "n/a" if v is None else str(v)
 
 
-def _write_report(spec: SuiteFile, results: dict[str, Any], metric: str, direction: str, url: str, out: Path, command: str) -> None:
+def _write_report(spec: SuiteFile, results: dict[str, Any], metric: str, direction: str, url: str, out: Path, command: str, quick: bool = False) -> None:
     from .codeid import code_identity
     from .report import cpu_model, thread_info
 
@@ -257,6 +261,8 @@ def _write_report(spec: SuiteFile, results: dict[str, Any], metric: str, directi
         f"{spec.tune.n_warmup_steps} warm-up epochs); storage `{url}`.",
         "",
     ]
+    if quick:
+        lines += [f"Screening (`--quick`): trials ran with the suite's quick overrides {json.dumps(spec.suite.quick)}; the best configs are the full ones.", ""]
     for arm, res in results.items():
         if arm == "best_arm":
             continue
