@@ -212,6 +212,7 @@ def test_one_cell_per_visible_gpu(monkeypatch, tmp_path):
     assert executors.visible_gpus() == ["3", "5"] and executors.default_jobs() == 2
     ex, n = make_executor("local")
     assert isinstance(ex, LocalExecutor) and n == 2 and ex.gpus == ["3", "5"]
+    assert isinstance(make_executor("local", run_fn=lambda c, o: {})[0], InlineExecutor)  # a suite's own function: one process
     envs = {}
 
     class FakeProc:

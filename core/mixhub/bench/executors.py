@@ -268,7 +268,8 @@ def make_executor(
     """The executor ``name`` (``local`` or ``ray``) and how many cells it runs at once.
 
     ``local`` with one job runs cells in this process; with more, in a process pool (each cell
-    with ``cpus_per_cell`` threads, default the machine's cores shared evenly).
+    with ``cpus_per_cell`` threads, default the machine's cores shared evenly). Suites with their
+    own cell function (``Suite.run``) run in this process unless ``--jobs`` asks for more.
     """
     if name == "ray":
         gpus = gpus_per_cell if gpus_per_cell is not None else 0.0
@@ -277,12 +278,14 @@ def make_executor(
         raise MixhubError(f"--executor {name!r}: unknown executor (local or ray)")
     if ray_address or gpus_per_cell is not None:
         raise MixhubError("--ray-address and --gpus-per-cell belong to --executor ray")
-    n = jobs if jobs is not None else default_jobs()
-    if n < 1:
-        raise MixhubError(f"--jobs {n}: must be at least 1")
-    if n == 1 and cpus_per_cell is None:
+    if jobs is not None and jobs < 1:
+        raise MixhubError(f"--jobs {jobs}: must be at least 1")
+    if run_fn is not None:  # a suite's own cell function lives in this process
+        if jobs is not None and jobs > 1:
+            raise MixhubError("this suite runs its cells with its own function (Suite.run); it runs in one process (--jobs 1) or on Ray")
         return InlineExecutor(run_fn), 1
-    if run_fn is not None:
-        raise MixhubError("this suite runs its cells with its own function (Suite.run); it runs in one process (--jobs 1) or on Ray")
+    n = jobs if jobs is not None else default_jobs()
+    if n == 1 and cpus_per_cell is None:
+        return InlineExecutor(), 1
     threads = int(cpus_per_cell) if cpus_per_cell else max(1, (os.cpu_count() or 1) // n)
     return LocalExecutor(n, threads, visible_gpus()), n
