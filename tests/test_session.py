@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import mixhub
+from mixhub import ConfigError
 from mixhub.config import DataConfig, ModelConfig
 from mixhub.data import build_data
 from mixhub.models import build_model
@@ -52,7 +53,8 @@ def plain_loop(cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
     seed_everything(seed)
     bundle = build_data(DataConfig(**cfg["data"]), seed)
     model = build_model(ModelConfig(**cfg["model"]), bundle.input_shape, bundle.num_classes)
-    session = mixhub.Session(cfg, model=model, num_classes=bundle.num_classes, train_targets=bundle.train_targets, input_shape=bundle.input_shape, device="cpu")
+    session = mixhub.Session(cfg, model=model, num_classes=bundle.num_classes, train_targets=bundle.train_targets, input_shape=bundle.input_shape, device="cpu",
+                             max_steps=cfg["train"]["epochs"] * cfg["train"]["max_steps_per_epoch"])
     optimizer = session.create_optimizer()
     x, y, index = first_batch(bundle.train, seed, cfg["train"]["batch_size"])
     loss, logs = session.training_step(x, y, index)
@@ -103,7 +105,6 @@ def test_step_logs_stay_tensors_and_include_aux_losses() -> None:
 
 
 def test_dataset_partners_need_a_fetch_function() -> None:
-    from mixhub import ConfigError
 
     cfg = {**copy.deepcopy(BASE), "plugins": ["cmixup"], "data": {"name": "synthetic-regression", "options": {"kind": "tanh", "n": 64}},
            "model": {"name": "mlp", "kwargs": {"hidden": [8]}}}
@@ -126,12 +127,15 @@ def test_state_dict_round_trip_is_weights_only_loadable(tmp_path) -> None:
     opt.zero_grad()
     loss.backward()
     opt.step()
-    session.after_step()
+    with pytest.raises(ConfigError, match="plugin 'adautomix' schedules over the whole run.*total_steps=N"):
+        session.after_step()  # AdAutoMix's teacher momentum needs the run's length
+    assert session.state.step == 1  # nothing else ran
+    session.after_step(1, total_steps=40)
     torch.save(session.state_dict(), tmp_path / "s.pt")
     sd = torch.load(tmp_path / "s.pt", weights_only=True)
     fresh = mixhub.Session(cfg, model=build_model(ModelConfig(**cfg["model"]), bundle.input_shape, 10), num_classes=10, input_shape=bundle.input_shape)
     fresh.load_state_dict(sd)
-    assert fresh.state.step == 1
+    assert fresh.state.step == 1 and fresh.state.max_steps == 40
     for key, spec in session.state.modules.items():
         for a, b in zip(spec.module.state_dict().values(), fresh.state.modules[key].module.state_dict().values()):
             assert torch.equal(a, b)

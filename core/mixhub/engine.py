@@ -42,14 +42,14 @@ from torch import Tensor, nn
 
 from .batch import Batch
 from .config import RunConfig, load_config, plugin_names
-from .errors import ConfigError, MixhubError, PluginHookError
+from .errors import ConfigError, DataError, MixhubError, PluginHookError
 from .optim import param_groups
 from .plan import MixPlan
 from .plugins import PluginHost, check_compatibility, resolve_plugins
 from .state import State
 from .taskmodule import TaskModule
 
-__all__ = ["Session", "TaskModule", "build_host", "amp_dtype_for"]
+__all__ = ["Session", "TaskModule", "build_host", "amp_dtype_for", "check_class_targets"]
 
 log = logging.getLogger("mixhub")
 
@@ -67,6 +67,22 @@ def build_host(raw: dict[str, Any], task_kind: str, extra_plugins: dict[str, Any
             for warning in p.spec.validate(run.options[p.name], run) or []:
                 log.warning("%s: %s", p.name, warning)
     return run, PluginHost(plugins, owners)
+
+
+def check_class_targets(target: Tensor, state: State, door: str = "mixhub.Session") -> None:
+    """Refuse soft ``[B, C]`` (or floating) targets of a classification step unless
+    ``train.soft_targets`` says they are the user's own: such targets usually mean timm's
+    Mixup/CutMix has already mixed the batch, and the plugins would mix it a second time.
+    Shape and dtype only: no device read."""
+    if state.task_kind != "classification" or state.config.train.soft_targets:
+        return
+    if target.dim() != 1 or target.is_floating_point():
+        raise DataError(
+            f"{door} got targets of shape {tuple(target.shape)} and dtype {target.dtype}: timm has already mixed this "
+            "batch (its Mixup/CutMix or FastCollateMixup makes soft [B, C] targets). Turn timm's mixing off "
+            "(--mixup 0 --cutmix 0) and let the mixhub plugins mix; they need class indices [B]. Soft labels of your "
+            "own (no mixing before mixhub) are accepted with train.soft_targets=true."
+        )
 
 
 def amp_dtype_for(amp: bool, device: torch.device) -> torch.dtype | None:
@@ -95,6 +111,9 @@ class Session:
         extra_plugins: in-process plugins by name (objects with hooks and a ``PLUGIN`` spec).
         data: a ``DataBundle`` (mixhub's own runs), read by plugins through ``state.data``.
         world_size, rank: the distributed layout.
+        max_steps: the run's total number of optimizer steps (``state.max_steps``), for plugins
+            with a schedule over the run (``PluginSpec.needs_max_steps``); also settable later
+            (``set_max_steps``, or ``after_step(step, total_steps)``).
     """
 
     def __init__(
@@ -113,6 +132,7 @@ class Session:
         data: Any = None,
         world_size: int = 1,
         rank: int = 0,
+        max_steps: int | None = None,
     ) -> None:
         raw = config.to_dict() if isinstance(config, RunConfig) else dict(config)
         kind = task_kind or ("classification" if num_classes else "regression")
@@ -153,6 +173,8 @@ class Session:
         self.train_module: nn.Module = self.task_module
         self.optimizer: torch.optim.Optimizer | None = None
         self._names_checked = not cfg.losses
+        if max_steps is not None:
+            self.set_max_steps(max_steps)
 
     # ------------------------------------------------------------------ setup
     def replace_model(self, model: nn.Module) -> None:
@@ -161,6 +183,20 @@ class Session:
         self.model = self.state.model = model
         self.task_module = TaskModule(self)
         self.train_module = self.task_module
+
+    def set_max_steps(self, total: int) -> None:
+        """The run's total number of optimizer steps (``state.max_steps``)."""
+        if int(total) < 0:
+            raise ConfigError(f"max_steps must be >= 0, got {total}")
+        self.state.max_steps = int(total)
+
+    def eval_network(self) -> nn.Module:
+        """The network evaluation reports on and checkpoints save as the model: a plugin module
+        registered with ``export=True`` (e.g. an EMA teacher), else the model."""
+        for spec in self.state.modules.values():
+            if spec.export:
+                return spec.module
+        return self.model
 
     def compile(self, **kwargs: Any) -> None:
         """``torch.compile`` the model the forward slot calls (plugins still see the plain model in ``state``)."""
@@ -213,6 +249,7 @@ class Session:
 
         Returns ``{"loss", "output", "outputs", "logs"}``; ``logs["loss"]`` is the total.
         """
+        check_class_targets(batch.targets, self.state)
         self.train(True)
         self.state.phase = self.state.stage = "train"
         return self.train_module(batch)
@@ -264,12 +301,27 @@ class Session:
                 logs[name] = value.detach()
         return outputs, total, logs
 
-    def after_step(self, step: int | None = None) -> dict[str, Tensor]:
+    def after_step(self, step: int | None = None, total_steps: int | None = None) -> dict[str, Tensor]:
         """After the optimizer step: ``state.step`` advances (or is set to ``step``), then
-        ``mixhub_after_step``. Returns what plugins logged there."""
+        ``mixhub_after_step``. ``total_steps`` sets ``state.max_steps`` (a loop that knows its
+        length, e.g. timm's ``num_updates_total``). Returns what plugins logged there."""
+        if total_steps is not None:
+            self.set_max_steps(total_steps)
         self.state.step = self.state.step + 1 if step is None else int(step)
+        if self.state.max_steps <= 0:
+            self._require_max_steps()
         self.host.collect("mixhub_after_step", state=self.state)
         return self._plugin_logs()
+
+    def _require_max_steps(self) -> None:
+        needing = [name for name, p in self.host.plugins.items() if p.spec.needs_max_steps]
+        if needing:
+            raise ConfigError(
+                f"plugin {needing[0]!r} schedules over the whole run and needs its total number of optimizer steps, "
+                "which this Session does not know (state.max_steps=0). Pass it: Session(..., max_steps=N), "
+                "session.set_max_steps(N) or session.after_step(step, total_steps=N); timm's train.py: "
+                "task.after_step(num_updates, num_updates_total)"
+            )
 
     def _plugin_logs(self) -> dict[str, Tensor]:
         """``state.log`` as detached tensors (Python numbers become CPU tensors: no device sync)."""
@@ -329,6 +381,7 @@ class Session:
             "plugin_versions": {n: p.version for n, p in self.host.plugins.items()},
             "modules": {k: spec.module.state_dict() for k, spec in self.state.modules.items()},
             "step": int(self.state.step),
+            "max_steps": int(self.state.max_steps),
             "epoch": int(self.state.epoch),
             "generator": self.state.generator.get_state(),
         }
@@ -342,6 +395,7 @@ class Session:
             raise CheckpointError(f"session state was written with plugins {sorted(saved)}, this session activates {sorted(active)}")
         self.load_modules(sd.get("modules", {}), sd.get("plugins", {}))
         self.state.step = int(sd.get("step", 0))
+        self.state.max_steps = int(sd.get("max_steps", self.state.max_steps)) or self.state.max_steps
         self.state.epoch = int(sd.get("epoch", 0))
         if "generator" in sd:
             self.state.generator.set_state(sd["generator"])

@@ -51,7 +51,12 @@ def test_geometry_and_modules(n: int) -> None:
     assert gen.in_channels == 16 and gen.scale_factor == 4  # 16 px input, 4x4 stage
     names = [g.get("name") for g in t.optimizer.param_groups]
     assert "adautomix.generator" in names and "adautomix.teacher" not in names
-    assert hasattr(t.model, "adautomix_head_mix")
+    assert "adautomix.head_mix" in names and "adautomix.teacher_head_mix" not in names
+    # the mix heads are plugin modules: the model's and the teacher's state dicts stay the plain model's
+    assert not hasattr(t.model, "adautomix_head_mix")
+    plain = set(t.model.state_dict())
+    assert set(t.state.module("adautomix", "teacher").state_dict()) == plain
+    assert all(not k.startswith("adautomix") for k in plain)
 
 
 def test_masks_at_init_on_real_features() -> None:
