@@ -139,7 +139,7 @@ class MixhubTask(TrainingTask):
             from .config import read_yaml
 
             config = read_yaml(config)
-        config, smoothing_note = self._take_smoothing(dict(config), criterion)
+        sets_smoothing = "label_smoothing" in (dict(config).get("train") or {})
         num_classes = num_classes if num_classes is not None else getattr(model, "num_classes", None)
         cfg_input = getattr(model, "pretrained_cfg", {}).get("input_size")
         session_kwargs.setdefault("input_shape", tuple(cfg_input) if cfg_input else None)
@@ -149,44 +149,49 @@ class MixhubTask(TrainingTask):
         session_kwargs.setdefault("max_steps", total_steps)
         self.session = Session(config, model=model, num_classes=num_classes, device=self.device, **session_kwargs)
         self.trainable_module: nn.Module = self.session.task_module
-        self._announce_loss(smoothing_note, criterion)
+        self._settle_loss(criterion, sets_smoothing)
         self._watch_optimizer()
 
     # ------------------------------------------------------------------ setup checks
-    @staticmethod
-    def _take_smoothing(raw: dict[str, Any], criterion: nn.Module | None) -> tuple[dict[str, Any], str]:
-        """``train.label_smoothing`` from the config, else from ``criterion``; why, in words."""
-        train = dict(raw.get("train") or {})
+    def _settle_loss(self, criterion: nn.Module | None, config_sets_smoothing: bool) -> None:
+        """Take ``criterion``'s label smoothing where mixhub's loss is the core's and the config sets
+        none; then say which loss and smoothing the task uses, and why (a warning where train.py's
+        setting is not what runs)."""
+        session = self.session
+        train = session.config.train
+        owner = session.host.owner("compute_loss")
         given = criterion_smoothing(criterion)
         name = type(criterion).__name__ if criterion is not None else None
-        if "label_smoothing" in train:
-            note = "train.label_smoothing in the mixhub config"
-            if given is not None and abs(given - float(train["label_smoothing"])) > 0:
-                log.warning(
-                    "MixhubTask: train.py's criterion %s smooths labels by %g, the mixhub config sets train.label_smoothing=%g: "
-                    "the config's value is used", name, given, float(train["label_smoothing"]),
-                )  # fmt: skip
-            return raw, note
-        if given is None:
-            why = f"train.py's criterion {name} has no label smoothing to take" if name else "no criterion was passed (criterion=train_loss_fn takes --smoothing)"
-            return raw, f"train.label_smoothing's default; {why}"
-        train["label_smoothing"] = given
-        return {**raw, "train": train}, f"from train.py's criterion {name} (--smoothing)"
-
-    def _announce_loss(self, note: str, criterion: nn.Module | None) -> None:
-        session = self.session
-        owner = session.host.owner("compute_loss")
+        warn = criterion is None
+        if config_sets_smoothing:
+            note = "set by train.label_smoothing in the mixhub config"
+            if given is not None and given != train.label_smoothing:
+                note += f", not train.py's {given:g} from {name} (--smoothing)"
+                warn = True
+        elif given is None:
+            note = f"{name} has no label smoothing to take" if name else "no criterion was passed: criterion=train_loss_fn takes train.py's --smoothing"
+        elif owner == "core":
+            train.label_smoothing = given
+            note = f"taken from train.py's criterion {name} (--smoothing)"
+        else:
+            note = (
+                f"train.py's --smoothing {given:g} ({name}) is not applied: plugin {owner!r} owns the loss; "
+                "set its own smoothing option, or train.label_smoothing where its loss reads it"
+            )
+            warn = warn or given > 0
         what = "the core's lam-weighted cross entropy over the mixed sources" if owner == "core" else f"plugin {owner!r}'s mixhub_compute_loss"
         aux = sorted({n for p in session.host.plugins.values() for n in p.spec.aux_loss_weights})
-        smoothing = session.config.train.label_smoothing
+        plain_ce = criterion is None or isinstance(criterion, nn.CrossEntropyLoss) or name == "LabelSmoothingCrossEntropy"
+        if not plain_ce:
+            note += f"; {name} is not a softmax cross entropy, mixhub's loss is"
+            warn = True
         msg = (
-            f"MixhubTask: training loss = {what}{' + aux losses ' + ', '.join(aux) if aux else ''}, label smoothing "
-            f"{smoothing:g} ({note}). train.py's criterion is not called: the plugins mix the batch and the loss needs "
-            "each source's targets."
+            f"MixhubTask: training loss = {what}{' + aux losses ' + ', '.join(aux) if aux else ''}; "
+            f"train.label_smoothing={train.label_smoothing:g} ({note}). train.py's criterion is not called: the plugins "
+            "mix the batch and the loss needs each source's targets."
         )
-        plain_ce = criterion is None or isinstance(criterion, nn.CrossEntropyLoss) or type(criterion).__name__ == "LabelSmoothingCrossEntropy"
-        if criterion is None or not plain_ce:
-            log.warning("%s%s", msg, "" if plain_ce else f" ({type(criterion).__name__} is not a softmax cross entropy: mixhub's loss is)")
+        if warn:
+            log.warning("%s", msg)
         elif self.verbose:
             log.info("%s", msg)
 
