@@ -165,3 +165,23 @@ def test_task_module_holds_model_and_plugin_modules_in_one_forward() -> None:
     loss.backward()  # the generator got its gradient through the one forward
     gen = session.state.module("adautomix", "generator")
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gen.parameters())
+
+
+def test_soft_targets_are_refused_unless_the_config_says_they_are_yours() -> None:
+    """A batch timm's Mixup already mixed (soft [B, C] targets) is refused by the Session, with or
+    without a mixing plugin, with MixhubTask's message; train.soft_targets accepts soft labels."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 5)
+    soft = torch.softmax(torch.randn(8, 3), dim=1)
+    for plugins in ([], ["mixup"]):
+        session = mixhub.Session({"plugins": plugins}, model=torch.nn.Linear(5, 3), num_classes=3)
+        with pytest.raises(mixhub.DataError, match=r"mixhub.Session got targets of shape \(8, 3\).*timm has already mixed this batch.*train.soft_targets=true"):
+            session.training_step(x, soft)
+        with pytest.raises(mixhub.DataError, match="timm has already mixed"):
+            session.training_step(x, torch.zeros(8))  # float class indices are not indices either
+    model = torch.nn.Linear(5, 3)
+    session = mixhub.Session({"train": {"soft_targets": True}}, model=model, num_classes=3)
+    loss, _ = session.training_step(x, soft)  # a loss-only setup on your own soft labels
+    assert torch.allclose(loss, F.cross_entropy(model(x), soft))

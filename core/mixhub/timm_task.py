@@ -54,6 +54,7 @@ import torch
 from timm.task import TrainingTask
 from timm.utils.model_ema import ModelEmaV3
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from .batch import Batch
 from .engine import Session, check_class_targets
@@ -215,7 +216,7 @@ class MixhubTask(TrainingTask):
                 task._optimizer_hook = None
                 task.check_optimizer(optimizer)
 
-        self._optimizer_hook = torch.optim.optimizer.register_optimizer_step_pre_hook(first_step)
+        self._optimizer_hook = register_optimizer_step_pre_hook(first_step)
 
     def check_optimizer(self, optimizer: torch.optim.Optimizer) -> bool:
         """Warn when the config lists an optimizer plugin whose optimizer ``optimizer`` is not
