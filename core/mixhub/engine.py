@@ -40,16 +40,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .batch import Batch
+from .batch import Batch, check_class_targets
 from .config import RunConfig, load_config, plugin_names
-from .errors import ConfigError, DataError, MixhubError, PluginHookError
+from .errors import ConfigError, MixhubError, PluginHookError
 from .optim import param_groups
 from .plan import MixPlan
 from .plugins import PluginHost, check_compatibility, resolve_plugins
 from .state import State
 from .taskmodule import TaskModule
 
-__all__ = ["Session", "TaskModule", "build_host", "amp_dtype_for", "check_class_targets"]
+__all__ = ["Session", "TaskModule", "build_host", "amp_dtype_for"]
 
 log = logging.getLogger("mixhub")
 
@@ -67,22 +67,6 @@ def build_host(raw: dict[str, Any], task_kind: str, extra_plugins: dict[str, Any
             for warning in p.spec.validate(run.options[p.name], run) or []:
                 log.warning("%s: %s", p.name, warning)
     return run, PluginHost(plugins, owners)
-
-
-def check_class_targets(target: Tensor, state: State, door: str = "mixhub.Session") -> None:
-    """Refuse soft ``[B, C]`` (or floating) targets of a classification step unless
-    ``train.soft_targets`` says they are the user's own: such targets usually mean timm's
-    Mixup/CutMix has already mixed the batch, and the plugins would mix it a second time.
-    Shape and dtype only: no device read."""
-    if state.task_kind != "classification" or state.config.train.soft_targets:
-        return
-    if target.dim() != 1 or target.is_floating_point():
-        raise DataError(
-            f"{door} got targets of shape {tuple(target.shape)} and dtype {target.dtype}: timm has already mixed this "
-            "batch (its Mixup/CutMix or FastCollateMixup makes soft [B, C] targets). Turn timm's mixing off "
-            "(--mixup 0 --cutmix 0) and let the mixhub plugins mix; they need class indices [B]. Soft labels of your "
-            "own (no mixing before mixhub) are accepted with train.soft_targets=true."
-        )
 
 
 def amp_dtype_for(amp: bool, device: torch.device) -> torch.dtype | None:
@@ -249,7 +233,7 @@ class Session:
 
         Returns ``{"loss", "output", "outputs", "logs"}``; ``logs["loss"]`` is the total.
         """
-        check_class_targets(batch.targets, self.state)
+        check_class_targets(batch.targets, self.state.task_kind, self.config.train.soft_targets)
         self.train(True)
         self.state.phase = self.state.stage = "train"
         return self.train_module(batch)

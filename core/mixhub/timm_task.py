@@ -56,8 +56,8 @@ from timm.utils.model_ema import ModelEmaV3
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from .batch import Batch
-from .engine import Session, check_class_targets
+from .batch import Batch, check_class_targets
+from .engine import Session
 from .errors import CheckpointError
 from .optim import register_timm_optimizers
 
@@ -244,7 +244,7 @@ class MixhubTask(TrainingTask):
     # ------------------------------------------------------------------ the step
     def forward(self, input: Tensor, target: Tensor) -> dict[str, Tensor]:
         """``{"loss", "output", <aux losses and plugin logs>}`` for one (micro-)batch."""
-        check_class_targets(target, self.session.state, "MixhubTask")
+        check_class_targets(target, self.session.state.task_kind, self.session.config.train.soft_targets, "MixhubTask")
         n = input.shape[0]
         batch = Batch(inputs=input, targets=target, index=torch.arange(n, device=input.device))
         out = self.session.step(batch)
@@ -271,7 +271,7 @@ class MixhubTask(TrainingTask):
     def compile(self, backend: str = "inductor", mode: str | None = None, **compile_kwargs: Any) -> nn.Module:  # type: ignore[override]
         """Compile the model the forward slot calls (before DDP); returns the eval model."""
         self.session.compile(backend=backend, mode=mode, **compile_kwargs)
-        return self.get_eval_model()
+        return EvalModel(self.session, self.session.eval_network())
 
     def get_clip_parameters(self, exclude_head: bool = False) -> list[nn.Parameter]:
         """Every trainable parameter of the model and the plugin modules; ``exclude_head`` drops
