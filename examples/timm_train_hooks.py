@@ -3,10 +3,17 @@
 This script keeps the structure of timm's ``train.py`` (``main`` -> ``train_one_epoch`` ->
 ``validate``, ``CheckpointSaver(task=task)``, ``resume_task_checkpoint``, gradient accumulation
 under ``task.no_sync()``, the task's EMA) on bundled digits, so it runs anywhere in seconds. The
-only mixhub lines are the two ``train.py`` needs:
+only mixhub lines are the three ``train.py`` needs:
 
-    task = MixhubTask(model, MIXHUB_CONFIG, num_classes=10, device=device)   # was ClassificationTask(...)
-    task.after_step(num_updates)                                            # after task.update_ema(...)
+    from mixhub.timm_task import MixhubTask
+    task = MixhubTask(model, MIXHUB_CONFIG, num_classes=10, device=device, criterion=train_loss_fn)  # was ClassificationTask(...)
+    task.after_step(num_updates, num_updates_total)                                                  # after task.update_ema(...)
+
+The model EMA's decay suits the run's length: by default ``1 - 4 / num_updates_total`` (an
+average over about the last quarter of the updates) with timm's decay warm-up. A fixed decay
+made for long runs (0.9 here, 0.9998 by default in ``train.py``) averages this 16-update run
+back to its first updates and, with them, to BatchNorm statistics from the untrained network:
+its EMA scored far below the model although it was updated and evaluated exactly as timm does.
 
     python examples/timm_train_hooks.py [--epochs 2] [--accum-steps 2] [--output runs/timm-hooks] [--resume PATH]
 """
@@ -20,6 +27,7 @@ from typing import Any
 
 import timm
 import torch
+from timm.loss import LabelSmoothingCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.task import resume_task_checkpoint
 from timm.utils import CheckpointSaver, dispatch_clip_grad
@@ -47,15 +55,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--accum-steps", type=int, default=2)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--clip-grad", type=float, default=1.0)
-    p.add_argument("--model-ema-decay", type=float, default=0.9)
+    p.add_argument("--smoothing", type=float, default=0.1, help="label smoothing (train.py's --smoothing)")
+    p.add_argument("--model-ema-decay", type=float, default=None, help="default: 1 - 4 / (epochs * steps per epoch)")
+    p.add_argument("--model-ema-warmup", action=argparse.BooleanOptionalAction, default=True, help="timm's EMA decay warm-up")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (timm's --amp --amp-dtype bfloat16)")
     p.add_argument("--output", default="runs/timm-train-hooks")
     p.add_argument("--resume", default="")
     return p.parse_args(argv)
 
 
+def ema_decay_for(num_updates_total: int) -> float:
+    """An EMA averaging over about the last quarter of the run (``1 - 4 / T``, at most timm's 0.9998)."""
+    return min(max(1.0 - 4.0 / max(num_updates_total, 1), 0.0), 0.9998)
+
+
 def train_one_epoch(epoch: int, task: MixhubTask, loader: DataLoader, optimizer: torch.optim.Optimizer, args: argparse.Namespace,
-                    num_updates: int, amp_autocast: Any) -> tuple[dict[str, float], int]:
+                    num_updates: int, amp_autocast: Any, num_updates_total: int) -> tuple[dict[str, float], int]:
     """timm's ``train_one_epoch``: forward through the task, accumulation, clip, step, EMA, then ``after_step``."""
     task.train()
     sums: dict[str, float] = {}
@@ -77,7 +92,7 @@ def train_one_epoch(epoch: int, task: MixhubTask, loader: DataLoader, optimizer:
         num_updates += 1
         updates += 1
         task.update_ema(step=num_updates)
-        task.after_step(num_updates)  # <- the one added line: the plugins' after-step work
+        task.after_step(num_updates, num_updates_total)  # <- the added line: the plugins' after-step work
         for k, v in result.items():  # the optional edit: log the aux losses too
             if k != "output":
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -106,10 +121,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               generator=torch.Generator().manual_seed(0))
     loader_eval = DataLoader(data.val, batch_size=128)
     model = timm.create_model(args.model, pretrained=False, num_classes=10)
-    task = MixhubTask(model, MIXHUB_CONFIG, num_classes=10, device=device)  # <- was ClassificationTask(model, ...)
+    train_loss_fn = LabelSmoothingCrossEntropy(smoothing=args.smoothing)  # train.py's criterion
+    # <- was ClassificationTask(model, criterion=train_loss_fn, ...)
+    task = MixhubTask(model, MIXHUB_CONFIG, num_classes=10, device=device, criterion=train_loss_fn)
     optimizer = create_optimizer_v2(task.get_trainable_module(), opt="sgd", lr=args.lr, weight_decay=1e-4, momentum=0.9)
     amp_autocast: Any = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.amp else nullcontext
-    task.setup_ema(decay=args.model_ema_decay)
+    num_updates_total = args.epochs * args.steps_per_epoch
+    ema_decay = args.model_ema_decay if args.model_ema_decay is not None else ema_decay_for(num_updates_total)
+    task.setup_ema(decay=ema_decay, use_warmup=args.model_ema_warmup)
     start_epoch, num_updates = 0, 0
     if args.resume:
         start_epoch = resume_task_checkpoint(task, args.resume, optimizer=optimizer) or 0
@@ -118,13 +137,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     saver = CheckpointSaver(model=model, optimizer=optimizer, task=task, checkpoint_dir=args.output, recovery_dir=args.output, max_history=2)
     history = []
     for epoch in range(start_epoch, args.epochs):
-        train_metrics, num_updates = train_one_epoch(epoch, task, loader_train, optimizer, args, num_updates, amp_autocast)
+        train_metrics, num_updates = train_one_epoch(epoch, task, loader_train, optimizer, args, num_updates, amp_autocast, num_updates_total)
         eval_metrics = validate(task.get_eval_model(), loader_eval, amp_autocast)
         ema_metrics = validate(task.get_eval_model(ema=True), loader_eval, amp_autocast)
         best, _ = saver.save_checkpoint(epoch, metric=eval_metrics["top1"])
         history.append({"epoch": epoch, **train_metrics, "val_top1": eval_metrics["top1"], "ema_top1": ema_metrics["top1"]})
         print(history[-1])
-    return {"history": history, "num_updates": num_updates, "task": task, "output": args.output}
+    return {"history": history, "num_updates": num_updates, "task": task, "output": args.output, "ema_decay": ema_decay}
 
 
 if __name__ == "__main__":

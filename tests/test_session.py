@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import mixhub
+from mixhub import ConfigError
 from mixhub.config import DataConfig, ModelConfig
 from mixhub.data import build_data
 from mixhub.models import build_model
@@ -52,7 +53,8 @@ def plain_loop(cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
     seed_everything(seed)
     bundle = build_data(DataConfig(**cfg["data"]), seed)
     model = build_model(ModelConfig(**cfg["model"]), bundle.input_shape, bundle.num_classes)
-    session = mixhub.Session(cfg, model=model, num_classes=bundle.num_classes, train_targets=bundle.train_targets, input_shape=bundle.input_shape, device="cpu")
+    session = mixhub.Session(cfg, model=model, num_classes=bundle.num_classes, train_targets=bundle.train_targets, input_shape=bundle.input_shape, device="cpu",
+                             max_steps=cfg["train"]["epochs"] * cfg["train"]["max_steps_per_epoch"])
     optimizer = session.create_optimizer()
     x, y, index = first_batch(bundle.train, seed, cfg["train"]["batch_size"])
     loss, logs = session.training_step(x, y, index)
@@ -103,7 +105,6 @@ def test_step_logs_stay_tensors_and_include_aux_losses() -> None:
 
 
 def test_dataset_partners_need_a_fetch_function() -> None:
-    from mixhub import ConfigError
 
     cfg = {**copy.deepcopy(BASE), "plugins": ["cmixup"], "data": {"name": "synthetic-regression", "options": {"kind": "tanh", "n": 64}},
            "model": {"name": "mlp", "kwargs": {"hidden": [8]}}}
@@ -126,12 +127,15 @@ def test_state_dict_round_trip_is_weights_only_loadable(tmp_path) -> None:
     opt.zero_grad()
     loss.backward()
     opt.step()
-    session.after_step()
+    with pytest.raises(ConfigError, match="plugin 'adautomix' schedules over the whole run.*total_steps=N"):
+        session.after_step()  # AdAutoMix's teacher momentum needs the run's length
+    assert session.state.step == 1  # nothing else ran
+    session.after_step(1, total_steps=40)
     torch.save(session.state_dict(), tmp_path / "s.pt")
     sd = torch.load(tmp_path / "s.pt", weights_only=True)
     fresh = mixhub.Session(cfg, model=build_model(ModelConfig(**cfg["model"]), bundle.input_shape, 10), num_classes=10, input_shape=bundle.input_shape)
     fresh.load_state_dict(sd)
-    assert fresh.state.step == 1
+    assert fresh.state.step == 1 and fresh.state.max_steps == 40
     for key, spec in session.state.modules.items():
         for a, b in zip(spec.module.state_dict().values(), fresh.state.modules[key].module.state_dict().values()):
             assert torch.equal(a, b)
@@ -161,3 +165,23 @@ def test_task_module_holds_model_and_plugin_modules_in_one_forward() -> None:
     loss.backward()  # the generator got its gradient through the one forward
     gen = session.state.module("adautomix", "generator")
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gen.parameters())
+
+
+def test_soft_targets_are_refused_unless_the_config_says_they_are_yours() -> None:
+    """A batch timm's Mixup already mixed (soft [B, C] targets) is refused by the Session, with or
+    without a mixing plugin, with MixhubTask's message; train.soft_targets accepts soft labels."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 5)
+    soft = torch.softmax(torch.randn(8, 3), dim=1)
+    for plugins in ([], ["mixup"]):
+        session = mixhub.Session({"plugins": plugins}, model=torch.nn.Linear(5, 3), num_classes=3)
+        with pytest.raises(mixhub.DataError, match=r"mixhub.Session got targets of shape \(8, 3\).*timm has already mixed this batch.*train.soft_targets=true"):
+            session.training_step(x, soft)
+        with pytest.raises(mixhub.DataError, match="timm has already mixed"):
+            session.training_step(x, torch.zeros(8))  # float class indices are not indices either
+    model = torch.nn.Linear(5, 3)
+    session = mixhub.Session({"train": {"soft_targets": True}}, model=model, num_classes=3)
+    loss, _ = session.training_step(x, soft)  # a loss-only setup on your own soft labels
+    assert torch.allclose(loss, F.cross_entropy(model(x), soft))

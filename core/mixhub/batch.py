@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Batch"]
+from .errors import DataError
+
+__all__ = ["Batch", "check_class_targets"]
 
 
 def _move(value: Any, device: torch.device | str, non_blocking: bool = False) -> Any:
@@ -94,4 +96,20 @@ class Batch:
             targets=torch.cat([b.targets for b in batches]),
             index=torch.cat([b.index for b in batches]),
             task_id=None if any(t is None for t in tids) else torch.cat(tids),  # type: ignore[arg-type]
+        )
+
+
+def check_class_targets(targets: Tensor, task_kind: str, soft_targets: bool = False, door: str = "mixhub.Session") -> None:
+    """Refuse soft ``[B, C]`` (or floating) targets of a classification step unless
+    ``soft_targets`` (``train.soft_targets``) says they are the user's own: such targets usually
+    mean timm's Mixup/CutMix has already mixed the batch, and the plugins would mix it a second
+    time. Reads shape and dtype only (no device sync)."""
+    if task_kind != "classification" or soft_targets:
+        return
+    if targets.dim() != 1 or targets.is_floating_point():
+        raise DataError(
+            f"{door} got targets of shape {tuple(targets.shape)} and dtype {targets.dtype}: timm has already mixed this "
+            "batch (its Mixup/CutMix or FastCollateMixup makes soft [B, C] targets). Turn timm's mixing off "
+            "(--mixup 0 --cutmix 0) and let the mixhub plugins mix; they need class indices [B]. Soft labels of your "
+            "own (no mixing before mixhub) are accepted with train.soft_targets=true."
         )

@@ -117,6 +117,11 @@ class TrainConfig(Section):
     milestones: list[int] = Field(default_factory=list, description="multistep schedule: epochs at which the lr decays")
     clip_grad_norm: float | None = Field(None, gt=0.0, description="clip the global gradient norm (None: off)")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    soft_targets: bool = Field(
+        False,
+        description="classification: accept soft [B, C] targets (your own soft labels, e.g. for a loss-only plugin); "
+        "off, they are refused as a batch some other code (timm's Mixup/CutMix) has already mixed",
+    )
     amp: bool = Field(True, description="mixed precision (bfloat16/float16) on CUDA; ignored on CPU")
     compile: bool = Field(False, description="torch.compile the model")
     ema: bool = Field(False, description="keep an EMA of the weights and evaluate it")

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .batch import Batch
+from .batch import Batch, check_class_targets
 from .config import RunConfig, load_config, plugin_names
 from .errors import ConfigError, MixhubError, PluginHookError
 from .optim import param_groups
@@ -95,6 +95,9 @@ class Session:
         extra_plugins: in-process plugins by name (objects with hooks and a ``PLUGIN`` spec).
         data: a ``DataBundle`` (mixhub's own runs), read by plugins through ``state.data``.
         world_size, rank: the distributed layout.
+        max_steps: the run's total number of optimizer steps (``state.max_steps``), for plugins
+            with a schedule over the run (``PluginSpec.needs_max_steps``); also settable later
+            (``set_max_steps``, or ``after_step(step, total_steps)``).
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class Session:
         data: Any = None,
         world_size: int = 1,
         rank: int = 0,
+        max_steps: int | None = None,
     ) -> None:
         raw = config.to_dict() if isinstance(config, RunConfig) else dict(config)
         kind = task_kind or ("classification" if num_classes else "regression")
@@ -153,6 +157,8 @@ class Session:
         self.train_module: nn.Module = self.task_module
         self.optimizer: torch.optim.Optimizer | None = None
         self._names_checked = not cfg.losses
+        if max_steps is not None:
+            self.set_max_steps(max_steps)
 
     # ------------------------------------------------------------------ setup
     def replace_model(self, model: nn.Module) -> None:
@@ -161,6 +167,20 @@ class Session:
         self.model = self.state.model = model
         self.task_module = TaskModule(self)
         self.train_module = self.task_module
+
+    def set_max_steps(self, total: int) -> None:
+        """The run's total number of optimizer steps (``state.max_steps``)."""
+        if int(total) < 0:
+            raise ConfigError(f"max_steps must be >= 0, got {total}")
+        self.state.max_steps = int(total)
+
+    def eval_network(self) -> nn.Module:
+        """The network evaluation reports on and checkpoints save as the model: a plugin module
+        registered with ``export=True`` (e.g. an EMA teacher), else the model."""
+        for spec in self.state.modules.values():
+            if spec.export:
+                return spec.module
+        return self.model
 
     def compile(self, **kwargs: Any) -> None:
         """``torch.compile`` the model the forward slot calls (plugins still see the plain model in ``state``)."""
@@ -213,6 +233,7 @@ class Session:
 
         Returns ``{"loss", "output", "outputs", "logs"}``; ``logs["loss"]`` is the total.
         """
+        check_class_targets(batch.targets, self.state.task_kind, self.config.train.soft_targets)
         self.train(True)
         self.state.phase = self.state.stage = "train"
         return self.train_module(batch)
@@ -264,12 +285,27 @@ class Session:
                 logs[name] = value.detach()
         return outputs, total, logs
 
-    def after_step(self, step: int | None = None) -> dict[str, Tensor]:
+    def after_step(self, step: int | None = None, total_steps: int | None = None) -> dict[str, Tensor]:
         """After the optimizer step: ``state.step`` advances (or is set to ``step``), then
-        ``mixhub_after_step``. Returns what plugins logged there."""
+        ``mixhub_after_step``. ``total_steps`` sets ``state.max_steps`` (a loop that knows its
+        length, e.g. timm's ``num_updates_total``). Returns what plugins logged there."""
+        if total_steps is not None:
+            self.set_max_steps(total_steps)
         self.state.step = self.state.step + 1 if step is None else int(step)
+        if self.state.max_steps <= 0:
+            self._require_max_steps()
         self.host.collect("mixhub_after_step", state=self.state)
         return self._plugin_logs()
+
+    def _require_max_steps(self) -> None:
+        needing = [name for name, p in self.host.plugins.items() if p.spec.needs_max_steps]
+        if needing:
+            raise ConfigError(
+                f"plugin {needing[0]!r} schedules over the whole run and needs its total number of optimizer steps, "
+                "which this Session does not know (state.max_steps=0). Pass it: Session(..., max_steps=N), "
+                "session.set_max_steps(N) or session.after_step(step, total_steps=N); timm's train.py: "
+                "task.after_step(num_updates, num_updates_total)"
+            )
 
     def _plugin_logs(self) -> dict[str, Tensor]:
         """``state.log`` as detached tensors (Python numbers become CPU tensors: no device sync)."""
@@ -329,6 +365,7 @@ class Session:
             "plugin_versions": {n: p.version for n, p in self.host.plugins.items()},
             "modules": {k: spec.module.state_dict() for k, spec in self.state.modules.items()},
             "step": int(self.state.step),
+            "max_steps": int(self.state.max_steps),
             "epoch": int(self.state.epoch),
             "generator": self.state.generator.get_state(),
         }
@@ -342,6 +379,7 @@ class Session:
             raise CheckpointError(f"session state was written with plugins {sorted(saved)}, this session activates {sorted(active)}")
         self.load_modules(sd.get("modules", {}), sd.get("plugins", {}))
         self.state.step = int(sd.get("step", 0))
+        self.state.max_steps = int(sd.get("max_steps", self.state.max_steps)) or self.state.max_steps
         self.state.epoch = int(sd.get("epoch", 0))
         if "generator" in sd:
             self.state.generator.set_state(sd["generator"])

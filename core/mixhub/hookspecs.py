@@ -176,7 +176,10 @@ def mixhub_eval_forward(model: nn.Module, batch: Batch, state: State) -> dict[st
     """Predict one evaluation batch; runs under ``torch.no_grad()`` (never inference mode).
 
     Default: ``{"logits": model(batch.inputs)}`` with the model in eval mode. Test-time
-    adaptation plugins may adapt here (``torch.enable_grad()`` inside).
+    adaptation plugins may adapt here (``torch.enable_grad()`` inside). ``logits`` are the
+    given ``model``'s: the network evaluated (``Session.eval_network()``, an EMA copy, ...), so
+    a recorded metric always belongs to the weights saved with it; other networks' logits may
+    come along as ``logits_<name>``.
     """
 
 

@@ -12,15 +12,34 @@ model's groups equal the ones ``create_optimizer_v2(model, ...)`` builds itself.
 Plugin modules registered with ``state.register_module(..., trainable=True)`` follow as one
 group each (named ``<plugin>.<module>``, with their own ``lr``/``weight_decay``/``min_lr``),
 then the groups plugins return from ``mixhub_param_groups``.
+
+**Optimizers for loops that build their own** (timm's ``train.py``: ``--opt NAME``). A package
+that provides optimizers declares an entry point in the group ``mixhub.timm_optimizers``, named
+after its plugin, pointing at a function that registers its optimizers into timm's registry
+(idempotent) and returns ``{timm name: optimizer class}``::
+
+    [project.entry-points."mixhub.timm_optimizers"]
+    adamp = "mixhub_adamp.registry:timm_optimizers"
+
+``register_timm_optimizers()`` runs every installed one (``import mixhub.timm_task`` does), so
+``--opt mixhubadamp`` works in ``train.py`` without further imports.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from torch import nn
 
-__all__ = ["model_param_groups", "param_groups"]
+__all__ = ["TIMM_OPTIMIZER_GROUP", "model_param_groups", "param_groups", "register_timm_optimizers"]
+
+log = logging.getLogger("mixhub")
+
+#: Entry-point group of functions that register a package's optimizers into timm's registry.
+TIMM_OPTIMIZER_GROUP = "mixhub.timm_optimizers"
+
+_registered: dict[str, dict[str, type]] = {}
 
 
 def model_param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict[str, Any]]:
@@ -46,3 +65,22 @@ def param_groups(model: nn.Module, state: Any, host: Any, config: Any) -> list[d
     for g in groups:
         g["params"] = list(g["params"])  # a generator would be used up by the check below
     return [g for g in groups if g["params"]]
+
+
+def register_timm_optimizers() -> dict[str, dict[str, type]]:
+    """Run every installed ``mixhub.timm_optimizers`` entry point (once each): ``{plugin: {timm
+    name: class}}``. One that fails to load is skipped with a warning naming it and its
+    distribution; the others are still registered."""
+    from importlib import metadata
+
+    for ep in metadata.entry_points(group=TIMM_OPTIMIZER_GROUP):
+        if ep.name in _registered:
+            continue
+        dist = getattr(ep, "dist", None)
+        where = f"{dist.name} {dist.version}" if dist is not None else "unknown distribution"
+        try:
+            names = ep.load()()
+            _registered[ep.name] = {str(k): v for k, v in dict(names).items()}
+        except Exception as exc:  # noqa: BLE001 - a broken package must not stop the others
+            log.warning("plugin %r (%s): its timm optimizers (%s = %s) could not be registered: %s: %s", ep.name, where, TIMM_OPTIMIZER_GROUP, ep.value, type(exc).__name__, exc)
+    return dict(_registered)

@@ -104,6 +104,7 @@ class CheckpointMixin:
             "task": self.state.task,
             "batch_in_epoch": self.batch_in_epoch,
             "best": dict(self.best),
+            "evaluated": self.export_module()[0],  # the network whose metrics `best` records
             "extra": {name: get() for name, (get, _) in self._extra_state.items()},
         }
 

@@ -37,6 +37,11 @@ class EvaluationMixin:
         def _sync_buffers(self) -> None: ...
 
     def eval_model(self) -> nn.Module:
+        """The network evaluated (and saved as such): a plugin module registered with
+        ``export=True`` (``Session.eval_network``), else the EMA, else the model."""
+        net = self.session.eval_network()
+        if net is not self.model:
+            return net  # type: ignore[no-any-return]
         return self.ema.module if self.ema is not None else self.model
 
     @torch.no_grad()

@@ -43,6 +43,8 @@ class PluginSpec:
         description: one line for listings.
         validate: optional ``validate(options, config) -> list[str]`` of warnings; raise
             ``ConfigError`` for incompatible settings.
+        needs_max_steps: the plugin reads ``state.max_steps`` (a schedule over the whole run);
+            a step without it is refused with an error saying how to pass it.
         example: a minimal config overlay that trains with this plugin (used by
             ``mixhub plugins doctor`` for its smoke run; e.g. the dataset or companion plugins
             it needs). Default: a tiny run of its first task kind.
@@ -58,6 +60,7 @@ class PluginSpec:
     description: str = ""
     validate: Callable[[Any, Any], list[str] | None] | None = None
     example: dict[str, Any] | None = None
+    needs_max_steps: bool = False
 
     def claimed_slots(self, options: Any) -> tuple[str, ...]:
         slots = tuple(self.claims(options)) if self.claims is not None else self.slots

@@ -21,8 +21,9 @@ class ModuleSpec:
     (``train_mode``: ``True``/``False``, or ``None`` to follow the model), gives trainable
     ones their own parameter group with ``group`` options (``lr``, ``weight_decay``, ``min_lr``)
     and averages their gradients across processes under DDP. ``export=True`` makes it the
-    module written to ``checkpoints/export.pt`` at the end of a run (e.g. an EMA teacher)
-    instead of the trained model.
+    network evaluated and saved in place of the trained model (``Session.eval_network()``: the
+    run's metrics, ``checkpoints/export.pt``, ``MixhubTask``'s checkpoint ``state_dict``), e.g. an
+    EMA teacher; ``mixhub_eval_forward`` then receives it as ``model``.
     """
 
     owner: str

@@ -3,7 +3,9 @@
 timm's factory lower-cases a name, splits it on ``_`` and keeps the last token (a first token
 ``lookahead`` wraps the result), so our names carry no underscore: ``mixhub_adamp`` would
 silently resolve to timm's own ``adamp``. timm's ``adamp``/``sgdp`` are never replaced.
-Nothing is registered at import: only an activated plugin or an explicit ``register_timm()``.
+Nothing is registered at import: only an activated plugin, an explicit ``register_timm()``, or
+mixhub's ``mixhub.timm_optimizers`` entry point (``timm_optimizers``), which ``import
+mixhub.timm_task`` runs so that timm's ``train.py`` takes ``--opt mixhubadamp`` as it is.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from .optim import SGDP, AdamP
 
-__all__ = ["TIMM_NAMES", "register_timm", "timm_registry"]
+__all__ = ["TIMM_NAMES", "register_timm", "timm_optimizers", "timm_registry"]
 
 log = logging.getLogger("mixhub.adamp")
 
@@ -73,3 +75,14 @@ def register_timm(registry: Any | None = None) -> list[str]:
         registry.register(info)
         done.append(info.name)
     return done
+
+
+def timm_optimizers() -> dict[str, Any]:
+    """The ``mixhub.timm_optimizers`` entry point: register (idempotent), then ``{name: class}``.
+
+    Empty when timm has no registry (< 1.0.12): nothing could be registered there.
+    """
+    if timm_registry() is None:
+        return {}
+    register_timm()
+    return dict(TIMM_NAMES)

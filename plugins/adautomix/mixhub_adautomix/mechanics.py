@@ -163,25 +163,26 @@ def check_lam_margin(trainer: Any, n: int) -> dict[str, float]:
 
 
 def check_eval_heads(trainer: Any) -> dict[str, float]:
-    """``logits`` is the teacher's one-hot head in eval mode; the teacher's mode is restored, also on error."""
+    """Evaluating the network the core evaluates (the teacher by default), ``logits`` is its one-hot
+    head in eval mode and ``logits_student`` the student's; both modes are restored, also on error."""
     st, host = trainer.state, trainer.host
     student, teacher, _ = _parts(trainer)
+    evaluated = trainer.session.eval_network()
     batch = _batch(trainer)
     teacher.train()
-    student.eval()
-    with torch.no_grad(), host.wrap("mixhub_evaluate", model=student, state=st):
-        mode_inside = teacher.training
-        out = host.slot("eval_forward", model=student, batch=batch, state=st)
+    student.train()
+    with torch.no_grad(), host.wrap("mixhub_evaluate", model=evaluated, state=st):
+        mode_inside = teacher.training or student.training
+        out = host.slot("eval_forward", model=evaluated, batch=batch, state=st)
         ref = one_hot_logits(teacher, batch.inputs)
         ref_student = one_hot_logits(student, batch.inputs)
-    restored = teacher.training
+    restored = teacher.training and student.training
     raised = ""
     try:
         with host.wrap("mixhub_evaluate", model=student, state=st):
             raise RuntimeError("adautomix-probe")
     except Exception as exc:  # noqa: BLE001 - the host may re-wrap it with plugin context
         raised = str(exc)
-    student.train()
     return {
         "teacher_err": float((out["logits"] - ref).abs().max()),
         "student_err": float((out["logits_student"] - ref_student).abs().max()),

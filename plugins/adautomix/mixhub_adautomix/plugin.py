@@ -41,7 +41,6 @@ from .functional import (
 )
 
 NAME = "adautomix"
-HEAD_ATTR = "adautomix_head_mix"
 
 
 class AdAutoMixOptions(PluginOptions):
@@ -55,7 +54,11 @@ class AdAutoMixOptions(PluginOptions):
         description="official mix_shuffle_no_repeat: the generator-branch partner permutation moves every "
         "sample (redraws, then a cyclic shift) and the classifier-branch one is redrawn up to 10 times",
     )
-    export: Literal["teacher", "student"] = Field("teacher", description="which network `checkpoints/export.pt` holds")
+    export: Literal["teacher", "student"] | None = Field(
+        None,
+        description="which network `checkpoints/export.pt` holds; must be eval_model (default: eval_model), "
+        "so the saved weights are the ones whose metrics are recorded",
+    )
     momentum: float = Field(0.999, ge=0.0, lt=1.0, description="teacher EMA momentum m_0")
     momentum_end: float = Field(0.999999, ge=0.0, le=1.0, description="final momentum of the cosine schedule")
     momentum_scope: tuple[float, float] = Field(
@@ -110,7 +113,9 @@ class AdAutoMixOptions(PluginOptions):
     )
     nan_policy: Literal["official", "raise"] = "official"
     eval_model: Literal["teacher", "student"] = Field(
-        "teacher", description="which network's one-hot head is `logits`"
+        "teacher",
+        description="the network evaluated and saved: its one-hot head gives the metrics, its weights are "
+        "export.pt, best.pt's evaluated network and MixhubTask's checkpoint state_dict",
     )
     diagnostics_every: int = Field(
         0, ge=0, description="every k steps: teacher CE on generated vs vanilla mixes (0: off)"
@@ -123,6 +128,11 @@ class AdAutoMixOptions(PluginOptions):
             raise ValueError("momentum_scope must satisfy 0 <= start <= end <= 1")
         if self.momentum > self.momentum_end:
             raise ValueError("momentum (m_0) must not exceed momentum_end")
+        if self.export is not None and self.export != self.eval_model:
+            raise ValueError(
+                f"export={self.export!r} differs from eval_model={self.eval_model!r}: the saved network must be the "
+                "one whose metrics are recorded; set eval_model (export follows it)"
+            )
         return self
 
 
@@ -132,6 +142,7 @@ PLUGIN = PluginSpec(
     slots=("sample_pairs", "mix_batch", "forward", "compute_loss", "eval_forward"),
     task_kinds=("classification",),
     aux_loss_weights={"adautomix_generator": 1.0},
+    needs_max_steps=True,  # the teacher's momentum follows a cosine schedule over the whole run
     description="Adversarial AutoMixup: learned N-sample mask generator trained against an EMA teacher",
 )
 
@@ -152,8 +163,10 @@ def _teacher(state: State) -> nn.Module:
     return state.module(NAME, "teacher")
 
 
-def _head(net: nn.Module) -> nn.Module | None:
-    return getattr(net, HEAD_ATTR, None)
+def _head(state: State, net: str) -> nn.Module | None:
+    """The mix head of the ``"student"`` or the ``"teacher"`` (``None`` with ``two_heads=false``)."""
+    key = "head_mix" if net == "student" else "teacher_head_mix"
+    return state.module(NAME, key) if f"{NAME}.{key}" in state.modules else None
 
 
 def _accumulate(s: Any, values: dict[str, float]) -> None:
@@ -193,13 +206,18 @@ def mixhub_configure_model(model: nn.Module, state: State) -> None:
             f"adautomix: scale_factor {scale} maps the {geo['height']}x{geo['width']} stage to "
             f"{geo['height'] * scale}x{geo['width'] * scale}, not the {height}x{width} input"
         )
+    # the mix heads are plugin modules, not attributes of the model: the model's state dict stays
+    # a plain timm one (loadable by timm.create_model(..., checkpoint_path=...)), and so does the teacher's
+    head = None
     if opts.two_heads:
         head = nn.Linear(geo["pre_logits"], int(state.num_classes or 0))
         nn.init.normal_(head.weight, 0.0, 0.01)
         nn.init.zeros_(head.bias)
-        model.add_module(HEAD_ATTR, head.to(state.device))
+        state.register_module(NAME, "head_mix", head, trainable=True)
     teacher = copy.deepcopy(model)
-    state.register_module(NAME, "teacher", teacher, trainable=False, train_mode=True, export=opts.export == "teacher")
+    state.register_module(NAME, "teacher", teacher, trainable=False, train_mode=True, export=opts.eval_model == "teacher")
+    if head is not None:
+        state.register_module(NAME, "teacher_head_mix", copy.deepcopy(head), trainable=False, train_mode=True)
     generator = MaskGenerator(
         geo["channels"],
         reduction=opts.reduction,
@@ -293,22 +311,23 @@ def mixhub_forward(model: nn.Module, batch: Batch, plan: MixPlan, state: State) 
     x = batch.extras["x_clean"]
     out: dict[str, Any] = {}
     # generator branch, through the frozen teacher (graph w.r.t. x_mb only)
-    out["logits_k"] = mix_logits(teacher, _head(teacher), batch.extras["x_mb"])
+    t_head, s_head = _head(state, "teacher"), _head(state, "student")
+    out["logits_k"] = mix_logits(teacher, t_head, batch.extras["x_mb"])
     if opts.cosine_every_step or ex["adversarial"]:
         with torch.no_grad():
-            out["source_logits"] = [mix_logits(teacher, _head(teacher), x[i]) for i in ex["mb_index"]]
+            out["source_logits"] = [mix_logits(teacher, t_head, x[i]) for i in ex["mb_index"]]
     # classifier branch, the student (official order: clean, linear mix, generated mix)
     out["logits_one"] = one_hot_logits(student, x)
     if "x_lin" in batch.extras:
-        out["logits_lin"] = mix_logits(student, _head(student), batch.extras["x_lin"])
-    out["logits"] = mix_logits(student, _head(student), batch.inputs)
+        out["logits_lin"] = mix_logits(student, s_head, batch.extras["x_lin"])
+    out["logits"] = mix_logits(student, s_head, batch.inputs)
     if opts.diagnostics_every and s.iter % opts.diagnostics_every == 0:
-        _probe_teacher(teacher, x, batch, ex, s)
+        _probe_teacher(teacher, t_head, x, batch, ex, s)
     return out
 
 
 @torch.no_grad()
-def _probe_teacher(teacher: nn.Module, x: Tensor, batch: Batch, ex: dict[str, Any], s: Any) -> None:
+def _probe_teacher(teacher: nn.Module, head: nn.Module | None, x: Tensor, batch: Batch, ex: dict[str, Any], s: Any) -> None:
     """Teacher mix-CE (eval mode, no graph) on the generated mix vs the vanilla mix at the same lambdas."""
     targets = [batch.targets[i] for i in ex["mb_index"]]
     vanilla = sum(lam * x[i] for i, lam in zip(ex["mb_index"], ex["mb_lams"]))
@@ -316,9 +335,9 @@ def _probe_teacher(teacher: nn.Module, x: Tensor, batch: Batch, ex: dict[str, An
     teacher.eval()
     try:
         ce_gen = mix_ce(
-            mix_logits(teacher, _head(teacher), batch.extras["x_mb"].detach()), targets, ex["mb_lams"]
+            mix_logits(teacher, head, batch.extras["x_mb"].detach()), targets, ex["mb_lams"]
         )
-        ce_van = mix_ce(mix_logits(teacher, _head(teacher), vanilla), targets, ex["mb_lams"])
+        ce_van = mix_ce(mix_logits(teacher, head, vanilla), targets, ex["mb_lams"])
     finally:
         teacher.train(was_training)
     _accumulate(
@@ -381,6 +400,8 @@ def mixhub_after_step(state: State) -> None:
         schedule=opts.momentum_schedule,
     )
     ema_update_(_teacher(state), state.model, m, buffers=opts.ema_buffers)
+    if opts.two_heads:
+        ema_update_(_head(state, "teacher"), _head(state, "student"), m)
     s.momentum = m
     s.iter += 1
     grads = [
@@ -396,29 +417,38 @@ def mixhub_after_step(state: State) -> None:
 # =============================================================================== evaluation
 @hookimpl(wrapper=True)
 def mixhub_evaluate(model: nn.Module, state: State) -> Generator[None, Any, Any]:
-    teacher = _teacher(state)
-    was_training = teacher.training
-    teacher.eval()
+    """Teacher and student (both feed the extra ``logits_*``) in eval mode, restored after."""
+    nets = [_teacher(state), state.model]
+    was_training = [net.training for net in nets]
+    for net in nets:
+        net.eval()
     try:
         return (yield)
     finally:
-        teacher.train(was_training)
+        for net, mode in zip(nets, was_training):
+            net.train(mode)
 
 
 @hookimpl
 def mixhub_eval_forward(model: nn.Module, batch: Batch, state: State) -> dict[str, Any]:
-    opts = state.options(NAME)
-    student, teacher = unwrap(model), _teacher(state)
+    """``logits``: the one-hot head of ``model``, the network being evaluated (the core passes the
+    teacher when ``eval_model=teacher``; timm's EMA copy evaluates itself). The teacher's and the
+    student's one-hot and mix heads come along as ``logits_<net>[_mix]``."""
+    given = unwrap(model)
     x = batch.inputs
     heads: dict[str, Tensor] = {}
-    for name, net in (("teacher", teacher), ("student", student)):
+    main = None
+    for name, net in (("teacher", _teacher(state)), ("student", unwrap(state.model))):
         feats = net.forward_features(x)
         heads[name] = net.forward_head(feats)
-        head = _head(net)
+        head = _head(state, name)
         heads[f"{name}_mix"] = (
             head(net.forward_head(feats, pre_logits=True)) if head is not None else heads[name]
         )
-    main = opts.eval_model
+        if net is given:
+            main = name
+    if main is None:  # another copy of the network (e.g. timm's model EMA): its own one-hot head
+        return {"logits": one_hot_logits(given, x), **{f"logits_{k}": v for k, v in heads.items()}}
     out = {"logits": heads[main]}
     out.update({f"logits_{k}": v for k, v in heads.items() if k != main})
     return out

@@ -51,7 +51,12 @@ def test_geometry_and_modules(n: int) -> None:
     assert gen.in_channels == 16 and gen.scale_factor == 4  # 16 px input, 4x4 stage
     names = [g.get("name") for g in t.optimizer.param_groups]
     assert "adautomix.generator" in names and "adautomix.teacher" not in names
-    assert hasattr(t.model, "adautomix_head_mix")
+    assert "adautomix.head_mix" in names and "adautomix.teacher_head_mix" not in names
+    # the mix heads are plugin modules: the model's and the teacher's state dicts stay the plain model's
+    assert not hasattr(t.model, "adautomix_head_mix")
+    plain = set(t.model.state_dict())
+    assert set(t.state.module("adautomix", "teacher").state_dict()) == plain
+    assert all(not k.startswith("adautomix") for k in plain)
 
 
 def test_masks_at_init_on_real_features() -> None:
@@ -220,3 +225,37 @@ def test_export_defaults_to_the_teacher(tmp_path):
     assert exp["module"] == "adautomix.teacher"
     teacher = r.trainer.state.module("adautomix", "teacher").state_dict()
     assert all(torch.equal(exp["state_dict"][k], v) for k, v in teacher.items())
+
+
+@pytest.mark.parametrize("evaluated", ["teacher", "student"])
+def test_best_and_export_hold_the_network_whose_metric_is_recorded(tmp_path, evaluated):
+    """best.pt names the network its `best` metric was measured on; that network's weights, in a
+    plain model, reproduce the metric; export.pt holds the same network as a plain state dict."""
+    from mixhub.checkpoint import load_checkpoint
+    from mixhub.config import ModelConfig
+    from mixhub.models import build_model
+    from mixhub.testing import tiny_config
+
+    r = train(tiny_config(plugins=["adautomix"], adautomix={"eval_model": evaluated}), out=tmp_path / "r")
+    run = r.trainer
+    best = load_checkpoint(tmp_path / "r/checkpoints/best.pt")
+    export = load_checkpoint(tmp_path / "r/checkpoints/export.pt")
+    key = "adautomix.teacher" if evaluated == "teacher" else "model"
+    assert best["evaluated"] == key and export["module"] == key
+    weights = best["modules"][key] if evaluated == "teacher" else best["model"]
+    net = build_model(ModelConfig(**run.config.model.model_dump()), run.bundle.input_shape, run.bundle.num_classes)
+    net.load_state_dict(weights)  # a plain model's keys: no plugin head inside
+    net.eval()
+    x, y = zip(*(run.bundle.val[i] for i in range(len(run.bundle.val))))
+    with torch.no_grad():
+        acc = float((net(torch.stack(x)).argmax(1) == torch.as_tensor(y)).float().mean())
+    assert best["best"]["metric"] == "acc" and acc == pytest.approx(best["best"]["value"], abs=1e-9)
+    assert set(export["state_dict"]) == set(net.state_dict())
+    assert all(torch.equal(export["state_dict"][k], v) for k, v in weights.items())
+
+
+def test_export_must_be_the_evaluated_network() -> None:
+    from mixhub import ConfigError
+
+    with pytest.raises(ConfigError, match="export='student' differs from eval_model='teacher'"):
+        make(export="student")

@@ -111,8 +111,10 @@ def _validate(options: RankMixupOptions, config: Any) -> list[str]:
     clip = getattr(getattr(config, "train", None), "clip_grad_norm", None)
     if clip is None:
         warnings.append(
-            f"the official recipe clips the global gradient norm at {OFFICIAL_CLIP}; "
-            f"set train.clip_grad_norm={OFFICIAL_CLIP}"
+            f"the official recipe clips the global gradient norm at {OFFICIAL_CLIP} and the config sets no "
+            f"train.clip_grad_norm; clip in the loop that steps the optimizer: mixhub train: "
+            f"train.clip_grad_norm={OFFICIAL_CLIP}; timm's train.py (MixhubTask): --clip-grad {OFFICIAL_CLIP}; "
+            f"your own loop: torch.nn.utils.clip_grad_norm_(params, {OFFICIAL_CLIP}) before optimizer.step()"
         )
     if options.variant == "mrl" and options.mrl_space == "prob" and options.margin >= 1.0:
         warnings.append(
