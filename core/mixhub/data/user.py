@@ -13,6 +13,7 @@ from . import register_dataset
 from .base import ArrayDataset, DataBundle, split_bundle, standardise, stratified_split
 from .bundled import regression_bundle
 from .images import build_image_csv, read_csv
+from .lazy import to_rgb
 from .transforms import build_augment
 
 
@@ -104,7 +105,7 @@ def build_torchvision(cfg: Any, seed: int) -> DataBundle:
             raise DataError(f"torchvision dataset {name!r} not found under data.root={cfg.root!r} (mixhub never downloads): {exc}") from exc
         xs, ys = [], []
         for img, label in ds:
-            img = img.convert("RGB").resize((cfg.image_size, cfg.image_size))
+            img = to_rgb(img).resize((cfg.image_size, cfg.image_size))
             xs.append(np.asarray(img, dtype=np.float32) / 255.0)
             ys.append(int(label))
         return np.stack(xs), np.asarray(ys, dtype=np.int64)
