@@ -37,6 +37,7 @@ class CheckpointMixin:
     host: Any
     state: Any
     folder: Any
+    bundle: Any
     best: dict[str, Any]
     batch_in_epoch: int
     start_epoch: int
@@ -75,6 +76,11 @@ class CheckpointMixin:
 
         data = ckpt.load_checkpoint(path)
         raw = apply_overrides(data["config"], overrides or {})
+        saved_classes = data.get("classes")
+        if saved_classes and (raw.get("data") or {}).get("classes") is None:
+            # the model's outputs are the training run's labels: the data (another CSV, a test folder)
+            # are mapped to them, not to their own sorted labels
+            raw = apply_overrides(raw, {"data": {"classes": list(saved_classes)}})
         run = cls(raw, extra_plugins=extra_plugins, write=write, out=out or Path(path).parent.parent)
         try:
             run.load_state(data, weights_only=True, allow_new_plugins=allow_new_plugins)
@@ -105,7 +111,16 @@ class CheckpointMixin:
             "batch_in_epoch": self.batch_in_epoch,
             "best": dict(self.best),
             "extra": {name: get() for name, (get, _) in self._extra_state.items()},
+            "classes": self.class_labels(),
         }
+
+    def class_labels(self) -> list[Any] | None:
+        """The label of each model output (``data.classes``, or the labels the data were remapped
+        from, e.g. ``[-1, 7]``), as ints and strings; ``None`` without named classes."""
+        found = self.bundle.info.get("classes") if self.bundle.task == "classification" else None
+        if not found:
+            return None
+        return [c if isinstance(c, (int, str)) and not isinstance(c, bool) else str(c) for c in found]
 
     def register_state(self, name: str, get: Any, load: Any) -> None:
         """Add core-owned state to every checkpoint (e.g. the continual protocol's replay buffer).
@@ -225,7 +240,7 @@ class CheckpointMixin:
         state_dict = D.full_model_state_dict(module)  # a sharded module is gathered (every process takes part)
         if not self.folder.enabled:
             return None
-        payload = {"module": name, "state_dict": state_dict, "config": self.config.to_dict()}
+        payload = {"module": name, "state_dict": state_dict, "config": self.config.to_dict(), "classes": self.class_labels()}
         return ckpt.save_checkpoint(payload, self.folder.checkpoints / "export.pt", keep_previous=False)
 
     def load_weights(self, data: dict[str, Any]) -> None:

@@ -402,6 +402,10 @@ class LazyImageDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def remap_targets(self, table: Tensor) -> None:
+        """Class ids ``c`` become ``table[c]`` (``data.classes``; see ``base.apply_class_order``)."""
+        self._targets = table[self._targets]
+
     def name(self, i: int) -> str:
         return self.source.name(int(self.indices[i]))
 

@@ -78,7 +78,7 @@ class SupervisedProtocol:
             if run.batch_in_epoch == 0:
                 run.host.collect("mixhub_epoch_start", state=state)
                 run.tally.reset()  # a resumed epoch keeps the sums and time of its first part
-            for batch in run.console.progress(run.epoch_batches(epoch), total=state.steps_per_epoch, desc=f"epoch {epoch}"):
+            for batch in run.console.progress(run.epoch_batches(epoch), total=state.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}"):
                 logs = run.train_step(batch)
                 run.batch_in_epoch += 1
                 if logs is not None:
@@ -90,7 +90,7 @@ class SupervisedProtocol:
             run.batch_in_epoch = 0
             run.host.collect("mixhub_epoch_end", state=state)
             train_rec = {"epoch": epoch, "split": "train", "step": state.step, **self.epoch_means(), "time_s": run.tally.seconds()}
-            skipped = run.bad_samples.report(f"epoch {epoch}" + (f" (rank {run.rank})" if run.world_size > 1 else ""))
+            skipped = run.bad_samples.report(f"epoch {epoch + 1}" + (f" (rank {run.rank})" if run.world_size > 1 else ""))
             if run.world_size > 1:  # every rank's skipped files count
                 import torch
                 import torch.distributed as dist
@@ -147,6 +147,8 @@ class SupervisedProtocol:
             run.load_weights(run._best_in_memory)
         run.write_export()
         summary: dict[str, Any] = {"best_epoch": run.best["epoch"], "select": self.select_key, "steps": run.state.step}
+        if run.class_labels() is not None:
+            summary["classes"] = run.class_labels()  # the label of each model output
         temperature = None
         val_outs, val_t = run.predict(run.bundle.val, "val")
         if run.state.task_kind == "classification":
