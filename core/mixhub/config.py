@@ -99,7 +99,7 @@ class ModelConfig(Section):
     pretrained: bool = Field(False, description="load timm pretrained weights (must be cached locally)")
     checkpoint: str | None = Field(None, description="local file of pretrained weights (a state dict), loaded through timm's pretrained_cfg_overlay=dict(file=PATH); implies pretrained")
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
-    small_input: bool = Field(True, description="adapt timm CNN stems to small (32x32) inputs: a new 3x3 stride-1 stem, or, with pretrained weights, the pretrained stem kept at stride 1")
+    small_input: bool | Literal["auto"] = Field("auto", description="adapt a timm CNN's stem (conv1 + max-pool, e.g. ResNet) to small inputs: a new 3x3 stride-1 stem without max-pool, or, with pretrained weights, the pretrained stem kept at stride 1; auto: only for images of 64 px or less (the bundled proxies); the decision is printed at start")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the model factory")
 
 
