@@ -179,8 +179,30 @@ def test_checkpoint_messages(tmp_path):
     with pytest.raises(CheckpointError, match="is a directory, not a checkpoint file.*checkpoints/best.pt"):
         load_checkpoint(tmp_path)
     torch.save({"x": NotPlain()}, tmp_path / "unsafe.pt")
-    with pytest.raises(CheckpointError, match="arbitrary unpickling.*NotPlain"):
+    with pytest.raises(CheckpointError, match="needs arbitrary code to load.*NotPlain"):
         load_checkpoint(tmp_path / "unsafe.pt")
+
+
+class RunsCode:
+    """A payload whose unpickling would call ``os.system`` (what a malicious checkpoint does)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_malicious_checkpoint_is_refused_without_advice_to_load_it_unsafely(tmp_path):
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "mixhub-checkpoint-1", "model": RunsCode(marker)}, evil)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(evil)
+    msg = str(err.value)
+    assert "needs arbitrary code to load" in msg and "system" in msg and "mixhub will not load it" in msg
+    assert "weights_only" not in msg and "corrupt" not in msg
+    assert not marker.exists()  # nothing ran
 
 
 def test_non_finite_numbers_are_invalid():

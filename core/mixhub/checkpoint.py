@@ -151,6 +151,27 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path, keep_previous: bo
     return path
 
 
+def _unsafe_message(path: Path, torch_message: str) -> str:
+    """Why the safe (``weights_only``) unpickler refused a file, without torch's advice to load it
+    unsafely: a file that names a function or class to call needs arbitrary code to load."""
+    import re
+
+    found = re.search(r"GLOBAL ([\w.]+)", torch_message)
+    if found is not None:
+        return (
+            f"checkpoint {str(path)!r} needs arbitrary code to load: unpickling it would call {found.group(1)!r}. "
+            "mixhub will not load it: its checkpoints hold tensors and plain data only (a file that calls code may be "
+            "malicious; use it only if you wrote it, and then save its weights as a state dict)"
+        )
+    lines = [ln.strip() for ln in torch_message.replace("WeightsUnpickler error:", "\n").splitlines()]
+    details = [ln for ln in lines if ln and "weights_only" not in ln and not ln.startswith(("(", "Check the documentation", "Please file"))]
+    detail = details[-1] if details else "unreadable data"
+    return (
+        f"checkpoint {str(path)!r} cannot be read as tensors and plain data ({detail}); mixhub loads checkpoints "
+        "with the safe unpickler only and will not run the code such a file may hold"
+    )
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load with ``weights_only=True``; any corruption or unsafe content is a ``CheckpointError`` naming the file."""
     path = Path(path)
@@ -169,15 +190,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        msg = str(exc)
-        detail = msg.split("WeightsUnpickler error:")[-1].strip()
-        detail = detail.splitlines()[0] if detail else msg
-        if "Unsupported global" in msg or "Unsupported class" in msg:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} holds objects that need arbitrary unpickling ({detail.split(' was not')[0]}); "
-                "mixhub refuses it (plugin state must be tensors and plain types)"
-            ) from exc
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: its data cannot be read ({detail})") from exc
+        raise CheckpointError(_unsafe_message(path, str(exc))) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated: {type(exc).__name__}: {exc}") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
