@@ -1,12 +1,11 @@
 """Every distribution of the repository (core, plugins, the third-party example) declares its
 license as an SPDX expression, and setuptools reads each pyproject without a warning."""
 
-import tomllib
 import warnings
 from pathlib import Path
 
 import pytest
-from setuptools.config.pyprojecttoml import apply_configuration
+from setuptools.config.pyprojecttoml import apply_configuration, load_file
 from setuptools.dist import Distribution
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +19,7 @@ def test_every_distribution_is_found():
 
 @pytest.mark.parametrize("path", PYPROJECTS, ids=lambda p: str(p.parent.relative_to(ROOT)) or "core")
 def test_license_is_an_spdx_expression_and_setuptools_does_not_warn(path):
-    data = tomllib.loads(path.read_text())
+    data = load_file(path)
     assert data["project"]["license"] == "Apache-2.0", f"{path}: project.license must be the SPDX string 'Apache-2.0'"
     assert not any(c.startswith("License ::") for c in data["project"].get("classifiers", [])), f"{path}: a license classifier next to an SPDX expression"
     assert any(r.startswith("setuptools>=") and int(r.split(">=")[1].split(".")[0]) >= 77 for r in data["build-system"]["requires"]), (
