@@ -554,3 +554,34 @@ def test_cli_names_a_file_a_full_disk_refused(monkeypatch, capsys):
     monkeypatch.setattr(cli, "build_parser", lambda: parser)
     assert cli.main(["train"]) == 2
     assert "could not write runs/x/loss.png: the disk is full" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX file-size limit")
+def test_first_checkpoint_over_the_file_size_limit_names_the_cause_and_the_folder_is_reusable(tmp_path, caplog):
+    out = tmp_path / "run"
+    args = ["train", "data.image_size=16", "train.epochs=1", "train.max_steps_per_epoch=2", "train.plots=false", f"out={out}"]
+    script = textwrap.dedent(
+        f"""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # the checkpoint is ~2 MB; the logs fit
+        from mixhub.cli import main
+        sys.exit(main({args!r}))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr.strip().splitlines()[-1]
+    assert "could not write checkpoint" in err and "the file is too large: it reached this process's file-size limit (100000 bytes" in err
+    assert "enforce fail" not in err and "unexpected pos" not in err
+    assert (out / "config.yaml").exists() and not list((out / "checkpoints").glob("*.pt"))
+    # the same command again, without the limit: the folder of a run that never wrote a checkpoint is taken over
+    from mixhub.cli import main
+
+    assert main(args + ["--quiet"]) == 0
+    assert "never wrote a checkpoint" in caplog.text and "this run replaces them" in caplog.text
+    assert (out / "checkpoints/last.pt").exists() and (out / "summary.json").exists()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["split"] for r in records].count("train") == 1  # the stale run's records were not kept
+    # a folder that holds a checkpoint is still refused
+    with pytest.raises(ConfigError, match="finished run"):
+        train(load_config(parse_overrides(args[1:-1])).to_dict(), out=out)
