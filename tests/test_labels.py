@@ -80,7 +80,10 @@ def test_remapped_labels_are_saved_and_used_by_eval(tmp_path, capsys):
     y = np.where(np.arange(240) % 2 == 0, -1, 7)
     p = _table(tmp_path / "t.csv", y)
     out = tmp_path / "run"
-    res = train({**TINY, "data": {"name": f"csv:{p}"}}, out=out)
+    res = train({**TINY, "data": {"name": f"csv:{p}"}}, out=out, quiet=False)
+    start = capsys.readouterr().err
+    assert "task classification: data.task=auto: column 'y' holds 2 distinct integers (at most 50)" in start
+    assert "classes (label->output): -1->0, 7->1; saved with the run" in start
     assert res.summary["classes"] == [-1, 7]
     assert json.loads((out / "summary.json").read_text())["classes"] == [-1, 7]
     for name in ("last.pt", "best.pt", "export.pt"):

@@ -152,3 +152,15 @@ def test_small_input_auto_adapts_the_stem_only_for_small_images(side: int, adapt
     assert forced.conv1.stride == (1, 1)
     kept = build_model(ModelConfig(name="resnet18", small_input=False), (3, side, side), 10)
     assert kept.conv1.stride == (2, 2) and kept.mixhub_stem == "model.small_input=false: resnet18 keeps timm's stem"
+
+
+def test_the_stem_decision_is_a_start_line() -> None:
+    from mixhub.runsetup import start_lines
+    from mixhub.trainer import Trainer
+
+    raw = {"data": {"name": "digits", "image_size": 32}, "model": {"name": "resnet18"}, "train": {"device": "cpu", "epochs": 1}}
+    lines = start_lines(Trainer(raw, write=False))
+    stem = [line for line in lines if line.startswith("stem: ")]
+    assert stem and stem[0].startswith("stem: model.small_input=auto: 32 px images are small (<= 64 px): resnet18 gets a 3x3 stride-1 stem, without max-pool")
+    small = start_lines(Trainer({**raw, "model": {"name": "smallcnn"}}, write=False))
+    assert not any(line.startswith("stem:") for line in small)  # mixhub's own models have no timm stem

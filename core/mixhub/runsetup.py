@@ -87,6 +87,13 @@ def start_lines(run: Any) -> list[str]:
     lines.append(
         f"data {cfg.data.name}: {sizes}{extra}; {what}; task {kind}; input {'x'.join(map(str, bundle.input_shape))}"
     )
+    reason = bundle.info.get("task_reason")
+    if reason:
+        lines.append(f"task {kind}: {reason}")
+    labels = bundle.info.get("classes") if kind == "classification" else None
+    if labels and [str(c) for c in labels] != [str(i) for i in range(len(labels))]:
+        shown = ", ".join(f"{c}->{i}" for i, c in enumerate(labels[:12])) + (", ..." if len(labels) > 12 else "")
+        lines.append(f"classes (label->output): {shown}; saved with the run and used by `mixhub eval`")
     params = list(run.model.parameters())
     total = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
@@ -101,6 +108,9 @@ def start_lines(run: Any) -> list[str]:
     lines.append(
         f"{model}; device {run.device}{procs}{amp}; plugins: {', '.join(run.host.plugins) or 'none'}"
     )
+    stem = getattr(run.model, "mixhub_stem", None)
+    if stem:
+        lines.append(f"stem: {stem}")
     if kind != "continual":
         lines.append(
             f"steps: {state.steps_per_epoch} per epoch x {cfg.train.epochs} epochs = {state.max_steps} (batch {cfg.train.batch_size}); "
