@@ -120,3 +120,41 @@ def test_data_classes_fixes_the_output_order(tmp_path):
     assert torch.equal(d.train_targets, d.train.target_tensor)
     with pytest.raises(DataError, match=r"labels \[7\] that data.classes lacks"):
         build_data(DataConfig(name=f"csv:{p}", classes=[-1]), 0)
+
+
+def _folder(root: Path, classes: tuple[str, ...], per_class: int = 12) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_eval_on_data_with_another_class_count_names_both_counts(tmp_path, capsys):
+    # noisy-synthetic: 10 classes of 40 features, which name no labels; a CSV of 40 features and 3 classes
+    tab = {"data": {"name": "noisy-synthetic"}, "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
+           "train": {"epochs": 1, "batch_size": 32, "max_steps_per_epoch": 2, "plots": False, "device": "cpu"}}
+    out = tmp_path / "tab"
+    train(tab, out=out)
+    rng = np.random.default_rng(0)
+    rows = ["," .join([f"f{i}" for i in range(40)] + ["y"])]
+    rows += [",".join([f"{v:.3f}" for v in rng.normal(size=40)] + [str(k % 3)]) for k in range(90)]
+    (tmp_path / "three.csv").write_text("\n".join(rows) + "\n")
+    capsys.readouterr()
+    assert main(["eval", str(out / "checkpoints/best.pt"), f"data.name=csv:{tmp_path / 'three.csv'}"]) == 2
+    err = capsys.readouterr().err
+    assert "trained for 10 classes, but the data" in err and "have 3 classes" in err
+    assert "size mismatch" not in err
+    tiny = {"model": {"name": "smallcnn", "kwargs": {"widths": [8, 16]}},
+            "train": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 2, "plots": False, "device": "cpu"}}
+    three = _folder(tmp_path / "three", ("ant", "bee", "cow"))
+    # a run with named classes: the other data's labels are named against the model's
+    named = tmp_path / "named"
+    train({**tiny, "data": {"name": f"imagefolder:{three}", "image_size": 16, "num_workers": 0}}, out=named)
+    two = _folder(tmp_path / "two", ("ant", "dog"))
+    assert main(["eval", str(named / "checkpoints/best.pt"), f"data.name=imagefolder:{two}", "data.num_workers=0", "train.batch_size=4"]) == 2
+    err = capsys.readouterr().err
+    assert "labels ['dog'] that data.classes lacks (the data have 2 classes; data.classes, the model's outputs, has 3" in err

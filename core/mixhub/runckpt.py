@@ -183,6 +183,8 @@ class CheckpointMixin:
         active = set(self.host.plugins)
         if saved != active and not (allow_new_plugins and saved <= active):
             raise CheckpointError(f"checkpoint was written with plugins {sorted(saved)}, this run activates {sorted(active)}")
+        if not data.get("sharded"):
+            self._check_outputs(data["model"], data.get("classes"))
         try:
             if data.get("sharded"):
                 self._load_sharded(data, optimizer=not weights_only)
@@ -214,6 +216,26 @@ class CheckpointMixin:
         ckpt.restore_rng(data["rng"], self.state.generator)
         if self.world_size > 1:  # rank 0 saved its own generator: give the others their own stream back
             self.state.generator.manual_seed(self.config.seed + 12345 + 7919 * self.rank + self.state.step)
+
+    def _check_outputs(self, saved: dict[str, Any], classes: list[Any] | None) -> None:
+        """The checkpoint's classifier must have as many outputs as the data have classes (or
+        targets): a mismatch names both counts rather than torch's size-mismatch text."""
+        get = getattr(self.model, "get_classifier", None)
+        head = get() if callable(get) else None
+        weight = getattr(head, "weight", None)
+        if weight is None:
+            return
+        key = next((k for k, v in self.model.named_parameters() if v is weight), None)
+        if key is None or key not in saved or saved[key].dim() == 0 or saved[key].shape[0] == weight.shape[0]:
+            return
+        n_saved, n_data = int(saved[key].shape[0]), int(weight.shape[0])
+        what = "classes" if self.bundle.task == "classification" else "targets"
+        named = f" ({', '.join(map(str, classes[:10]))}{', ...' if len(classes) > 10 else ''})" if classes else ""
+        raise CheckpointError(
+            f"the checkpoint's model was trained for {n_saved} {what}{named}, but the data {self.config.data.name!r} "
+            f"have {n_data} {what}; evaluate it on data with the same {what}"
+            + (" (or map this data's labels to the model's with data.classes=[...])" if what == "classes" else "")
+        )
 
     def resume(self) -> None:
         data, _ = ckpt.load_latest(self.folder.checkpoints, "last", warn=log.warning)

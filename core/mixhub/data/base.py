@@ -177,7 +177,8 @@ def apply_class_order(bundle: DataBundle, classes: list[Any]) -> DataBundle:
     missing = [c for c in found if str(c) not in wanted]
     if missing:
         raise DataError(
-            f"the data hold labels {missing[:10]} that data.classes lacks (the model's {len(classes)} classes: "
+            f"the data hold labels {missing[:10]} that data.classes lacks (the data have {len(found)} classes; "
+            f"data.classes, the model's outputs, has {len(classes)}: "
             f"{classes[:20]}{' ...' if len(classes) > 20 else ''})"
         )
     table = torch.as_tensor([wanted.index(str(c)) for c in found], dtype=torch.long)
