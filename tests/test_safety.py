@@ -139,6 +139,13 @@ def test_cli_resume_extends_a_finished_run(tmp_path, capsys, caplog):
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] == 2
     assert main(["train", "--resume", str(out), "model.name=mlp"]) == 2
     assert "model.name cannot change when a run resumes" in capsys.readouterr().err
+    # finished at 2 epochs: resuming it unchanged says so and how to extend it, without re-evaluating
+    summary = (out / "summary.json").read_text()
+    assert main(["train", "--resume", str(out), "train.plots=false"]) == 2
+    err = capsys.readouterr().err
+    assert "the run is finished (it trained all 2 epochs and wrote summary.json)" in err
+    assert f"mixhub train --resume {out} train.epochs=3" in err
+    assert (out / "summary.json").read_text() == summary
 
 
 # ---------------------------------------------------------------------- 4. CSV class labels

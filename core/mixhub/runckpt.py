@@ -17,7 +17,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import distributed as D
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 
 __all__ = ["CheckpointMixin"]
 
@@ -216,6 +216,25 @@ class CheckpointMixin:
         ckpt.restore_rng(data["rng"], self.state.generator)
         if self.world_size > 1:  # rank 0 saved its own generator: give the others their own stream back
             self.state.generator.manual_seed(self.config.seed + 12345 + 7919 * self.rank + self.state.step)
+
+    def check_unfinished(self) -> None:
+        """A resumed run must have something left to do: a finished run (every epoch trained and
+        its summary written) resumed with the same ``train.epochs`` is refused, saying how to extend it."""
+        epochs = self.config.train.epochs
+        if (
+            self.bundle.task == "continual"
+            or not self.folder.enabled
+            or not (self.folder.path / "summary.json").is_file()
+            or self.state.epoch < epochs
+            or self.batch_in_epoch
+        ):
+            return
+        where = str(self.folder.path)
+        raise ConfigError(
+            f"--resume {where!r}: the run is finished (it trained all {epochs} epochs and wrote summary.json), so there is "
+            f"nothing to resume; to train it longer run `mixhub train --resume {where} train.epochs={epochs + max(1, epochs // 2)}` "
+            f"(any number above {epochs}), or evaluate it with `mixhub eval {where}/checkpoints/best.pt`"
+        )
 
     def _check_outputs(self, saved: dict[str, Any], classes: list[Any] | None) -> None:
         """The checkpoint's classifier must have as many outputs as the data have classes (or

@@ -111,6 +111,7 @@ def train(
         if resume:
             _agreed(trainer, trainer.folder.check_resume)
             trainer.resume()
+            _agreed(trainer, trainer.check_unfinished)
         else:
             _agreed(trainer, trainer.folder.check_new)
         summary = trainer.fit()
