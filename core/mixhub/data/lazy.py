@@ -351,7 +351,8 @@ def decode_image(fh: Any, name: str) -> Any:
         with fh, Image.open(fh) as im:
             return to_rgb(im)
     except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-        raise DataError(f"corrupt or unreadable image file {name!r}: {type(exc).__name__}: {exc}") from exc
+        detail = str(exc).split(" <_io.")[0].splitlines()[0] if str(exc) else ""  # PIL repeats the file as a handle repr
+        raise DataError(f"corrupt or unreadable image file {name!r} ({type(exc).__name__}: {detail})") from exc
 
 
 class LazyImageDataset(Dataset):
@@ -421,7 +422,7 @@ class LazyImageDataset(Dataset):
         except DataError as exc:
             if self.on_bad_sample == "skip":
                 return BadSample(i, name, str(exc))
-            raise
+            raise DataError(f"{exc}; data.on_bad_sample=skip skips unreadable files (counted and reported per epoch)") from exc
         s = sample_seed(self.seed, epoch, i, role)
         reseed = getattr(self.transform, "reseed", None)
         if reseed is not None:
