@@ -227,7 +227,6 @@ def write_report(suite: Suite, results: dict[str, Any], out: Path, command: str 
         row = agg["table"][arm.name]
         t = agg["times"].get(arm.name, (float("nan"), 0))
         lines.append(f"| {arm.name} | " + " | ".join(_fmt(row[m][0], row[m][1], m) for m in suite.metrics) + f" | {t[0]:.1f} |")
-    crit = f"t_0.975,{n - 1} = {t_quantile(0.975, n - 1):.3f}" if n >= 2 else "no test with one seed"
     lines += [
         "",
         "Paired differences (arm − baseline on the same seeds): mean ± SE over seeds; percent metrics in "
@@ -237,12 +236,16 @@ def write_report(suite: Suite, results: dict[str, Any], out: Path, command: str 
     lines += ["| comparison | " + " | ".join(_head(m, diff=True) for m in suite.metrics) + " |", "|" + "---|" * (len(suite.metrics) + 1)]
     for name, row in agg["diffs"].items():
         lines.append(f"| {name} | " + " | ".join(_diff_cell(row[m][0], row[m][1], row[m][2], m, suite) for m in suite.metrics) + " |")
-    lines += [
-        "",
-        f"✓ / ✗: significantly better / worse by a two-sided paired t-test at the 5% level (|mean / SE| > {crit}, "
-        "Student's t at n − 1 degrees of freedom for n paired seeds); unmarked: not significant.",
-        "",
-    ]
+    if n >= 2:
+        crit = f"t_0.975,{n - 1} = {t_quantile(0.975, n - 1):.3f}"
+        lines += [
+            "",
+            f"✓ / ✗: significantly better / worse by a two-sided paired t-test at the 5% level (|mean / SE| > {crit}, "
+            "Student's t at n − 1 degrees of freedom for n paired seeds); unmarked: not significant.",
+            "",
+        ]
+    else:
+        lines += ["", "One seed: the differences have no SE and no significance test (run two or more seeds for a paired t-test).", ""]
     if results.get("rerun"):
         lines += ["Cells run again because their stored key differed: " + "; ".join(results["rerun"]), ""]
     lines += ["Arms:", ""] + [f"- `{a.name}`: {a.description or a.overrides}" for a in suite.arms] + [""]
@@ -286,11 +289,12 @@ def _plots(suite: Suite, results: dict[str, Any], agg: dict[str, Any], out: Path
         fig, axes = plt.subplots(1, len(ms), figsize=(3.2 * len(ms), 3), squeeze=False)
         names = [a.name for a in suite.arms]
         for ax, m in zip(axes[0], ms):
+            scale = 100 if _is_pct(m) else 1  # the units of REPORT.md: percent metrics in %
             vals = [agg["table"][a][m] for a in names]
-            ax.bar(range(len(names)), [v[0] for v in vals], yerr=[v[1] for v in vals], capsize=3)
+            ax.bar(range(len(names)), [scale * v[0] for v in vals], yerr=[scale * v[1] for v in vals], capsize=3)
             ax.set_xticks(range(len(names)))
             ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-            ax.set_title(m, fontsize=9)
+            ax.set_title(_head(m), fontsize=9)
         fig.tight_layout()
         p = out / "bars.png"
         fig.savefig(p, dpi=100)

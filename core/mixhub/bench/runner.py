@@ -187,7 +187,9 @@ def run_suite(
     """Run every cell not yet finished, then write ``results.json``, ``REPORT.md`` and plots.
 
     ``log`` names logger plugins (``tensorboard``, ``mlflow``, ``wandb``) that record each
-    cell as a run (see ``tracked_config``).
+    cell as a run (see ``tracked_config``). Each cell run prints a line when it starts and one
+    when it ends (time, first metric): above the bar on a terminal, plain in a pipe, through the
+    ``mixhub.bench`` logger at INFO when ``progress`` is off.
     """
     from tqdm.auto import tqdm
 
@@ -210,7 +212,7 @@ def run_suite(
     bar = tqdm(cells, desc=suite.name, disable=None if progress else True)  # None: no bar off a terminal
     code = code_identity()
     rerun: list[str] = []
-    for arm, seed in bar:
+    for k, (arm, seed) in enumerate(bar, start=1):
         cell_path = out / "cells" / arm / f"seed{seed}.json"
         config = cell_config(suite, arm, seed, quick)
         if loggers:
@@ -223,9 +225,13 @@ def run_suite(
             logging.getLogger("mixhub.bench").warning("bench %s: cell %s seed %d is run again (%s)", suite.name, arm, seed, why)
             rerun.append(f"{arm}/seed{seed}: {why}")
         bar.set_postfix(arm=arm, seed=seed)
+        where = f"bench {suite.name}: cell {k}/{len(cells)} (arm {arm}, seed {seed})"
+        _say(f"{where} ...", progress)
         t0 = time.time()
         metrics = run(config, out / "cells" / arm / f"seed{seed}")
         cell = {"arm": arm, "seed": seed, "metrics": metrics, "time_s": time.time() - t0, "key": key}
+        shown = next((m for m in suite.metrics if m in metrics), None)
+        _say(f"{where} done in {cell['time_s']:.1f} s" + (f": {shown} {metrics[shown]:.4g}" if shown else ""), progress)
         cell_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cell_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(cell))
@@ -235,6 +241,18 @@ def run_suite(
     results["rerun"] = rerun
     write_report(suite, results, out, command=command, quick=quick)
     return results
+
+
+def _say(text: str, progress: bool) -> None:
+    """A progress line: above the bar (or plain, in a pipe) with ``progress``, else logged at INFO."""
+    if progress:
+        import sys
+
+        from tqdm.auto import tqdm
+
+        tqdm.write(text, file=sys.stderr)
+    else:
+        log.info("%s", text)
 
 
 def load_cells(suite: Suite, out: Path, n_seeds: int) -> dict[str, Any]:
