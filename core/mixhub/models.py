@@ -227,7 +227,7 @@ def build_model(cfg: Any, input_shape: tuple[int, ...], num_outputs: int) -> nn.
         note = f"{why}, but {name} has no conv1 stem to adapt: timm's architecture unchanged"
     else:
         note = f"{why}: {name} keeps timm's stem" + (" (model.small_input=true adapts it)" if cfg.small_input == "auto" else "")
-    model.mixhub_stem = note  # printed at the start of a run
+    model.__dict__["mixhub_stem"] = note  # a plain attribute (not a parameter or buffer), printed at the start of a run
     return model
 
 
