@@ -31,3 +31,35 @@ def test_license_is_an_spdx_expression_and_setuptools_does_not_warn(path):
     messages = [str(w.message) for w in caught if "license" in str(w.message).lower()]
     assert messages == [], f"{path}: {messages}"
     assert dist.metadata.license_expression == "Apache-2.0"
+
+
+def _make_dry_run(target):
+    """The commands ``make TARGET`` runs on a fresh machine (``-n -B``: printed, not run)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    proc = subprocess.run(["make", "-n", "-B", target, "VENV=/nonexistent-venv"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def _installed_plugins(commands):
+    return {word.rstrip("/").removeprefix("plugins/") for line in commands.splitlines() if "pip install" in line for word in line.split() if word.startswith("plugins/")}
+
+
+def test_make_run_installs_no_logger_and_make_test_installs_everything():
+    import yaml
+
+    loggers = {e["name"] for e in yaml.safe_load((ROOT / "registry.yaml").read_text())["plugins"] if e.get("kind") == "logger"}
+    in_tree = {p.parent.name for p in ROOT.glob("plugins/*/pyproject.toml")}
+    assert loggers == {"tensorboard", "mlflow", "wandb"} and loggers <= in_tree
+    run = _make_dry_run("run")
+    assert _installed_plugins(run) == in_tree - loggers  # the method plugins, no tracker library
+    assert ".[test]" not in run and "mixhub train examples/configs/digits-mixup.yaml" in run
+    assert _installed_plugins(_make_dry_run("loggers")) >= loggers
+    test = _make_dry_run("test")
+    assert _installed_plugins(test) == in_tree and '-e ".[test]"' in test and "pytest" in test
+    readme = (ROOT / "README.md").read_text()
+    assert "make loggers" in readme
