@@ -137,6 +137,16 @@ def test_step_meter_logs_the_first_step_and_at_least_every_log_seconds():
             meter.flush(step)
             steps.append(step)
     assert steps == [1, 5, 10, 11, 12]
+    # log_seconds=0: log_every and the last step only
+    meter = StepMeter(log_every=5, max_steps=12, clock=clock, log_seconds=0)
+    steps = []
+    for step in range(1, 13):
+        meter.add({"loss": 1.0}, images=1)
+        clock.t += 100.0
+        if meter.due(step):
+            meter.flush(step)
+            steps.append(step)
+    assert steps == [5, 10, 12]
 
 
 def test_step_meter_rejects_bad_interval():

@@ -132,6 +132,7 @@ class TrainConfig(Section):
     checkpoint: bool = True
     plots: bool = True
     log_every: int = Field(50, ge=1, description="optimizer steps between step records (loss, lr, images/s, grad norm) and console lines")
+    log_seconds: float = Field(30.0, ge=0, description="also a step record (and console line) at the first step and about every this many seconds of training, whatever log_every is; 0: only every log_every steps")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="multi-process engine under torchrun: ddp (DistributedDataParallel) or fsdp (FSDP2 fully_shard per block)")
     sync_bn: bool = Field(False, description="multi-process: convert BatchNorm layers to SyncBatchNorm (statistics over the global batch)")
     dist_bn: Literal["reduce", "broadcast", "none"] = Field("reduce", description="multi-process: BatchNorm running statistics before evaluation: averaged, rank 0's, or left per process (EMA included)")

@@ -156,7 +156,7 @@ class Run(CheckpointMixin, EvaluationMixin, DistributedMixin, GuardMixin):
             milestones=[m * steps for m in cfg.train.milestones],
         )
         self.state.scheduler = self.scheduler
-        self.meter = StepMeter(cfg.train.log_every, self.state.max_steps, reduce=self._mean_over_ranks if self.dist.enabled else None)
+        self.meter = StepMeter(cfg.train.log_every, self.state.max_steps, reduce=self._mean_over_ranks if self.dist.enabled else None, log_seconds=cfg.train.log_seconds)
         self._step_end: float | None = None  # when the last step ended (data-wait time of the next)
         self._resumed = False
         self.start_epoch = 0

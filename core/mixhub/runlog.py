@@ -165,7 +165,8 @@ class StepMeter:
 
     Log steps: every ``log_every`` steps, the last step, the first step the meter sees, and
     after each flush the step that ``log_seconds`` of the window's mean step time away (so a step
-    line comes at least about every ``log_seconds``, however large ``log_every`` is). The timed
+    line comes at least about every ``log_seconds``, however large ``log_every`` is;
+    ``log_seconds=0``: only ``log_every`` and the last step). The timed
     step is computed from the window's step time (averaged over processes under DDP), so every
     process picks the same log steps.
     """
@@ -185,7 +186,8 @@ class StepMeter:
         self.clock = clock
         self.reduce = reduce
         self.log_seconds = log_seconds
-        self._next_timed = 0  # the first step the meter sees is a log step
+        #: the next timed log step; 0: the first step the meter sees is a log step (never, when log_seconds is 0)
+        self._next_timed: float = 0 if log_seconds > 0 else math.inf
         self.reset()
 
     def reset(self) -> None:
@@ -230,7 +232,8 @@ class StepMeter:
         if self.reduce is not None:
             elapsed = max(host.pop(len(keys)), 1e-9)
         n = max(self._steps, 1)
-        self._next_timed = step + max(1, int(self.log_seconds * n / elapsed))
+        if self.log_seconds > 0:
+            self._next_timed = step + max(1, int(self.log_seconds * n / elapsed))
         out = {k: v / n for k, v in zip(keys, host)}
         if grad_norm is not None:
             out["grad_norm"] = host[-1]
