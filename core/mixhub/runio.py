@@ -432,7 +432,7 @@ def plot_curves(
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for i, k in enumerate(lr_keys):
             color = f"C{i}"
-            label = k.removeprefix("lr/")
+            label: str | None = k.removeprefix("lr/")
             curve = (schedule or {}).get(k)
             if curve:
                 stride = max(1, len(curve) // 2000)  # at most ~2000 points per line

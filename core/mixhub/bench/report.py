@@ -236,16 +236,13 @@ def write_report(suite: Suite, results: dict[str, Any], out: Path, command: str 
     lines += ["| comparison | " + " | ".join(_head(m, diff=True) for m in suite.metrics) + " |", "|" + "---|" * (len(suite.metrics) + 1)]
     for name, row in agg["diffs"].items():
         lines.append(f"| {name} | " + " | ".join(_diff_cell(row[m][0], row[m][1], row[m][2], m, suite) for m in suite.metrics) + " |")
-    if n >= 2:
-        crit = f"t_0.975,{n - 1} = {t_quantile(0.975, n - 1):.3f}"
-        lines += [
-            "",
-            f"✓ / ✗: significantly better / worse by a two-sided paired t-test at the 5% level (|mean / SE| > {crit}, "
-            "Student's t at n − 1 degrees of freedom for n paired seeds); unmarked: not significant.",
-            "",
-        ]
-    else:
-        lines += ["", "One seed: the differences have no SE and no significance test (run two or more seeds for a paired t-test).", ""]
+    lines += [
+        "",
+        f"✓ / ✗: significantly better / worse by a two-sided paired t-test at the 5% level (|mean / SE| > t_0.975,{n - 1} = "
+        f"{t_quantile(0.975, n - 1):.3f}, Student's t at n − 1 degrees of freedom for n paired seeds); unmarked: not significant."
+        if n >= 2 else "One seed: the differences have no SE and no significance test (run two or more seeds for a paired t-test).",
+        "",
+    ]
     if results.get("rerun"):
         lines += ["Cells run again because their stored key differed: " + "; ".join(results["rerun"]), ""]
     lines += ["Arms:", ""] + [f"- `{a.name}`: {a.description or a.overrides}" for a in suite.arms] + [""]
@@ -289,8 +286,7 @@ def _plots(suite: Suite, results: dict[str, Any], agg: dict[str, Any], out: Path
         fig, axes = plt.subplots(1, len(ms), figsize=(3.2 * len(ms), 3), squeeze=False)
         names = [a.name for a in suite.arms]
         for ax, m in zip(axes[0], ms):
-            scale = 100 if _is_pct(m) else 1  # the units of REPORT.md: percent metrics in %
-            vals = [agg["table"][a][m] for a in names]
+            scale, vals = (100 if _is_pct(m) else 1), [agg["table"][a][m] for a in names]  # REPORT.md's units (percent in %)
             ax.bar(range(len(names)), [scale * v[0] for v in vals], yerr=[scale * v[1] for v in vals], capsize=3)
             ax.set_xticks(range(len(names)))
             ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
