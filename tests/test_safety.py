@@ -81,8 +81,9 @@ def test_rerun_without_checkpoints_does_not_append(tmp_path):
     with pytest.raises(ConfigError, match="finished run"):
         train(tiny_config(train={"checkpoint": False}), out=out)
     (out / "summary.json").unlink()  # a crashed run without checkpoints: still another run's files
-    with pytest.raises(ConfigError, match=r"files of another run \(metrics.jsonl, steps.jsonl, config.yaml\)"):
+    with pytest.raises(ConfigError, match=r"files of another run \(metrics.jsonl, steps.jsonl, config.yaml\)") as err:
         train(tiny_config(train={"checkpoint": False}), out=out)
+    assert f"or delete them: `rm {out / 'metrics.jsonl'} {out / 'steps.jsonl'} {out / 'config.yaml'}`" in str(err.value)
     assert (out / "metrics.jsonl").read_text() == before
 
 

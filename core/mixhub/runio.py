@@ -170,9 +170,9 @@ class RunFolder:
             )
         if any(h.startswith("checkpoints/last") for h in held):
             raise ConfigError(f"run folder {where!r} already holds a run; resume it with `mixhub train --resume {where}`, or {fresh}")
-        if not any(h.startswith("checkpoints/") for h in held):
-            # a run that never wrote a checkpoint (it failed or was killed before its first one):
-            # nothing there can be resumed, so a new run takes the folder over
+        if not any(h.startswith("checkpoints/") for h in held) and self._checkpointing_run():
+            # a run that meant to checkpoint but never wrote one (its first write failed, or it was
+            # killed before): nothing there can be resumed, so a new run takes the folder over
             log.warning(
                 "run folder %r holds files of a run that never wrote a checkpoint (%s); nothing there can be resumed: "
                 "this run replaces them", where, ", ".join(held),
@@ -180,7 +180,23 @@ class RunFolder:
             for name in held:
                 (self.path / name).unlink(missing_ok=True)
             return
-        raise ConfigError(f"run folder {where!r} holds files of another run ({', '.join(held)}) and no checkpoint to resume from; {fresh}, or delete them")
+        import shlex
+
+        rm = "rm " + " ".join(shlex.quote(str(self.path / h)) for h in held)
+        raise ConfigError(
+            f"run folder {where!r} holds files of another run ({', '.join(held)}) and no checkpoint to resume from; "
+            f"{fresh}, or delete them: `{rm}`"
+        )
+
+    def _checkpointing_run(self) -> bool:
+        """Whether the folder's run was set to write checkpoints (its ``config.yaml``; a run with
+        ``train.checkpoint=false`` keeps only its logs, which a new run must not delete)."""
+        try:
+            saved = yaml.safe_load((self.path / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            return False
+        train = saved.get("train") if isinstance(saved, dict) else None
+        return isinstance(train, dict) and train.get("checkpoint", True) is not False
 
     def check_resume(self) -> None:
         if self.enabled and not any((self.checkpoints / n).is_file() for n in ("last.pt", "last.prev.pt")):
