@@ -113,7 +113,7 @@ def start_lines(run: Any) -> list[str]:
         lines.append(f"stem: {stem}")
     if kind != "continual":
         lines.append(
-            f"steps: {state.steps_per_epoch} per epoch x {cfg.train.epochs} epochs = {state.max_steps} (batch {cfg.train.batch_size}); "
+            f"steps: {state.steps_per_epoch} per epoch x {cfg.train.epochs} epoch{'s' if cfg.train.epochs != 1 else ''} = {state.max_steps} (batch {cfg.train.batch_size}); "
             f"a step line every {cfg.train.log_every} steps"
             + (f", at the first and at least about every {run.meter.log_seconds:g} s" if run.meter.log_seconds > 0 else "")
         )
