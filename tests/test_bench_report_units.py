@@ -60,3 +60,31 @@ def test_each_cell_says_when_it_starts_and_ends(tmp_path, caplog):
     assert lines[0] == "bench toy: cell 1/4 (arm base, seed 0) ..."
     assert lines[1].startswith("bench toy: cell 1/4 (arm base, seed 0) done in ") and lines[1].endswith(": test.acc 0.5")
     assert len(lines) == 8 and lines[-1].startswith("bench toy: cell 4/4 (arm m, seed 1) done in ")
+
+
+def test_curves_count_whole_epochs_from_one(tmp_path, monkeypatch):
+    import json
+
+    from matplotlib.figure import Figure
+
+    saved = []
+    original = Figure.savefig
+
+    def savefig(self, path, *a, **k):
+        saved.append((str(path), self))
+        return original(self, path, *a, **k)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+
+    def run(cfg, out):
+        (out / "run").mkdir(parents=True)
+        recs = [{"epoch": e, "split": "val", "loss": 1.0 / (e + 1)} for e in range(2)]
+        (out / "run" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+        return {"test.acc": 0.5}
+
+    suite = Suite("c", "curves", {}, [Arm("a")], "a", ["test.acc"], seeds=1, run=run, plots=["curves"])
+    run_suite(suite, tmp_path, progress=False)
+    fig = next(f for p, f in saved if p.endswith("curves.png"))
+    ax = fig.axes[0]
+    assert list(ax.lines[0].get_xdata()) == [1, 2] and ax.get_xlabel() == "epoch"
+    assert all(float(t).is_integer() for t in ax.get_xticks())

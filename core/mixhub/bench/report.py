@@ -236,13 +236,12 @@ def write_report(suite: Suite, results: dict[str, Any], out: Path, command: str 
     lines += ["| comparison | " + " | ".join(_head(m, diff=True) for m in suite.metrics) + " |", "|" + "---|" * (len(suite.metrics) + 1)]
     for name, row in agg["diffs"].items():
         lines.append(f"| {name} | " + " | ".join(_diff_cell(row[m][0], row[m][1], row[m][2], m, suite) for m in suite.metrics) + " |")
-    lines += [
-        "",
+    footer = (
         f"✓ / ✗: significantly better / worse by a two-sided paired t-test at the 5% level (|mean / SE| > t_0.975,{n - 1} = "
         f"{t_quantile(0.975, n - 1):.3f}, Student's t at n − 1 degrees of freedom for n paired seeds); unmarked: not significant."
-        if n >= 2 else "One seed: the differences have no SE and no significance test (run two or more seeds for a paired t-test).",
-        "",
-    ]
+        if n >= 2 else "One seed: the differences have no SE and no significance test (run two or more seeds for a paired t-test)."
+    )
+    lines += ["", footer, ""]
     if results.get("rerun"):
         lines += ["Cells run again because their stored key differed: " + "; ".join(results["rerun"]), ""]
     lines += ["Arms:", ""] + [f"- `{a.name}`: {a.description or a.overrides}" for a in suite.arms] + [""]
@@ -316,6 +315,7 @@ def _plots(suite: Suite, results: dict[str, Any], agg: dict[str, Any], out: Path
                     drew = True
         if drew:
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # whole epochs, from 1
             ax.set_ylabel("val loss (mean over seeds)")
             ax.legend(fontsize=8)
             fig.tight_layout()
