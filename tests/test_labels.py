@@ -158,3 +158,21 @@ def test_eval_on_data_with_another_class_count_names_both_counts(tmp_path, capsy
     assert main(["eval", str(named / "checkpoints/best.pt"), f"data.name=imagefolder:{two}", "data.num_workers=0", "train.batch_size=4"]) == 2
     err = capsys.readouterr().err
     assert "labels ['dog'] that data.classes lacks (the data have 2 classes; data.classes, the model's outputs, has 3" in err
+
+
+def test_data_classes_in_the_data_own_order_needs_no_relabelling(tmp_path):
+    class Plain(torch.utils.data.Dataset):  # a plugin's dataset without remap_targets
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.zeros(2), torch.tensor(i % 2)
+
+    from mixhub.data import DataBundle
+    from mixhub.data.base import apply_class_order
+
+    ds = Plain()
+    bundle = DataBundle(ds, ds, ds, "classification", 2, (2,), torch.tensor([0, 1, 0, 1]), info={"classes": ["a", "b"]})
+    assert apply_class_order(bundle, ["a", "b"]).num_classes == 2
+    with pytest.raises(DataError, match="cannot be relabelled"):
+        apply_class_order(bundle, ["b", "a"])

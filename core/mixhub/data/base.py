@@ -181,6 +181,9 @@ def apply_class_order(bundle: DataBundle, classes: list[Any]) -> DataBundle:
             f"data.classes, the model's outputs, has {len(classes)}: "
             f"{classes[:20]}{' ...' if len(classes) > 20 else ''})"
         )
+    if [str(c) for c in found] == wanted:  # already in this order (e.g. mixhub eval on the training data)
+        bundle.info["classes"] = list(classes)
+        return bundle
     table = torch.as_tensor([wanted.index(str(c)) for c in found], dtype=torch.long)
     splits = [bundle.train, bundle.val, bundle.test, *bundle.extra_splits.values()]
     for ds in {id(d): d for d in splits}.values():
