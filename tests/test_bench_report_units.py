@@ -78,7 +78,7 @@ def test_curves_count_whole_epochs_from_one(tmp_path, monkeypatch):
 
     def run(cfg, out):
         (out / "run").mkdir(parents=True)
-        recs = [{"epoch": e, "split": "val", "loss": 1.0 / (e + 1)} for e in range(2)]
+        recs = [{"epoch": e, "split": "val", "loss": 1.0 / e} for e in (2, 4)]  # 1-based, validated every 2nd epoch
         (out / "run" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
         return {"test.acc": 0.5}
 
@@ -86,5 +86,5 @@ def test_curves_count_whole_epochs_from_one(tmp_path, monkeypatch):
     run_suite(suite, tmp_path, progress=False)
     fig = next(f for p, f in saved if p.endswith("curves.png"))
     ax = fig.axes[0]
-    assert list(ax.lines[0].get_xdata()) == [1, 2] and ax.get_xlabel() == "epoch"
+    assert list(ax.lines[0].get_xdata()) == [2, 4] and ax.get_xlabel() == "epoch"  # at the records' epochs
     assert all(float(t).is_integer() for t in ax.get_xticks())

@@ -189,9 +189,9 @@ def test_runlog_dispatches_every_kind_and_writes_files(tmp_path):
         log.config({"seed": 0}, {"collector": "0"})
         log.state.step = 10
         log.step({"loss": 0.5, "lr": 0.1})
-        log.epoch({"epoch": 0, "split": "train", "step": 10, "loss": 0.6, "time_s": 1.0})
-        log.epoch({"epoch": 0, "split": "val", "acc": 0.75, "loss": 0.7})
-        log.summary({"test": {"acc": 0.8, "ece": float("nan")}, "best_epoch": 0, "config": {"seed": 0}})
+        log.epoch({"epoch": 1, "split": "train", "step": 10, "loss": 0.6, "time_s": 1.0})
+        log.epoch({"epoch": 1, "split": "val", "acc": 0.75, "loss": 0.7})
+        log.summary({"test": {"acc": 0.8, "ece": float("nan")}, "best_epoch": 1, "config": {"seed": 0}})
         assert log.artifact(plot) is not None
         assert log.artifact(tmp_path / "missing.png") is None
     assert col.closed_with == "ok"
@@ -200,11 +200,13 @@ def test_runlog_dispatches_every_kind_and_writes_files(tmp_path):
     cfg, step, train, val, summary, art = col.records
     assert cfg.data["config"] == {"seed": 0} and cfg.data["run_dir"] == tmp_path and cfg.data["resumed"] is False
     assert step.step == 10 and step.scalars == {"loss": 0.5, "lr": 0.1}
+    assert cfg.epoch == step.epoch == train.epoch == val.epoch == 1  # 1-based: state.epoch 0 is epoch 1 in progress
+    assert summary.epoch == 0  # epochs trained (none here)
     assert train.split == "train" and train.scalars == {"loss": 0.6, "time_s": 1.0} and train.step == 10
     assert val.split == "val" and val.scalars == {"acc": 0.75, "loss": 0.7} and val.step == 10
-    assert summary.scalars == {"test/acc": 0.8, "best_epoch": 0.0}
+    assert summary.scalars == {"test/acc": 0.8, "best_epoch": 1.0}
     assert art.path == plot and art.name == "plot.png"
-    assert read_jsonl(tmp_path / "steps.jsonl") == [{"step": 10, "epoch": 0, "loss": 0.5, "lr": 0.1}]
+    assert read_jsonl(tmp_path / "steps.jsonl") == [{"step": 10, "epoch": 1, "loss": 0.5, "lr": 0.1}]
     assert [r["split"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == ["train", "val"]
 
 
@@ -219,7 +221,7 @@ def test_runlog_marks_error_and_stays_silent_off_the_main_process(tmp_path):
     with logging_run(["collector"], tmp_path / "r1", {"collector": other}, rank=1) as log:
         log.config({}, {})
         log.step({"loss": 1.0})
-        log.epoch({"epoch": 0, "split": "val", "acc": 1.0})
+        log.epoch({"epoch": 1, "split": "val", "acc": 1.0})
     assert other.records == [] and not (tmp_path / "r1" / "steps.jsonl").exists()
 
 
@@ -233,10 +235,23 @@ def test_truncate_steps_keeps_records_up_to_the_checkpoint(tmp_path):
     folder.release()
 
 
+def test_truncate_log_keeps_the_epochs_done_and_drops_the_final_records(tmp_path):
+    """Records are 1-based; resuming with 2 epochs done (0-based next epoch 2) keeps epochs 1 and 2."""
+    folder = RunFolder(tmp_path)
+    for e in (1, 2, 3):
+        folder.log({"epoch": e, "split": "train", "loss": 1.0})
+    folder.log({"epoch": 3, "split": "final_test", "acc": 0.5})
+    folder.truncate_log(2)
+    assert [(r["epoch"], r["split"]) for r in folder.records()] == [(1, "train"), (2, "train")]
+    folder.truncate_log(3)  # a finished run extended: its final records go
+    assert [r["epoch"] for r in folder.records()] == [1, 2]
+    folder.release()
+
+
 # ---------------------------------------------------------------------------- console
 def step_record(step=40, **scalars):
     base = {"loss": 0.123456, "lr": 0.001, "images_per_s": 1234.4, "eta_s": 3725, "data_wait_s": 0.002}
-    return LogRecord("step", step=step, epoch=1, scalars={**base, **scalars})
+    return LogRecord("step", step=step, epoch=2, scalars={**base, **scalars})  # the second epoch (1-based)
 
 
 def test_console_in_a_pipe_prints_plain_lines():
@@ -250,7 +265,7 @@ def test_console_in_a_pipe_prints_plain_lines():
     assert "\r" not in text and text.count("\n") == 2
     first = text.splitlines()[0]
     for part in ("step  40/200", "epoch 2", "loss 0.1235", "lr 1.000e-03", "img/s 1234", "eta 1:02:05"):
-        assert part in first, (part, first)  # epoch index 1 is the second epoch: lines count from 1
+        assert part in first, (part, first)  # the record's epoch, as it is (1-based)
 
 
 def test_console_on_a_terminal_uses_bars(monkeypatch):
@@ -277,7 +292,7 @@ def test_console_quiet_goes_to_the_logger(caplog):
 def test_format_helpers():
     assert format_duration(65) == "0:01:05" and format_duration(-3) == "0:00:00"
     assert format_step(LogRecord("step", step=3, scalars={}), 0) == "step 3"
-    rec = LogRecord("step", step=3, epoch=0, scalars={"lr/model": 0.5, "lr/head": 0.25})
+    rec = LogRecord("step", step=3, epoch=1, scalars={"lr/model": 0.5, "lr/head": 0.25})
     assert format_step(rec, 10, epochs=4) == "step  3/10  epoch 1/4  lr 5.000e-01"
     assert format_step(rec, 10, unit="task") == "step  3/10  task 1  lr 5.000e-01"
 
@@ -302,14 +317,14 @@ def _capture_figures(monkeypatch):
 
 def test_one_epoch_curves_have_markers_and_lr_curve(tmp_path, monkeypatch):
     saved = _capture_figures(monkeypatch)
-    records = [{"epoch": 0, "split": "train", "loss": 1.0}, {"epoch": 0, "split": "val", "loss": 1.1, "acc": 0.5}]
+    records = [{"epoch": 1, "split": "train", "loss": 1.0}, {"epoch": 1, "split": "val", "loss": 1.1, "acc": 0.5}]
     steps = [{"step": s, "lr/model": 0.1 * s, "lr/head": 0.2 * s} for s in (1, 2, 3)]
     written = plot_curves(records, tmp_path, steps)
     assert {p.name for p in written} == {"loss.png", "val_metrics.png", "lr.png"}
     figs = {p.rsplit("/", 1)[-1]: f for p, f in saved}
     for name in ("loss.png", "val_metrics.png"):
         for line in figs[name].axes[0].lines:
-            assert line.get_marker() == "o" and list(line.get_xdata()) == [1]  # epoch index 0 is epoch 1
+            assert line.get_marker() == "o" and list(line.get_xdata()) == [1]  # the first epoch, at 1
     lr_lines = figs["lr.png"].axes[0].lines
     assert sorted(line.get_label() for line in lr_lines) == ["head", "model"]
     head = next(line for line in lr_lines if line.get_label() == "head")
@@ -327,7 +342,7 @@ def test_lr_plot_draws_every_step_of_the_schedule_and_whole_epochs(tmp_path, mon
     (curve,) = sched.curve(12)
     expected = [sched.lr_at(s, 1.0, 0.0) for s in range(12)]
     assert curve == expected and curve[0] < curve[3] < curve[4] and curve[4] > curve[8] > curve[11]  # up, then down
-    records = [{"epoch": e, "split": "train", "loss": 1.0 / (e + 1)} for e in range(3)]
+    records = [{"epoch": e, "split": "train", "loss": 1.0 / e} for e in (1, 2, 3)]
     steps = [{"step": 4, "lr": curve[3]}, {"step": 12, "lr": curve[11]}]
     plot_curves(records, tmp_path, steps, {"lr": curve}, steps_per_epoch=4)
     figs = {p.rsplit("/", 1)[-1]: f for p, f in saved}

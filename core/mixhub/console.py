@@ -36,7 +36,7 @@ def format_step(record: Any, max_steps: int, epochs: int | None = None, unit: st
     width = len(str(max_steps)) if max_steps else 0
     parts = [f"step {record.step:>{width}d}/{max_steps}" if max_steps else f"step {record.step}"]
     if record.epoch is not None:
-        parts.append(f"{unit} {record.epoch + 1}" + (f"/{epochs}" if epochs else ""))
+        parts.append(f"{unit} {record.epoch}" + (f"/{epochs}" if epochs else ""))
     if "loss" in sc:
         parts.append(f"loss {sc['loss']:.4f}")
     lr = sc.get("lr", next((v for k, v in sc.items() if k.startswith("lr/")), None))

@@ -228,7 +228,8 @@ def mixhub_after_step(state: State) -> None:
 
 @hookspec
 def mixhub_epoch_start(state: State) -> None:
-    """At the start of each epoch (``state.epoch``, 0-based)."""
+    """At the start of each epoch (``state.epoch``, 0-based: the epochs done; the epoch's
+    records in ``metrics.jsonl`` and ``mixhub_log`` say ``state.epoch + 1``)."""
 
 
 @hookspec
@@ -288,6 +289,7 @@ def mixhub_log(record: LogRecord, state: State) -> None:
     * ``"artifact"``: a file worth keeping (``record.path``): plots, ``summary.json``,
       ``checkpoints/export.pt``.
 
+    ``record.epoch`` is 1-based (1: the first epoch or task), as in ``metrics.jsonl``.
     ``record.step`` is the x axis (optimizer steps done); ``record.metrics()`` gives the
     scalars under the names every tracker uses (``train/loss``, ``val/acc``, ``train_epoch/loss``).
     Every record is emitted inside ``mixhub_fit``, so a tracker may open lazily on its first

@@ -161,7 +161,7 @@ class Run(CheckpointMixin, EvaluationMixin, DistributedMixin, GuardMixin):
         self._resumed = False
         self.start_epoch = 0
         self.batch_in_epoch = 0
-        self.best: dict[str, Any] = {"value": None, "epoch": -1}
+        self.best: dict[str, Any] = {"value": None, "epoch": 0}  # epoch: 1-based; 0: none validated yet
         self._best_in_memory: dict[str, Any] | None = None
         self._extra_state: dict[str, tuple[Any, Any]] = {}
         self._pending_extra: dict[str, Any] = {}

@@ -259,7 +259,7 @@ class CheckpointMixin:
     def resume(self) -> None:
         data, _ = ckpt.load_latest(self.folder.checkpoints, "last", warn=log.warning)
         self.load_state(data)
-        self.folder.truncate_log(self.start_epoch)
+        self.folder.truncate_log(self.start_epoch)  # 0-based next epoch == epochs done: the records (1-based) of those
         self.folder.truncate_steps(self.state.step)
         self._resumed = True
 

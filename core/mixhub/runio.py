@@ -224,11 +224,11 @@ class RunFolder:
             self._write_text("config.yaml", yaml.safe_dump(config, sort_keys=False))
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append an epoch record to ``metrics.jsonl``."""
+        """Append an epoch record to ``metrics.jsonl`` (its ``epoch`` 1-based: 1 is the first epoch)."""
         self.append_jsonl("metrics.jsonl", record)
 
     def log_step(self, record: dict[str, Any]) -> None:
-        """Append a step record to ``steps.jsonl``."""
+        """Append a step record to ``steps.jsonl`` (its ``epoch`` 1-based: the epoch in progress)."""
         self.append_jsonl("steps.jsonl", record)
 
     def steps(self) -> list[dict[str, Any]]:
@@ -267,11 +267,13 @@ class RunFolder:
             return []
         return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
-    def truncate_log(self, before_epoch: int) -> None:
-        """Keep only records of epochs before ``before_epoch`` (resume)."""
+    def truncate_log(self, epochs_done: int) -> None:
+        """Keep only the records of the first ``epochs_done`` epochs (resume; the records' epochs
+        are 1-based, so ``epochs_done`` is also the 0-based index of the epoch the run redoes or
+        starts); the final records (``final_<split>``) go: a resumed run writes its own."""
         if not self.enabled:
             return
-        kept = [r for r in self.records() if r.get("epoch", -1) < before_epoch]
+        kept = [r for r in self.records() if r.get("epoch", 0) <= epochs_done and not str(r.get("split", "")).startswith("final_")]
         self._write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
 
     def write_csv(self) -> None:
@@ -405,8 +407,8 @@ def plot_curves(
 ) -> list[Path]:
     """Loss and validation metric curves per epoch, and the learning rate per step; one PNG each.
 
-    Epochs are 1-based on every plot, as on the console: the records of epoch index ``e``
-    (``metrics.jsonl``) are drawn at ``e + 1``, with integer ticks. ``lr.png`` draws ``schedule``
+    Epochs are 1-based on every plot, as on the console and in ``metrics.jsonl``: a record of
+    ``"epoch": k`` (the ``k``-th epoch) is drawn at ``k``, with integer ticks. ``lr.png`` draws ``schedule``
     (``{"lr" or "lr/<group>": [lr of optimizer step 1, 2, ...]}``, every step's learning rate) as
     lines and the step records' ``lr`` / ``lr/<group>`` (``steps``) as points, against the steps
     done, with the epochs on a second axis when ``steps_per_epoch`` is given (epoch ``k`` ends at
@@ -418,9 +420,9 @@ def plot_curves(
     val = [r for r in records if r.get("split") == "val"]
     if train:
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        _series(ax, [r["epoch"] + 1 for r in train], [r.get("loss", float("nan")) for r in train], label="train loss")
+        _series(ax, [r["epoch"] for r in train], [r.get("loss", float("nan")) for r in train], label="train loss")
         if val and "loss" in val[0]:
-            _series(ax, [r["epoch"] + 1 for r in val], [r["loss"] for r in val], label="val loss")
+            _series(ax, [r["epoch"] for r in val], [r["loss"] for r in val], label="val loss")
         _epoch_axis(ax)
         ax.set_ylabel("loss")
         ax.legend()
@@ -434,7 +436,7 @@ def plot_curves(
         if keys:
             fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 3), squeeze=False)
             for ax, k in zip(axes[0], keys):
-                _series(ax, [r["epoch"] + 1 for r in val], [r.get(k, float("nan")) for r in val])
+                _series(ax, [r["epoch"] for r in val], [r.get(k, float("nan")) for r in val])
                 ax.set_title(f"val {k}")
                 _epoch_axis(ax)
             fig.tight_layout()

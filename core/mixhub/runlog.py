@@ -16,6 +16,10 @@ Record kinds, in the order a run emits them:
   ``step_time_s``, ``grad_norm`` (of the log step), ``eta_s`` and plugin scalars (``state.log``).
 * ``epoch``: per epoch (or continual task) and split: the train means, validation metrics and
   the final ``final_<split>`` metrics, exactly as written to ``metrics.jsonl``.
+
+Epoch numbers in every file and record are 1-based (``"epoch": 1`` is the first epoch; the final
+records carry the last epoch); ``State.epoch`` counts the epochs done (0-based index of the epoch in
+progress), so records made during an epoch say ``state.epoch + 1``.
 * ``summary``: once, the run's summary (``data``) and its numbers flattened (``scalars``).
 * ``artifact``: files the run wrote that are worth keeping (plots, ``export.pt``, ``summary.json``).
 
@@ -60,7 +64,9 @@ class LogRecord:
     Attributes:
         kind: ``config``, ``step``, ``epoch``, ``summary`` or ``artifact``.
         step: optimizer steps done when the record was made (the x axis for trackers).
-        epoch: the epoch (continual runs: the task index), when it applies.
+        epoch: the epoch (continual runs: the task), 1-based as in ``metrics.jsonl`` and on the
+            console: the epoch in progress (``config``, ``step``), the record's (``epoch``), the
+            last one trained (``summary``, ``artifact``; 0 when none was).
         split: epoch records: ``train``, ``val``, ``task``, ``final_test`` ...
         scalars: the numbers of the record by their plain name (``loss``, ``acc``, ``lr/head``).
         data: structured content: the config (``config``) or the summary (``summary``).
@@ -310,7 +316,7 @@ class RunLog:
         record = LogRecord(
             "config",
             step=self.state.step,
-            epoch=self.state.epoch,
+            epoch=self.state.epoch + 1,
             data={"config": dict(config), "plugins": dict(plugins), "resumed": resumed, "run_dir": run_dir},
         )
         self.emit(record)
@@ -318,7 +324,7 @@ class RunLog:
 
     def step(self, scalars: Mapping[str, float]) -> LogRecord:
         """A step record (``scalars`` from ``StepMeter.flush`` plus anything else to log)."""
-        record = LogRecord("step", step=self.state.step, epoch=self.state.epoch, scalars=dict(scalars))
+        record = LogRecord("step", step=self.state.step, epoch=self.state.epoch + 1, scalars=dict(scalars))
         if self.writes:
             assert self.folder is not None
             self.folder.log_step({"step": record.step, "epoch": record.epoch, **dict(scalars)})
@@ -330,7 +336,7 @@ class RunLog:
         return record
 
     def epoch(self, values: Mapping[str, Any]) -> LogRecord:
-        """An epoch record: written to ``metrics.jsonl`` as given, dispatched with its numbers."""
+        """An epoch record: written to ``metrics.jsonl`` as given (``epoch`` 1-based), dispatched with its numbers."""
         if self.writes:
             assert self.folder is not None
             self.folder.log(dict(values))
@@ -342,7 +348,7 @@ class RunLog:
         record = LogRecord(
             "epoch",
             step=int(values.get("step", self.state.step)),
-            epoch=int(values["epoch"]) if "epoch" in values else self.state.epoch,
+            epoch=int(values["epoch"]) if "epoch" in values else self.state.epoch + 1,
             split=str(values.get("split", "train")),
             scalars=scalars,
         )

@@ -306,12 +306,12 @@ def _plots(suite: Suite, results: dict[str, Any], agg: dict[str, Any], out: Path
                 f = out / "cells" / arm.name / f"seed{cell['seed']}" / "run" / "metrics.jsonl"
                 if f.exists():
                     recs = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-                    curves.append([r.get("loss", float("nan")) for r in recs if r.get("split") == "val"])
+                    curves.append([(int(r.get("epoch", 0)), r.get("loss", float("nan"))) for r in recs if r.get("split") == "val"])
             if curves:
                 L = min(len(c) for c in curves)
                 if L:
-                    mean = [sum(c[i] for c in curves) / len(curves) for i in range(L)]
-                    ax.plot(range(1, L + 1), mean, label=arm.name)
+                    mean = [sum(c[i][1] for c in curves) / len(curves) for i in range(L)]
+                    ax.plot([e for e, _ in curves[0][:L]], mean, label=arm.name)  # at the records' (1-based) epochs
                     drew = True
         if drew:
             ax.set_xlabel("epoch")

@@ -38,7 +38,7 @@ def log_a_run(run_dir, config=None, fail=False):
         for step, loss in ((5, 2.0), (10, 1.0)):
             log.state.step = step
             log.step({"loss": loss, "lr/model": 0.1, "lr/head": 0.01, "odd[key]": 1.0})
-        log.epoch({"epoch": 0, "split": "val", "acc": 0.5, "ece": float("nan")})
+        log.epoch({"epoch": 1, "split": "val", "acc": 0.5, "ece": float("nan")})
         log.summary({"test": {"acc": 0.75}})
         log.artifact(png, "loss.png")
         log.artifact(export, "export.pt")
