@@ -55,3 +55,22 @@ def test_doctor_checks_installed_plugins():
     assert row["import"] == "ok" and row["hooks"] == "ok" and row["registry"] == "ok" and row["smoke"] == "ok", row
     ghost = check_plugin("ghost", EntryPointInfo("ghost", "mixhub_ghost.plugin", "mixhub-ghost", "1"))
     assert ghost["import"] == "FAIL" and "failed to import" in ghost["detail"]
+
+
+def test_doctor_reports_progress_per_plugin(capsys):
+    """A line as each plugin's check starts and ends (on stderr), the result alone on stdout."""
+    import io
+    import json
+
+    from mixhub.doctor import run_doctor
+    from mixhub.plugins import discover
+
+    progress = io.StringIO()
+    run_doctor(json_out=True, smoke=False, progress=progress)
+    rows = json.loads(capsys.readouterr().out)
+    names = sorted(discover())
+    lines = progress.getvalue().splitlines()
+    assert [r["name"] for r in rows] == names and len(lines) == 2 * len(names)
+    for k, name in enumerate(names, start=1):
+        assert lines[2 * k - 2] == f"doctor: [{k}/{len(names)}] {name} ..."
+        assert lines[2 * k - 1].startswith(f"doctor: [{k}/{len(names)}] {name} ok (")

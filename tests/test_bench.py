@@ -37,6 +37,9 @@ def test_core_suite_quick(tmp_path, name):
     report = (tmp_path / "REPORT.md").read_text()
     assert all(a.name in report for a in suite.arms) and "Paired differences" in report
     assert (tmp_path / "bars.png").exists() and (tmp_path / "results.json").exists()
+    if name == "digits-cls":  # a quick suite must show learning: every arm far above chance (10%)
+        accs = {c["arm"]: c["metrics"]["test.acc"] for c in res["cells"]}
+        assert min(accs.values()) > 0.6, accs
 
 
 def test_bench_resumes_per_cell(tmp_path):

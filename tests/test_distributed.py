@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = [
     "data.name=synthetic-regression", "data.options.n=400", "model.name=mlp", "optimizer.name=momentum", "optimizer.momentum=0.0",
-    "train.epochs=3", "train.batch_size=32", "train.lr=0.05", "train.sched=none", "train.plots=false", "train.device=cpu", "train.log_every=5", "--quiet",
+    "train.epochs=3", "train.batch_size=32", "train.lr=0.05", "train.sched=none", "train.plots=false", "train.device=cpu", "train.log_every=5", "train.log_seconds=0", "--quiet",
 ]
 
 

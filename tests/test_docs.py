@@ -33,3 +33,17 @@ def test_generated_pages_are_current():
         sys.path.pop(0)
     assert (ROOT / "docs/catalogue.md").read_text() == gen_docs.catalogue()
     assert (ROOT / "docs/config.md").read_text() == gen_docs.config_reference()
+
+
+def test_readme_methods_table_lists_every_method_plugin():
+    """Every in-tree plugin that is not a logger has a row in the README's methods table."""
+    import yaml
+
+    entries = yaml.safe_load((ROOT / "registry.yaml").read_text())["plugins"]
+    in_tree = {p.parent.name.replace("_", "-") for p in ROOT.glob("plugins/*/pyproject.toml")}
+    methods = {e["name"] for e in entries if e.get("kind") != "logger" and e["name"] in in_tree}
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Methods", 1)[1].split("\n\n", 2)[1]
+    rows = {line.split("|")[1].strip().strip("`") for line in table.splitlines() if line.startswith("| `")}
+    assert "timm-mixup" in methods and methods <= rows, f"missing from the README's methods table: {sorted(methods - rows)}"
+    assert "checkpoints/last.prev.pt" in readme

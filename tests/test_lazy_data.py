@@ -394,6 +394,23 @@ def test_bad_image_names_the_file_or_is_skipped(tmp_path, caplog):
     assert "skipped" in caplog.text and "broken.png" in caplog.text
 
 
+def test_corrupt_image_in_a_worker_is_one_line_naming_the_file_and_the_option(tmp_path, capsys):
+    from mixhub.cli import main
+
+    imgs = tmp_path / "imgs"
+    make_folder(imgs)
+    (imgs / "bee" / "broken.png").write_bytes(b"\x89PNG but not really")
+    args = [f"data.name=imagefolder:{imgs}", "data.image_size=16", "data.num_workers=1", "data.val_frac=0.1", "data.test_frac=0.1",
+            "train.epochs=1", "train.batch_size=5", "train.drop_last=false", "train.plots=false"]
+    capsys.readouterr()
+    assert main(["train", *args, f"out={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "DataLoader worker" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("mixhub: error: corrupt or unreadable image file") and err.count("mixhub: error") == 1
+    assert "broken.png" in last and "data.on_bad_sample=skip" in last
+
+
 def test_corrupt_jpeg_in_a_loader_worker_names_the_file(tmp_path):
     make_folder(tmp_path)
     good = (tmp_path / "cow" / "cow1.jpg").read_bytes()

@@ -129,3 +129,38 @@ def test_checkpoint_errors_name_the_field(tmp_path: Path) -> None:
         build_model(ModelConfig(name="resnet18", checkpoint=str(bad)), (3, 32, 32), 10)
     with pytest.raises(ConfigError, match="model.checkpoint loads pretrained weights of timm models"):
         build_model(ModelConfig(name="smallcnn", checkpoint=str(bad)), (3, 32, 32), 10)
+
+
+@pytest.mark.parametrize("side, adapted", [(32, True), (64, True), (160, False), (224, False)])
+def test_small_input_auto_adapts_the_stem_only_for_small_images(side: int, adapted: bool) -> None:
+    import timm
+
+    model = build_model(ModelConfig(name="resnet18"), (3, side, side), 10)  # the default: auto
+    reference = timm.create_model("resnet18", num_classes=10)
+    if adapted:
+        assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+        assert isinstance(model.maxpool, torch.nn.Identity)
+        assert f"{side} px images are small (<= 64 px): resnet18 gets a 3x3 stride-1 stem" in model.mixhub_stem
+    else:  # timm's own architecture, parameter for parameter
+        assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+        assert model.conv1.stride == (2, 2) and isinstance(model.maxpool, torch.nn.MaxPool2d)
+        assert model.mixhub_stem == f"model.small_input=auto: {side} px images are not small (> 64 px): resnet18 keeps timm's stem (model.small_input=true adapts it)"
+    if side <= 64:  # the feature map a forward sees: 1/8 of the side adapted, 1/32 as timm's
+        feats = model.forward_features(torch.randn(1, 3, side, side))
+        assert feats.shape[-1] == side // 8
+    forced = build_model(ModelConfig(name="resnet18", small_input=True), (3, side, side), 10)
+    assert forced.conv1.stride == (1, 1)
+    kept = build_model(ModelConfig(name="resnet18", small_input=False), (3, side, side), 10)
+    assert kept.conv1.stride == (2, 2) and kept.mixhub_stem == "model.small_input=false: resnet18 keeps timm's stem"
+
+
+def test_the_stem_decision_is_a_start_line() -> None:
+    from mixhub.runsetup import start_lines
+    from mixhub.trainer import Trainer
+
+    raw = {"data": {"name": "digits", "image_size": 32}, "model": {"name": "resnet18"}, "train": {"device": "cpu", "epochs": 1}}
+    lines = start_lines(Trainer(raw, write=False))
+    stem = [line for line in lines if line.startswith("stem: ")]
+    assert stem and stem[0].startswith("stem: model.small_input=auto: 32 px images are small (<= 64 px): resnet18 gets a 3x3 stride-1 stem, without max-pool")
+    small = start_lines(Trainer({**raw, "model": {"name": "smallcnn"}}, write=False))
+    assert not any(line.startswith("stem:") for line in small)  # mixhub's own models have no timm stem

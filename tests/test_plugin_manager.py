@@ -64,6 +64,16 @@ def test_config_names_slot_owner(tmp_path):
     assert r.trainer.host.owner("sample_pairs") == "flip"
 
 
+def test_slot_owner_that_does_not_implement_the_slot_is_refused(tmp_path):
+    # mixup fills sample_pairs only; naming it the loss owner used to switch Decoupled's loss off silently
+    cfg = tiny(plugins=["mixup", "decoupled"], slots={"compute_loss": "mixup"})
+    with pytest.raises(SlotConflictError, match=r"`slots.compute_loss` names 'mixup', which does not implement .*'decoupled'"):
+        train(cfg, out=tmp_path / "r")
+    with pytest.raises(SlotConflictError, match=r"`slots.compute_loss` names 'flip'.*no active plugin implements it"):
+        train(tiny(plugins=["flip"], slots={"compute_loss": "flip"}), {"flip": FlipSampler()}, out=tmp_path / "r2")
+    assert not (tmp_path / "r").exists()
+
+
 def test_collectors_and_wrappers_run_in_documented_order(tmp_path):
     rec = Recorder()
     train(tiny(plugins=["recorder"]), {"recorder": rec}, out=tmp_path / "r")

@@ -9,7 +9,7 @@ import torch
 from mixhub import LogRecord, PluginSpec, hookimpl
 from mixhub.console import Console, format_duration, format_step
 from mixhub.runio import RunFolder, binned_ece, plot_curves, plot_reliability
-from mixhub.runlog import StepMeter, flatten_numbers, grad_norm, group_lrs, read_jsonl
+from mixhub.runlog import StepMeter, flatten_numbers, grad_norm, group_lrs, name_clash, read_jsonl
 from mixhub.testing import logging_run
 
 
@@ -68,7 +68,8 @@ class FakeClock:
 
 def test_step_meter_window_means_rates_and_eta():
     clock = FakeClock()
-    meter = StepMeter(log_every=3, max_steps=9, clock=clock)
+    meter = StepMeter(log_every=3, max_steps=9, clock=clock, log_seconds=1e9)
+    meter._next_timed = 10**9  # this test is about log_every's windows (the first and timed steps: below)
     losses = [torch.tensor(1.0), torch.tensor(2.0), torch.tensor(6.0)]
     for i, loss in enumerate(losses):
         meter.data_wait(0.1 * (i + 1))
@@ -84,7 +85,7 @@ def test_step_meter_window_means_rates_and_eta():
     assert out["data_wait_s"] == pytest.approx(0.2)
     assert out["eta_s"] == pytest.approx(6 * 2.0)
     assert out["grad_norm"] == pytest.approx(7.0)
-    assert out["lr"] == 0.5 and out["lr/model"] == 0.5 and out["lr/head"] == 0.25
+    assert out["lr/model"] == 0.5 and out["lr/head"] == 0.25 and "lr" not in out
     # the window restarts: the next flush only sees the next steps
     meter.add({"loss": torch.tensor(10.0)}, images=8)
     clock.t += 1.0
@@ -99,12 +100,53 @@ def test_step_meter_reduces_window_sums_over_processes():
         seen.append(t.clone())
         return (t + 10 * t) / 2
 
-    meter = StepMeter(log_every=2, max_steps=4, clock=FakeClock(), reduce=reduce)
+    clock = FakeClock()
+    meter = StepMeter(log_every=2, max_steps=4, clock=clock, reduce=reduce, log_seconds=30.0)
     meter.add({"loss": torch.tensor(1.0), "aux": 0.5}, images=4)
     meter.add({"loss": torch.tensor(3.0), "aux": 0.5}, images=4)
+    clock.t += 2.0
     out = meter.flush(2)
-    assert seen[0].tolist() == [1.0, 4.0]  # sorted keys: aux, loss (window sums)
+    assert seen[0].tolist() == [1.0, 4.0, 2.0]  # sorted keys: aux, loss (window sums), then the window's seconds
     assert out["loss"] == pytest.approx(11 * 4.0 / 2 / 2) and out["aux"] == pytest.approx(11 * 1.0 / 2 / 2)
+    # the time every process uses is the reduced one (11 s / 2 steps here), so all pick the same timed step
+    assert out["step_time_s"] == pytest.approx(11.0 / 2) and meter._next_timed == 2 + int(30 / 5.5)
+
+
+def test_step_meter_logs_the_first_step_and_at_least_every_log_seconds():
+    clock = FakeClock()
+    meter = StepMeter(log_every=1000, max_steps=10_000, clock=clock, log_seconds=30.0)
+    logged = []
+    for step in range(1, 200):
+        assert meter.is_log_step(step) == meter.due(step) or meter._steps == 0  # the pre-step and post-step answers agree
+        meter.add({"loss": torch.tensor(1.0)}, images=1)
+        clock.t += 4.0 if step <= 20 else 1.0  # 4 s per step, then 1 s per step
+        if meter.due(step):
+            meter.flush(step)
+            logged.append(step)
+    # step 1 (the first), then every int(30 / 4) = 7 steps while steps take 4 s; the window 16-22
+    # took 22 s for 7 steps, so the next comes int(30 * 7 / 22) = 9 steps later; then every 30 steps
+    assert logged == [1, 8, 15, 22, 31, 61, 91, 121, 151, 181]
+    # log_every and the last step still count; after a window with a slow step (step 7, 100 s),
+    # the next line comes after int(30 * 5 / 100) -> 1 step
+    meter = StepMeter(log_every=5, max_steps=12, clock=clock, log_seconds=30.0)
+    steps = []
+    for step in range(1, 13):
+        meter.add({"loss": 1.0}, images=1)
+        clock.t += 0.001 if step != 7 else 100.0
+        if meter.due(step):
+            meter.flush(step)
+            steps.append(step)
+    assert steps == [1, 5, 10, 11, 12]
+    # log_seconds=0: log_every and the last step only
+    meter = StepMeter(log_every=5, max_steps=12, clock=clock, log_seconds=0)
+    steps = []
+    for step in range(1, 13):
+        meter.add({"loss": 1.0}, images=1)
+        clock.t += 100.0
+        if meter.due(step):
+            meter.flush(step)
+            steps.append(step)
+    assert steps == [5, 10, 12]
 
 
 def test_step_meter_rejects_bad_interval():
@@ -116,7 +158,16 @@ def test_group_lrs_single_and_unnamed_groups():
     p = [torch.nn.Parameter(torch.zeros(1)) for _ in range(3)]
     assert group_lrs(torch.optim.SGD(p[:1], lr=0.1)) == {"lr": 0.1}
     opt = torch.optim.SGD([{"params": p[:1]}, {"params": p[1:2], "lr": 0.01}, {"params": p[2:], "name": "x"}], lr=0.1)
-    assert group_lrs(opt) == {"lr": 0.1, "lr/group0": 0.1, "lr/group1": 0.01, "lr/x": 0.1}
+    assert group_lrs(opt) == {"lr/group0": 0.1, "lr/group1": 0.01, "lr/x": 0.1}  # no bare "lr" next to "lr/..."
+    same = torch.optim.SGD([{"params": p[:1], "name": "a/b"}, {"params": p[1:2], "name": "a/b"}], lr=0.1)
+    assert list(group_lrs(same)) == ["lr/a_b", "lr/a_b_1"]
+
+
+def test_a_metric_name_cannot_also_be_a_folder_of_others():
+    assert name_clash(["lr", "lr_x", "lrx/a"]) is None
+    assert name_clash(["loss", "lr/head", "lr", "z"]) == ("lr", "lr/head")
+    with pytest.raises(ValueError, match="'lr' is also the folder of 'lr/group0'"):
+        LogRecord("step", step=1, scalars={"lr": 0.1, "lr/group0": 0.1})
 
 
 def test_grad_norm_matches_independent_computation():
@@ -138,9 +189,9 @@ def test_runlog_dispatches_every_kind_and_writes_files(tmp_path):
         log.config({"seed": 0}, {"collector": "0"})
         log.state.step = 10
         log.step({"loss": 0.5, "lr": 0.1})
-        log.epoch({"epoch": 0, "split": "train", "step": 10, "loss": 0.6, "time_s": 1.0})
-        log.epoch({"epoch": 0, "split": "val", "acc": 0.75, "loss": 0.7})
-        log.summary({"test": {"acc": 0.8, "ece": float("nan")}, "best_epoch": 0, "config": {"seed": 0}})
+        log.epoch({"epoch": 1, "split": "train", "step": 10, "loss": 0.6, "time_s": 1.0})
+        log.epoch({"epoch": 1, "split": "val", "acc": 0.75, "loss": 0.7})
+        log.summary({"test": {"acc": 0.8, "ece": float("nan")}, "best_epoch": 1, "config": {"seed": 0}})
         assert log.artifact(plot) is not None
         assert log.artifact(tmp_path / "missing.png") is None
     assert col.closed_with == "ok"
@@ -149,11 +200,13 @@ def test_runlog_dispatches_every_kind_and_writes_files(tmp_path):
     cfg, step, train, val, summary, art = col.records
     assert cfg.data["config"] == {"seed": 0} and cfg.data["run_dir"] == tmp_path and cfg.data["resumed"] is False
     assert step.step == 10 and step.scalars == {"loss": 0.5, "lr": 0.1}
+    assert cfg.epoch == step.epoch == train.epoch == val.epoch == 1  # 1-based: state.epoch 0 is epoch 1 in progress
+    assert summary.epoch == 0  # epochs trained (none here)
     assert train.split == "train" and train.scalars == {"loss": 0.6, "time_s": 1.0} and train.step == 10
     assert val.split == "val" and val.scalars == {"acc": 0.75, "loss": 0.7} and val.step == 10
-    assert summary.scalars == {"test/acc": 0.8, "best_epoch": 0.0}
+    assert summary.scalars == {"test/acc": 0.8, "best_epoch": 1.0}
     assert art.path == plot and art.name == "plot.png"
-    assert read_jsonl(tmp_path / "steps.jsonl") == [{"step": 10, "epoch": 0, "loss": 0.5, "lr": 0.1}]
+    assert read_jsonl(tmp_path / "steps.jsonl") == [{"step": 10, "epoch": 1, "loss": 0.5, "lr": 0.1}]
     assert [r["split"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == ["train", "val"]
 
 
@@ -168,7 +221,7 @@ def test_runlog_marks_error_and_stays_silent_off_the_main_process(tmp_path):
     with logging_run(["collector"], tmp_path / "r1", {"collector": other}, rank=1) as log:
         log.config({}, {})
         log.step({"loss": 1.0})
-        log.epoch({"epoch": 0, "split": "val", "acc": 1.0})
+        log.epoch({"epoch": 1, "split": "val", "acc": 1.0})
     assert other.records == [] and not (tmp_path / "r1" / "steps.jsonl").exists()
 
 
@@ -182,10 +235,23 @@ def test_truncate_steps_keeps_records_up_to_the_checkpoint(tmp_path):
     folder.release()
 
 
+def test_truncate_log_keeps_the_epochs_done_and_drops_the_final_records(tmp_path):
+    """Records are 1-based; resuming with 2 epochs done (0-based next epoch 2) keeps epochs 1 and 2."""
+    folder = RunFolder(tmp_path)
+    for e in (1, 2, 3):
+        folder.log({"epoch": e, "split": "train", "loss": 1.0})
+    folder.log({"epoch": 3, "split": "final_test", "acc": 0.5})
+    folder.truncate_log(2)
+    assert [(r["epoch"], r["split"]) for r in folder.records()] == [(1, "train"), (2, "train")]
+    folder.truncate_log(3)  # a finished run extended: its final records go
+    assert [r["epoch"] for r in folder.records()] == [1, 2]
+    folder.release()
+
+
 # ---------------------------------------------------------------------------- console
 def step_record(step=40, **scalars):
     base = {"loss": 0.123456, "lr": 0.001, "images_per_s": 1234.4, "eta_s": 3725, "data_wait_s": 0.002}
-    return LogRecord("step", step=step, epoch=1, scalars={**base, **scalars})
+    return LogRecord("step", step=step, epoch=2, scalars={**base, **scalars})  # the second epoch (1-based)
 
 
 def test_console_in_a_pipe_prints_plain_lines():
@@ -198,8 +264,8 @@ def test_console_in_a_pipe_prints_plain_lines():
     text = buf.getvalue()
     assert "\r" not in text and text.count("\n") == 2
     first = text.splitlines()[0]
-    for part in ("step  40/200", "epoch 1", "loss 0.1235", "lr 1.000e-03", "img/s 1234", "eta 1:02:05"):
-        assert part in first, (part, first)
+    for part in ("step  40/200", "epoch 2", "loss 0.1235", "lr 1.000e-03", "img/s 1234", "eta 1:02:05"):
+        assert part in first, (part, first)  # the record's epoch, as it is (1-based)
 
 
 def test_console_on_a_terminal_uses_bars(monkeypatch):
@@ -226,6 +292,9 @@ def test_console_quiet_goes_to_the_logger(caplog):
 def test_format_helpers():
     assert format_duration(65) == "0:01:05" and format_duration(-3) == "0:00:00"
     assert format_step(LogRecord("step", step=3, scalars={}), 0) == "step 3"
+    rec = LogRecord("step", step=3, epoch=1, scalars={"lr/model": 0.5, "lr/head": 0.25})
+    assert format_step(rec, 10, epochs=4) == "step  3/10  epoch 1/4  lr 5.000e-01"
+    assert format_step(rec, 10, unit="task") == "step  3/10  task 1  lr 5.000e-01"
 
 
 # ---------------------------------------------------------------------------- plots
@@ -248,18 +317,47 @@ def _capture_figures(monkeypatch):
 
 def test_one_epoch_curves_have_markers_and_lr_curve(tmp_path, monkeypatch):
     saved = _capture_figures(monkeypatch)
-    records = [{"epoch": 0, "split": "train", "loss": 1.0}, {"epoch": 0, "split": "val", "loss": 1.1, "acc": 0.5}]
-    steps = [{"step": s, "lr": 0.1 * s, "lr/model": 0.1 * s, "lr/head": 0.2 * s} for s in (1, 2, 3)]
+    records = [{"epoch": 1, "split": "train", "loss": 1.0}, {"epoch": 1, "split": "val", "loss": 1.1, "acc": 0.5}]
+    steps = [{"step": s, "lr/model": 0.1 * s, "lr/head": 0.2 * s} for s in (1, 2, 3)]
     written = plot_curves(records, tmp_path, steps)
     assert {p.name for p in written} == {"loss.png", "val_metrics.png", "lr.png"}
     figs = {p.rsplit("/", 1)[-1]: f for p, f in saved}
     for name in ("loss.png", "val_metrics.png"):
         for line in figs[name].axes[0].lines:
-            assert line.get_marker() == "o" and len(line.get_xdata()) == 1
+            assert line.get_marker() == "o" and list(line.get_xdata()) == [1]  # the first epoch, at 1
     lr_lines = figs["lr.png"].axes[0].lines
     assert sorted(line.get_label() for line in lr_lines) == ["head", "model"]
     head = next(line for line in lr_lines if line.get_label() == "head")
     assert list(head.get_xdata()) == [1, 2, 3] and list(head.get_ydata()) == pytest.approx([0.2, 0.4, 0.6])
+
+
+def test_lr_plot_draws_every_step_of_the_schedule_and_whole_epochs(tmp_path, monkeypatch):
+    """A warm-up then decay over 12 steps (3 epochs of 4): every step's lr is on the plot, the two
+    step records sit on the line, and the epoch axes tick whole epochs from 1."""
+    from mixhub.schedule import GroupScheduler
+
+    saved = _capture_figures(monkeypatch)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = GroupScheduler(opt, 12, kind="cosine", warmup_steps=4)
+    (curve,) = sched.curve(12)
+    expected = [sched.lr_at(s, 1.0, 0.0) for s in range(12)]
+    assert curve == expected and curve[0] < curve[3] < curve[4] and curve[4] > curve[8] > curve[11]  # up, then down
+    records = [{"epoch": e, "split": "train", "loss": 1.0 / e} for e in (1, 2, 3)]
+    steps = [{"step": 4, "lr": curve[3]}, {"step": 12, "lr": curve[11]}]
+    plot_curves(records, tmp_path, steps, {"lr": curve}, steps_per_epoch=4)
+    figs = {p.rsplit("/", 1)[-1]: f for p, f in saved}
+    ax = figs["lr.png"].axes[0]
+    line, points = ax.lines
+    assert list(line.get_xdata()) == list(range(1, 13)) and list(line.get_ydata()) == pytest.approx(expected)
+    assert list(points.get_xdata()) == [4, 12] and list(points.get_ydata()) == pytest.approx([curve[3], curve[11]])
+    epoch_axis = ax.child_axes[0] if ax.child_axes else next(a for a in figs["lr.png"].axes if a is not ax)
+    assert epoch_axis.get_xlabel() == "epoch"
+    assert epoch_axis.xaxis.get_major_locator()._integer
+    loss_ax = figs["loss.png"].axes[0]
+    assert list(loss_ax.lines[0].get_xdata()) == [1, 2, 3] and loss_ax.get_xlabel() == "epoch"
+    figs["loss.png"].canvas.draw()
+    ticks = [t for t in loss_ax.get_xticks() if 1 <= t <= 3]
+    assert ticks and all(float(t).is_integer() for t in ticks)
 
 
 def test_binned_ece_independent_value():
@@ -280,3 +378,16 @@ def test_reliability_diagram_shows_ece_and_bin_counts(tmp_path, monkeypatch):
     assert sorted(t.get_text() for t in fig.axes[1].texts) == ["2", "6"]
     plot_reliability(conf, acc, counts, tmp_path / "r2.png", "x", ece=0.031)
     assert saved[-1][1].axes[0].get_title() == "x (ECE 3.10%)"
+
+
+def test_trackers_get_only_the_sections_of_the_protocol_the_run_uses():
+    from mixhub.runlog import used_config
+
+    config = {"seed": 0, "train": {"lr": 0.1}, "continual": {"memory_size": 5}, "testtime": {"order": "iid"}}
+    assert used_config(config, "supervised") == {"seed": 0, "train": {"lr": 0.1}}
+    assert used_config(config, "continual") == {"seed": 0, "train": {"lr": 0.1}, "continual": {"memory_size": 5}}
+    assert used_config(config, "testtime") == {"seed": 0, "train": {"lr": 0.1}, "testtime": {"order": "iid"}}
+    col = Collector()
+    with logging_run(["collector"], None, {"collector": col}) as log:
+        log.config(config, {}, protocol="supervised")
+    assert col.records[0].data["config"] == {"seed": 0, "train": {"lr": 0.1}}

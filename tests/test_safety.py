@@ -54,10 +54,10 @@ def test_two_processes_on_one_folder_one_is_refused(tmp_path):
     loser = results[[p.returncode for p in procs].index(2)][1]
     assert "in use by another run" in loser or "already holds a run" in loser or "holds a finished run" in loser, loser
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in recs if r["split"] == "train"] == [0, 1]  # one run's records, not two interleaved
+    assert [r["epoch"] for r in recs if r["split"] == "train"] == [1, 2]  # one run's records, not two interleaved
     summary = json.loads((out / "summary.json").read_text())
     best = load_checkpoint(out / "checkpoints/best.pt")
-    assert best["epoch"] == summary["best_epoch"]
+    assert best["epoch"] == best["best"]["epoch"] == summary["best_epoch"] in (1, 2)
 
 
 def test_live_lock_refuses_a_second_owner_and_is_released(tmp_path):
@@ -81,8 +81,9 @@ def test_rerun_without_checkpoints_does_not_append(tmp_path):
     with pytest.raises(ConfigError, match="finished run"):
         train(tiny_config(train={"checkpoint": False}), out=out)
     (out / "summary.json").unlink()  # a crashed run without checkpoints: still another run's files
-    with pytest.raises(ConfigError, match=r"files of another run \(metrics.jsonl, steps.jsonl, config.yaml\)"):
+    with pytest.raises(ConfigError, match=r"files of another run \(metrics.jsonl, steps.jsonl, config.yaml\)") as err:
         train(tiny_config(train={"checkpoint": False}), out=out)
+    assert f"or delete them: `rm {out / 'metrics.jsonl'} {out / 'steps.jsonl'} {out / 'config.yaml'}`" in str(err.value)
     assert (out / "metrics.jsonl").read_text() == before
 
 
@@ -134,11 +135,18 @@ def test_cli_resume_extends_a_finished_run(tmp_path, capsys, caplog):
     assert main(["train", "--resume", str(out), "train.epochs=2", "--quiet"]) == 0
     assert "no longer equal to a straight 2-epoch run" in caplog.text
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in recs if r["split"] == "train"] == [0, 1]
-    assert [r["epoch"] for r in recs if r["split"] == "final_test"] == [2]
+    assert [r["epoch"] for r in recs if r["split"] == "train"] == [1, 2]
+    assert [r["epoch"] for r in recs if r["split"] == "final_test"] == [2]  # the first run's final records went
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] == 2
     assert main(["train", "--resume", str(out), "model.name=mlp"]) == 2
     assert "model.name cannot change when a run resumes" in capsys.readouterr().err
+    # finished at 2 epochs: resuming it unchanged says so and how to extend it, without re-evaluating
+    summary = (out / "summary.json").read_text()
+    assert main(["train", "--resume", str(out), "train.plots=false"]) == 2
+    err = capsys.readouterr().err
+    assert "the run is finished (it trained all 2 epochs and wrote summary.json)" in err
+    assert f"mixhub train --resume {out} train.epochs=3" in err
+    assert (out / "summary.json").read_text() == summary
 
 
 # ---------------------------------------------------------------------- 4. CSV class labels
@@ -179,8 +187,30 @@ def test_checkpoint_messages(tmp_path):
     with pytest.raises(CheckpointError, match="is a directory, not a checkpoint file.*checkpoints/best.pt"):
         load_checkpoint(tmp_path)
     torch.save({"x": NotPlain()}, tmp_path / "unsafe.pt")
-    with pytest.raises(CheckpointError, match="arbitrary unpickling.*NotPlain"):
+    with pytest.raises(CheckpointError, match="needs arbitrary code to load.*NotPlain"):
         load_checkpoint(tmp_path / "unsafe.pt")
+
+
+class RunsCode:
+    """A payload whose unpickling would call ``os.system`` (what a malicious checkpoint does)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_malicious_checkpoint_is_refused_without_advice_to_load_it_unsafely(tmp_path):
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "mixhub-checkpoint-1", "model": RunsCode(marker)}, evil)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(evil)
+    msg = str(err.value)
+    assert "needs arbitrary code to load" in msg and "system" in msg and "mixhub will not load it" in msg
+    assert "weights_only" not in msg and "corrupt" not in msg
+    assert not marker.exists()  # nothing ran
 
 
 def test_non_finite_numbers_are_invalid():
@@ -359,8 +389,8 @@ def test_sigterm_resume_with_augmentation_is_bitwise_exact(tmp_path):
             assert (torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y), part
     ra, rb = _records(straight), _records(stopped)
     assert [{k: v for k, v in r.items() if k != "time_s"} for r in ra] == [{k: v for k, v in r.items() if k != "time_s"} for r in rb]
-    epoch1 = next(r for r in rb if r["split"] == "train" and r["epoch"] == 1)
-    assert epoch1["time_s"] >= partial["seconds"]  # the time before the interruption is counted too
+    interrupted = next(r for r in rb if r["split"] == "train" and r["epoch"] == 2)  # index 1 in the checkpoint: the second epoch
+    assert interrupted["time_s"] >= partial["seconds"]  # the time before the interruption is counted too
 
 
 def test_augmentation_is_a_function_of_seed_epoch_and_index():
@@ -396,7 +426,7 @@ def test_unplain_plugin_state_fails_at_the_first_save(tmp_path):
         train(tiny_config(plugins=["badstate"], train={"epochs": 3}), {"badstate": BadState()}, out=tmp_path / "r")
     assert "weights_only" in str(err.value)
     assert not list((tmp_path / "r/checkpoints").iterdir())  # nothing half-written
-    assert [r["epoch"] for r in _records(tmp_path / "r") if r["split"] == "train"] == [0]  # stopped after the first epoch
+    assert [r["epoch"] for r in _records(tmp_path / "r") if r["split"] == "train"] == [1]  # stopped after the first epoch
 
 
 # ---------------------------------------------------------------------- 7. full disk, killed writes
@@ -532,3 +562,34 @@ def test_cli_names_a_file_a_full_disk_refused(monkeypatch, capsys):
     monkeypatch.setattr(cli, "build_parser", lambda: parser)
     assert cli.main(["train"]) == 2
     assert "could not write runs/x/loss.png: the disk is full" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX file-size limit")
+def test_first_checkpoint_over_the_file_size_limit_names_the_cause_and_the_folder_is_reusable(tmp_path, caplog):
+    out = tmp_path / "run"
+    args = ["train", "data.image_size=16", "train.epochs=1", "train.max_steps_per_epoch=2", "train.plots=false", f"out={out}"]
+    script = textwrap.dedent(
+        f"""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # the checkpoint is ~2 MB; the logs fit
+        from mixhub.cli import main
+        sys.exit(main({args!r}))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr.strip().splitlines()[-1]
+    assert "could not write checkpoint" in err and "the file is too large: it reached this process's file-size limit (100000 bytes" in err
+    assert "enforce fail" not in err and "unexpected pos" not in err
+    assert (out / "config.yaml").exists() and not list((out / "checkpoints").glob("*.pt"))
+    # the same command again, without the limit: the folder of a run that never wrote a checkpoint is taken over
+    from mixhub.cli import main
+
+    assert main(args + ["--quiet"]) == 0
+    assert "never wrote a checkpoint" in caplog.text and "this run replaces them" in caplog.text
+    assert (out / "checkpoints/last.pt").exists() and (out / "summary.json").exists()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["split"] for r in records].count("train") == 1  # the stale run's records were not kept
+    # a folder that holds a checkpoint is still refused
+    with pytest.raises(ConfigError, match="finished run"):
+        train(load_config(parse_overrides(args[1:-1])).to_dict(), out=out)

@@ -43,28 +43,34 @@ def tracked_config():
 
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory):
-    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     probe = GradProbe()
     out = tmp_path_factory.mktemp("tracked") / "run"
-    result = train(tracked_config(), {"probe": probe}, out=out)
+    cwd = tmp_path_factory.mktemp("cwd")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)  # MLflow's default artefact root is ./mlruns of the working directory: nothing may land there
+        result = train(tracked_config(), {"probe": probe}, out=out)
+    assert list(cwd.iterdir()) == []
     return result, probe, out
 
 
 def test_step_records_are_complete_and_consistent(tracked_run):
     result, probe, out = tracked_run
     steps = read_jsonl(out / "steps.jsonl")
-    assert [r["step"] for r in steps] == [3, 6, 8]  # every log_every steps, and the last step
+    logged = [r["step"] for r in steps]
+    # the first step, every log_every steps, the last step (and timed ones: none in a run this short)
+    assert logged[0] == 1 and {3, 6, 8} <= set(logged) and logged == sorted(logged)
     epochs = [r for r in read_jsonl(out / "metrics.jsonl") if r["split"] == "train"]
-    # the windows (3, 3, 2 steps) and the epochs (4, 4 steps) average the same per-step losses
-    windows = 3 * steps[0]["loss"] + 3 * steps[1]["loss"] + 2 * steps[2]["loss"]
+    # the windows (1, 2, 3, 2 steps) and the epochs (4, 4 steps) average the same per-step losses
+    windows = sum((b - a) * r["loss"] for a, b, r in zip([0, *logged], logged, steps))
     assert windows == pytest.approx(4 * epochs[0]["loss"] + 4 * epochs[1]["loss"], rel=1e-5)
     for r in steps:
         assert r["lr"] == pytest.approx(0.01)
         assert r["grad_norm"] == pytest.approx(probe.norms[r["step"]], rel=1e-5)
         assert r["images_per_s"] > 0 and r["data_wait_s"] >= 0 and r["step_time_s"] > 0
         assert {"loss_main", "eta_s"} <= set(r)
-    # plugin scalars arrive as window means: steps 1-3 -> 2, 4-6 -> 5, 7-8 -> 7.5
-    assert [r["probe/step"] for r in steps] == pytest.approx([2.0, 5.0, 7.5])
+    # plugin scalars arrive as window means: steps 2-3 -> 2.5, 4-6 -> 5, 7-8 -> 7.5
+    means = [(a + 1 + b) / 2 for a, b in zip([0, *logged], logged)]
+    assert [r["probe/step"] for r in steps] == pytest.approx(means)
     assert steps[-1]["eta_s"] == 0.0
     assert {"loss.png", "lr.png", "val_metrics.png", "reliability.png"} <= {p.name for p in out.glob("*.png")}
 
@@ -77,9 +83,9 @@ def test_tensorboard_event_file(tracked_run):
     acc.Reload()
     steps = read_jsonl(out / "steps.jsonl")
     loss = [(e.step, e.value) for e in acc.Scalars("train/loss")]
-    assert [s for s, _ in loss] == [3, 6, 8]
+    assert [s for s, _ in loss] == [r["step"] for r in steps]
     assert [v for _, v in loss] == pytest.approx([r["loss"] for r in steps], rel=1e-6)
-    assert [e.step for e in acc.Scalars("train/grad_norm")] == [3, 6, 8]
+    assert [e.step for e in acc.Scalars("train/grad_norm")] == [r["step"] for r in steps]
     val = [r for r in read_jsonl(out / "metrics.jsonl") if r["split"] == "val"]
     assert [(e.step, e.value) for e in acc.Scalars("val/acc")] == [(4, pytest.approx(val[0]["acc"])), (8, pytest.approx(val[1]["acc"]))]
     assert acc.Scalars("final_test/acc")[0].value == pytest.approx(result.summary["test"]["acc"])
@@ -91,12 +97,20 @@ def test_mlflow_store(tracked_run):
 
     result, _, out = tracked_run
     saved = json.loads((out / "mlflow-run.json").read_text())
+    assert saved["tracking_uri"] == f"sqlite:///{(out / 'mlflow' / 'mlflow.db').resolve()}"  # the default store: SQLite in the run folder
     client = MlflowClient(tracking_uri=saved["tracking_uri"])
     (run,) = client.search_runs([client.get_experiment_by_name("mixhub").experiment_id])
+    # the artefacts sit beside the database, inside the run folder
+    art_root = (out / "mlflow" / "artifacts").resolve()
+    assert run.info.artifact_uri.startswith(art_root.as_uri())
+    on_disk = {p.name for p in art_root.rglob("*") if p.is_file()}
+    assert {"summary.json", "export.pt", "loss.png", "lr.png"} <= on_disk
+    # only the config the run used: no section of a protocol a supervised run never reads
+    assert not any(k.split(".")[0] in ("continual", "testtime") for k in run.data.params)
     assert run.info.status == "FINISHED" and run.info.run_name == "digits-mixup" and run.data.tags["arm"] == "mixup"
     assert run.data.params["train.lr"] == "0.01" and run.data.params["plugins"] == json.dumps(["mixup", "tensorboard", "mlflow", "wandb", "probe"])
     hist = sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)
-    assert [m.step for m in hist] == [3, 6, 8]
+    assert [m.step for m in hist] == [r["step"] for r in read_jsonl(out / "steps.jsonl")]
     assert [m.value for m in hist] == pytest.approx([r["loss"] for r in read_jsonl(out / "steps.jsonl")])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [4, 8]
     assert run.data.metrics["summary/test/acc"] == pytest.approx(result.summary["test"]["acc"])
@@ -113,7 +127,7 @@ def test_wandb_offline_run(tracked_run):
     assert r.name == "digits-mixup" and r.tags == ["arm=mixup"] and r.exit_code == 0
     assert r.config["train"]["log_every"] == 3 and r.config["mixup"]["alpha"] > 0
     rows = {row["_step"]: row for row in r.history}
-    assert [s for s in sorted(rows) if "train/loss" in rows[s]] == [3, 6, 8]
+    assert [s for s in sorted(rows) if "train/loss" in rows[s]] == [r["step"] for r in read_jsonl(out / "steps.jsonl")]
     assert rows[8]["val/acc"] == pytest.approx([x for x in read_jsonl(out / "metrics.jsonl") if x["split"] == "val"][1]["acc"])
     assert r.summary["summary/test/acc"] == pytest.approx(result.summary["test"]["acc"])
     assert rows[8]["plots/reliability"]["_type"] == "image-file"
@@ -129,9 +143,16 @@ PIPE_OVERRIDES = [
 def check_piped_log(text):
     assert "\r" not in text
     step_lines = [line for line in text.splitlines() if line.startswith("step ")]
-    assert [line.split()[1] for line in step_lines] == ["2/10", "4/10", "6/10", "8/10", "10/10"]
+    # the first step, then every log_every; epochs counted from 1, as on the epoch lines
+    assert [line.split()[1] for line in step_lines] == ["1/10", "2/10", "4/10", "6/10", "8/10", "10/10"]
+    assert [line.split()[3] for line in step_lines] == ["1/2", "1/2", "1/2", "2/2", "2/2", "2/2"]
     for part in ("loss ", "lr ", "img/s ", "eta "):
         assert all(part in line for line in step_lines), part
+    # the start lines come before the first step: folder, data, model and device, steps
+    head = text.split("\nstep ", 1)[0]
+    assert "run folder: " in head and "data digits: train " in head and "10 classes; task classification" in head
+    assert "model smallcnn: " in head and " parameters; device cpu" in head
+    assert "steps: 5 per epoch x 2 epochs = 10 (batch 32); a step line every 2 steps, at the first and at least about every 30 s" in head
     assert sum(line.startswith("epoch ") for line in text.splitlines()) == 2
 
 
@@ -159,14 +180,13 @@ def test_cli_piped_to_a_file(tmp_path):
 def test_bench_logs_each_cell_as_a_run(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     base = tiny_config(train={"epochs": 1, "max_steps_per_epoch": 2, "device": "cpu", "plots": False})
     suite = Suite(
         name="tiny-suite", description="two arms", base=base, baseline="erm",
         arms=[Arm("erm"), Arm("mixup", {"plugins": ["mixup"]})], metrics=["test.acc"], seeds=2,
     )
     run_suite(suite, tmp_path / "bench", seeds=2, progress=False, log=["mlflow"])
-    client = MlflowClient(tracking_uri=(tmp_path / "bench" / "tracking" / "mlflow" / "mlruns").resolve().as_uri())
+    client = MlflowClient(tracking_uri=f"sqlite:///{(tmp_path / 'bench' / 'tracking' / 'mlflow' / 'mlflow.db').resolve()}")
     runs = client.search_runs([client.get_experiment_by_name("tiny-suite").experiment_id])
     cells = sorted((r.data.tags["arm"], r.data.tags["seed"], r.info.run_name) for r in runs)
     assert cells == [("erm", "0", "erm-seed0"), ("erm", "1", "erm-seed1"), ("mixup", "0", "mixup-seed0"), ("mixup", "1", "mixup-seed1")]

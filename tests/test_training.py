@@ -88,6 +88,54 @@ def test_mid_epoch_interrupt_and_resume(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+
+def test_epochs_in_the_run_files_are_1_based_and_a_resume_continues_them(tmp_path):
+    """The first epoch's records say epoch 1 (metrics.jsonl, metrics.csv, steps.jsonl); a run
+    stopped mid-way through its second epoch and resumed numbers on without duplicates."""
+    import csv
+    import signal
+
+    from mixhub.trainer import RunInterrupted
+
+    class Stopper:
+        from mixhub import PluginSpec, hookimpl
+
+        PLUGIN = PluginSpec(name="stopper")
+
+        @hookimpl
+        def mixhub_after_step(self, state):  # noqa: ANN001
+            if state.step == 3:  # the first step of the second epoch
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    class Nop:
+        from mixhub import PluginSpec
+
+        PLUGIN = PluginSpec(name="stopper")
+
+    out = tmp_path / "r"
+    cfg = tiny_config(plugins=["stopper"], train={"epochs": 3, "max_steps_per_epoch": 2, "log_every": 1})
+    with pytest.raises(RunInterrupted):
+        train(cfg, {"stopper": Stopper()}, out=out)
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["split"]) for r in recs] == [(1, "train"), (1, "val")]
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["epoch"]) for r in steps] == [(1, 1), (2, 1), (3, 2)]
+    assert load_checkpoint(out / "checkpoints/last.pt")["epoch"] == 1  # the resume position stays 0-based (epochs done)
+
+    summary = train(cfg, {"stopper": Nop()}, out=out, resume=True).summary
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["split"]) for r in recs if not r["split"].startswith("final_")] == [
+        (1, "train"), (1, "val"), (2, "train"), (2, "val"), (3, "train"), (3, "val")]
+    assert {r["epoch"] for r in recs if r["split"].startswith("final_")} == {3}  # the final records: the last epoch
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["epoch"]) for r in steps] == [(1, 1), (2, 1), (3, 2), (4, 2), (5, 3), (6, 3)]
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [(row["epoch"], row["split"]) for row in rows][:2] == [("1", "train"), ("1", "val")]
+    assert [row["epoch"] for row in rows] == [str(r["epoch"]) for r in recs]
+    assert summary["best_epoch"] in (1, 2, 3)
+    assert json.loads((out / "summary.json").read_text())["best_epoch"] == summary["best_epoch"]
+    assert load_checkpoint(out / "checkpoints/best.pt")["best"]["epoch"] == summary["best_epoch"]
+
 def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
     cfg = tiny_config(train={"epochs": 2})
     train(cfg, out=tmp_path / "r")
@@ -204,7 +252,7 @@ def test_export_file_is_not_a_training_checkpoint(tmp_path):
 
 def test_best_weights_kept_in_memory_without_a_run_folder(tmp_path):
     r = train(tiny_config(train={"epochs": 2}), out=tmp_path / "r", write=False)
-    assert r.trainer._best_in_memory is not None and r.summary["best_epoch"] in (0, 1)
+    assert r.trainer._best_in_memory is not None and r.summary["best_epoch"] in (1, 2)
 
 
 def test_select_mode_overrides_the_guess(tmp_path):

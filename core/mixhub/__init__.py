@@ -24,8 +24,9 @@ from .hookspecs import SLOTS, hookimpl, hookspec
 from .norm import TestTimeNorm
 from .plan import MixPlan
 from .plugins import PluginOptions, PluginSpec
-from .runlog import LogRecord, TrackInfo, track_info
+from .runlog import LogRecord
 from .state import ModuleSpec, State
+from .tracking import TrackInfo, track_info
 
 __version__ = "0.1.0"
 

@@ -97,20 +97,42 @@ def check_plain_state(payload: dict[str, Any]) -> None:
             raise CheckpointError(f"core state {name!r} (register_state) holds a {bad[1]} at key {bad[0]!r}; it must be plain data")
 
 
-def _write_failure(exc: BaseException, folder: Path) -> str:
-    """Why a write failed, in words: a full disk (by errno, or by the free space left), else the error."""
+def _file_size_limit() -> int | None:
+    """This process's file-size limit in bytes (``ulimit -f``), ``None`` when unlimited."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def _write_failure(exc: BaseException, folder: Path, partial: Path | None = None) -> str:
+    """Why a write failed, in words: the file-size limit or a full disk (by errno; for torch's
+    archive writer, which reports a short write as ``enforce fail ... unexpected pos``, by the
+    size the partial file reached and the free space left), else the error."""
     code = getattr(exc, "errno", None)
     if code in (errno.ENOSPC, errno.EDQUOT):
         return "the disk is full"
+    limit = _file_size_limit()
     if code == errno.EFBIG:
-        return "the file size limit was reached"
+        return "the file is too large: it reached the file-size limit" + (f" ({limit} bytes, `ulimit -f`)" if limit else "")
+    try:
+        written = partial.stat().st_size if partial is not None and partial.exists() else 0
+    except OSError:
+        written = 0
+    if limit is not None and written >= limit:
+        return f"the file is too large: it reached this process's file-size limit ({limit} bytes, `ulimit -f`)"
     try:
         st = os.statvfs(folder)
-        if st.f_bavail * st.f_frsize < (1 << 20):
+        if st.f_bavail * st.f_frsize < max(1 << 20, written):
             return "the disk is full"
     except OSError:
         pass
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    if "unexpected pos" in first or "PytorchStreamWriter" in first:
+        return f"the file system refused part of the file (too large for it, or out of space?): {first}"
+    return f"{type(exc).__name__}: {first}"
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path, keep_previous: bool = True) -> Path:
@@ -140,7 +162,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path, keep_previous: bo
             os.close(dir_fd)
     except (OSError, RuntimeError) as exc:  # torch.save reports a failed write of its archive as RuntimeError
         kept = path if path.exists() else None
-        reason = _write_failure(exc, path.parent)
+        reason = _write_failure(exc, path.parent, tmp)
         raise CheckpointError(
             f"could not write checkpoint {str(path)!r}: {reason}; "
             + (f"the last good checkpoint {str(kept)!r} is kept" if kept is not None else "no earlier checkpoint exists")
@@ -149,6 +171,27 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path, keep_previous: bo
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _unsafe_message(path: Path, torch_message: str) -> str:
+    """Why the safe (``weights_only``) unpickler refused a file, without torch's advice to load it
+    unsafely: a file that names a function or class to call needs arbitrary code to load."""
+    import re
+
+    found = re.search(r"GLOBAL ([\w.]+)", torch_message)
+    if found is not None:
+        return (
+            f"checkpoint {str(path)!r} needs arbitrary code to load: unpickling it would call {found.group(1)!r}. "
+            "mixhub will not load it: its checkpoints hold tensors and plain data only (a file that calls code may be "
+            "malicious; use it only if you wrote it, and then save its weights as a state dict)"
+        )
+    lines = [ln.strip() for ln in torch_message.replace("WeightsUnpickler error:", "\n").splitlines()]
+    details = [ln for ln in lines if ln and "weights_only" not in ln and not ln.startswith(("(", "Check the documentation", "Please file"))]
+    detail = details[-1] if details else "unreadable data"
+    return (
+        f"checkpoint {str(path)!r} cannot be read as tensors and plain data ({detail}); mixhub loads checkpoints "
+        "with the safe unpickler only and will not run the code such a file may hold"
+    )
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -169,15 +212,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        msg = str(exc)
-        detail = msg.split("WeightsUnpickler error:")[-1].strip()
-        detail = detail.splitlines()[0] if detail else msg
-        if "Unsupported global" in msg or "Unsupported class" in msg:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} holds objects that need arbitrary unpickling ({detail.split(' was not')[0]}); "
-                "mixhub refuses it (plugin state must be tensors and plain types)"
-            ) from exc
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: its data cannot be read ({detail})") from exc
+        raise CheckpointError(_unsafe_message(path, str(exc))) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated: {type(exc).__name__}: {exc}") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:

@@ -85,6 +85,10 @@ def _eval(args: argparse.Namespace) -> int:
         raise MixhubError(f"--split {args.split!r}: unknown split (have: {', '.join(splits)})")
     metrics = trainer.evaluate(splits[args.split], args.split)
     print(json.dumps({args.split: metrics}, indent=1))
+    if args.predictions:
+        outs, targets = trainer.last_outputs
+        path = trainer.write_predictions(args.predictions, splits[args.split], outs, targets)
+        print(f"predictions: {path}")
     return 0
 
 
@@ -187,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test")
     e.add_argument("--stream", action="store_true", help="test-time evaluation on streams (see the testtime section)")
     e.add_argument("--out", help="output folder of a stream evaluation")
+    e.add_argument("--predictions", metavar="CSV", help="also write each sample's target and prediction, in the data's own labels, to this CSV")
     e.set_defaults(func=_eval)
     b = sub.add_parser("bench", help="run a proxy benchmark suite")
     b.add_argument("suite", nargs="?")

@@ -74,7 +74,8 @@ class DataConfig(Section):
     root: str | None = Field(None, description="local folder of a torchvision dataset (never downloaded)")
     target: str | list[str] | None = Field(None, description="target column(s) of a CSV table (default: the last column; with image_column: every other column)")
     image_column: str | None = Field(None, description="CSV column of image paths (relative to the CSV file): images are loaded lazily, targets are the numeric target column(s)")
-    task: Literal["auto", "classification", "regression"] = Field("auto", description="task kind of a CSV table")
+    task: Literal["auto", "classification", "regression"] = Field("auto", description="task kind of a CSV table; auto: classification when the target column holds integers with at most 50 distinct values, else regression (an image CSV: regression); the run prints the kind and its reason at start and warns when integer classes look like a quantity")
+    classes: list[int | str] | None = Field(None, description="class labels in the order of the model's outputs; the data's labels are mapped to these (default: the labels found, sorted); saved with the run, and `mixhub eval` sets it from the checkpoint")
     val_frac: float = Field(0.15, ge=0.0, lt=1.0, description="share of the data kept for validation")
     test_frac: float = Field(0.2, ge=0.0, lt=1.0, description="share of the data kept for testing (datasets without a fixed test split)")
     train_frac: float = Field(1.0, gt=0.0, le=1.0, description="stratified share of the training split kept (low-data runs)")
@@ -99,7 +100,7 @@ class ModelConfig(Section):
     pretrained: bool = Field(False, description="load timm pretrained weights (must be cached locally)")
     checkpoint: str | None = Field(None, description="local file of pretrained weights (a state dict), loaded through timm's pretrained_cfg_overlay=dict(file=PATH); implies pretrained")
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
-    small_input: bool = Field(True, description="adapt timm CNN stems to small (32x32) inputs: a new 3x3 stride-1 stem, or, with pretrained weights, the pretrained stem kept at stride 1")
+    small_input: bool | Literal["auto"] = Field("auto", description="adapt a timm CNN's stem (conv1 + max-pool, e.g. ResNet) to small inputs: a new 3x3 stride-1 stem without max-pool, or, with pretrained weights, the pretrained stem kept at stride 1; auto: only for images of 64 px or less (the bundled proxies); the decision is printed at start")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the model factory")
 
 
@@ -138,6 +139,7 @@ class TrainConfig(Section):
     checkpoint: bool = True
     plots: bool = True
     log_every: int = Field(50, ge=1, description="optimizer steps between step records (loss, lr, images/s, grad norm) and console lines")
+    log_seconds: float = Field(30.0, ge=0, description="also a step record (and console line) at the first step and about every this many seconds of training, whatever log_every is; 0: only every log_every steps")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="multi-process engine under torchrun: ddp (DistributedDataParallel) or fsdp (FSDP2 fully_shard per block)")
     sync_bn: bool = Field(False, description="multi-process: convert BatchNorm layers to SyncBatchNorm (statistics over the global batch)")
     dist_bn: Literal["reduce", "broadcast", "none"] = Field("reduce", description="multi-process: BatchNorm running statistics before evaluation: averaged, rank 0's, or left per process (EMA included)")

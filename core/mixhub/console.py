@@ -1,8 +1,11 @@
 """What a run prints: progress bars on a terminal, plain lines everywhere else.
 
 * On a terminal (and not quiet): tqdm bars (epochs, batches) with the last loss.
-* In a pipe or a file (and not quiet): no bar and no carriage return; one line per step record
-  (every ``train.log_every`` steps) with step, loss, lr, images/s and ETA, and one per epoch.
+* In a pipe or a file (and not quiet): no bar and no carriage return; the start lines, one line
+  per step record (the first step, every ``train.log_every`` steps and at least every 30 s) with
+  step, epoch, loss, lr, images/s and ETA, and one per epoch.
+
+Epochs are counted from 1 on every line (``epoch 1/3`` is the first of three), as on the plots.
 * Quiet: the same lines through the ``mixhub`` logger at INFO (shown by ``mixhub train --quiet``,
   silent in library use unless logging is configured).
 """
@@ -26,17 +29,19 @@ def format_duration(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def format_step(record: Any, max_steps: int) -> str:
-    """One plain line for a step record: step, epoch, loss, lr, images/s, data wait, ETA."""
+def format_step(record: Any, max_steps: int, epochs: int | None = None, unit: str = "epoch") -> str:
+    """One plain line for a step record: step, epoch (1-based, ``/epochs`` when given; ``unit``
+    ``task`` for a task stream), loss, lr (the first parameter group's), images/s, data wait, ETA."""
     sc = record.scalars
     width = len(str(max_steps)) if max_steps else 0
     parts = [f"step {record.step:>{width}d}/{max_steps}" if max_steps else f"step {record.step}"]
     if record.epoch is not None:
-        parts.append(f"epoch {record.epoch}")
+        parts.append(f"{unit} {record.epoch}" + (f"/{epochs}" if epochs else ""))
     if "loss" in sc:
         parts.append(f"loss {sc['loss']:.4f}")
-    if "lr" in sc:
-        parts.append(f"lr {sc['lr']:.3e}")
+    lr = sc.get("lr", next((v for k, v in sc.items() if k.startswith("lr/")), None))
+    if lr is not None:
+        parts.append(f"lr {lr:.3e}")
     if "grad_norm" in sc:
         parts.append(f"grad {sc['grad_norm']:.3g}")
     if "images_per_s" in sc:
@@ -88,12 +93,12 @@ class Console:
         if self._bars:
             self._bars[-1].set_postfix(**values, refresh=False)
 
-    def step(self, record: Any, max_steps: int) -> None:
+    def step(self, record: Any, max_steps: int, epochs: int | None = None, unit: str = "epoch") -> None:
         if self.mode == "bars" or not self.enabled:
             if self._bars and "loss" in record.scalars:
                 self.postfix(loss=f"{record.scalars['loss']:.4f}")
             return
-        self.message(format_step(record, max_steps))
+        self.message(format_step(record, max_steps, epochs, unit))
 
     def message(self, text: str) -> None:
         """A line that stays: written above the bars, printed in a pipe, logged when quiet."""

@@ -4,8 +4,10 @@ and run a two-step smoke training."""
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
-from typing import Any
+import time
+from typing import IO, Any
 
 import pluggy
 
@@ -87,15 +89,27 @@ def check_plugin(name: str, info: Any, smoke: bool = True) -> dict[str, Any]:
     return row
 
 
-def run_doctor(json_out: bool = False, smoke: bool = True) -> int:
+def run_doctor(json_out: bool = False, smoke: bool = True, progress: IO[str] | None = None) -> int:
+    """Check every installed plugin; print the table (or JSON) and return 1 if any failed.
+
+    ``progress`` (default ``sys.stderr``) gets a line as each plugin's check starts and ends,
+    so a long doctor (a smoke training per plugin) is never silent; stdout keeps only the result.
+    """
     dup = duplicates()
     rows = []
-    for name, info in sorted(discover().items()):
+    found = sorted(discover().items())
+    out = progress if progress is not None else sys.stderr
+    for k, (name, info) in enumerate(found, start=1):
         if name in dup:
             rows.append({"name": name, "distribution": info.distribution, "version": info.version, "import": "FAIL", "hooks": "-",
                          "registry": "-", "smoke": "-", "detail": duplicate_message(name, dup[name])})
         else:
+            print(f"doctor: [{k}/{len(found)}] {name} ...", file=out, flush=True)
+            t0 = time.perf_counter()
             rows.append(check_plugin(name, info, smoke))
+            r = rows[-1]
+            status = "FAIL" if "FAIL" in (r["import"], r["hooks"], r["smoke"]) or r["registry"] == "MISMATCH" else "ok"
+            print(f"doctor: [{k}/{len(found)}] {name} {status} ({time.perf_counter() - t0:.1f} s)", file=out, flush=True)
     if json_out:
         print(json.dumps(rows, indent=1))
     else:

@@ -15,7 +15,26 @@ __all__ = [
 
 
 class MixhubError(Exception):
-    """Base class of mixhub's errors."""
+    """Base class of mixhub's errors.
+
+    An error raised in a DataLoader worker reaches the main process rebuilt from its formatted
+    traceback ("Caught DataError in DataLoader worker process 0. Original Traceback ..."); the
+    message is cut back to the original one, so the user reads one line, not the worker's stack.
+    """
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (_original_message(args[0], type(self).__name__),)
+        super().__init__(*args)
+
+
+def _original_message(message: str, name: str) -> str:
+    """The original message of a worker's re-raised error, else ``message`` unchanged."""
+    if not message.startswith(f"Caught {name} ") or "\nOriginal Traceback" not in message:
+        return message
+    tail = message.rstrip()
+    at = tail.rfind(f"{name}: ")
+    return tail[at + len(name) + 2 :] if at >= 0 else message
 
 
 class ConfigError(MixhubError, ValueError):

@@ -231,7 +231,8 @@ def mixhub_after_step(state: State) -> None:
 
 @hookspec
 def mixhub_epoch_start(state: State) -> None:
-    """At the start of each epoch (``state.epoch``, 0-based)."""
+    """At the start of each epoch (``state.epoch``, 0-based: the epochs done; the epoch's
+    records in ``metrics.jsonl`` and ``mixhub_log`` say ``state.epoch + 1``)."""
 
 
 @hookspec
@@ -275,12 +276,14 @@ def mixhub_log(record: LogRecord, state: State) -> None:
     ``record`` is a frozen ``mixhub.LogRecord``; ``record.kind`` is one of:
 
     * ``"config"``: first, once per run (also when resumed: ``record.data["resumed"]``):
-      ``data["config"]`` (the resolved config as plain data), ``data["plugins"]``
+      ``data["config"]`` (the resolved config as plain data, less the sections of protocols the
+      run does not use: ``continual``, ``testtime``), ``data["plugins"]``
       (``{name: version}``) and ``data["run_dir"]`` (also ``state.run_dir``; ``None`` when the
       run writes no folder).
-    * ``"step"``: every ``train.log_every`` optimizer steps and at the last step. ``scalars``:
-      the mean ``loss``, ``loss_main`` and aux losses over the steps since the last record,
-      ``lr`` and ``lr/<group>``, ``images_per_s``, ``data_wait_s``, ``step_time_s``,
+    * ``"step"``: every ``train.log_every`` optimizer steps, at the first and the last step,
+      and about every 30 s. ``scalars``: the mean ``loss``, ``loss_main`` and aux losses over
+      the steps since the last record, ``lr`` (one parameter group) or ``lr/<group>`` (each of
+      several; no name is also the folder of another), ``images_per_s``, ``data_wait_s``, ``step_time_s``,
       ``grad_norm``, ``eta_s``, and plugin scalars (``state.log``).
     * ``"epoch"``: per epoch (continual: per task) and ``record.split`` (``train``, ``val``,
       ``task``, ``final_test`` ...): what the run writes to ``metrics.jsonl``.
@@ -289,6 +292,7 @@ def mixhub_log(record: LogRecord, state: State) -> None:
     * ``"artifact"``: a file worth keeping (``record.path``): plots, ``summary.json``,
       ``checkpoints/export.pt``.
 
+    ``record.epoch`` is 1-based (1: the first epoch or task), as in ``metrics.jsonl``.
     ``record.step`` is the x axis (optimizer steps done); ``record.metrics()`` gives the
     scalars under the names every tracker uses (``train/loss``, ``val/acc``, ``train_epoch/loss``).
     Every record is emitted inside ``mixhub_fit``, so a tracker may open lazily on its first

@@ -16,7 +16,7 @@ from .errors import ConfigError
 
 log = logging.getLogger("mixhub")
 
-__all__ = ["MLP", "SmallCNN", "build_model", "num_params"]
+__all__ = ["MLP", "SmallCNN", "build_model", "num_params", "small_input_decision"]
 
 
 class MLP(nn.Module):
@@ -154,6 +154,20 @@ def _adapt_small_input(model: nn.Module, keep_stem: bool = False) -> bool:
     return True
 
 
+#: ``model.small_input=auto`` adapts the stem for images of at most this side (px).
+SMALL_INPUT_MAX = 64
+
+
+def small_input_decision(setting: bool | str, input_shape: tuple[int, ...]) -> tuple[bool, str]:
+    """Whether to adapt the stem (``model.small_input``) for ``input_shape``, and why, in words."""
+    side = min(input_shape[1:]) if len(input_shape) == 3 else 0
+    if setting == "auto":
+        if side <= SMALL_INPUT_MAX:
+            return True, f"model.small_input=auto: {side} px images are small (<= {SMALL_INPUT_MAX} px)"
+        return False, f"model.small_input=auto: {side} px images are not small (> {SMALL_INPUT_MAX} px)"
+    return bool(setting), f"model.small_input={str(bool(setting)).lower()}"
+
+
 def build_model(cfg: Any, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
     """Build ``cfg.name`` for inputs of ``input_shape`` with ``num_outputs`` outputs."""
     name = cfg.name
@@ -205,9 +219,15 @@ def build_model(cfg: Any, input_shape: tuple[int, ...], num_outputs: int) -> nn.
         raise ConfigError(f"model: could not build timm model {name!r}: {exc}") from exc
     if cfg.checkpoint:
         _check_loaded(model, cfg.checkpoint)
-    if cfg.small_input and _adapt_small_input(model, keep_stem=pretrained):
-        if pretrained:
-            log.info("model.small_input: %s keeps its pretrained stem at stride 1 (no max-pool)", name)
+    adapt, why = small_input_decision(cfg.small_input, input_shape)
+    if adapt and _adapt_small_input(model, keep_stem=pretrained):
+        how = "keeps its pretrained stem at stride 1" if pretrained else "gets a 3x3 stride-1 stem"
+        note = f"{why}: {name} {how}, without max-pool (not timm's architecture; model.small_input=false keeps it)"
+    elif adapt:
+        note = f"{why}, but {name} has no conv1 stem to adapt: timm's architecture unchanged"
+    else:
+        note = f"{why}: {name} keeps timm's stem" + (" (model.small_input=true adapts it)" if cfg.small_input == "auto" else "")
+    model.__dict__["mixhub_stem"] = note  # a plain attribute (not a parameter or buffer), printed at the start of a run
     return model
 
 

@@ -395,6 +395,16 @@ def check_compatibility(plugins: list[LoadedPlugin], options: dict[str, Any], ta
             raise SlotConflictError(f"`slots.{slot}`: unknown slot{did_you_mean(slot, hookspecs.SLOTS)}")
         if who != "core" and who not in names:
             raise SlotConflictError(f"`slots.{slot}` names {who!r}, which is not an active plugin")
+        if who != "core" and who not in claims.get(slot, []):
+            able = claims.get(slot, [])
+            hint = (
+                f"active plugins that implement it: {', '.join(repr(w) for w in able)} (or `core`)"
+                if able else "no active plugin implements it; drop the entry or name `core`"
+            )
+            raise SlotConflictError(
+                f"`slots.{slot}` names {who!r}, which does not implement the slot {slot!r} "
+                f"({hookspecs.SLOTS[slot]}) with these options; {hint}"
+            )
         owners[slot] = who
     for slot, claimants in claims.items():
         if slot in owners:

@@ -156,12 +156,12 @@ class Run(CheckpointMixin, EvaluationMixin, DistributedMixin, GuardMixin):
             milestones=[m * steps for m in cfg.train.milestones],
         )
         self.state.scheduler = self.scheduler
-        self.meter = StepMeter(cfg.train.log_every, self.state.max_steps, reduce=self._mean_over_ranks if self.dist.enabled else None)
+        self.meter = StepMeter(cfg.train.log_every, self.state.max_steps, reduce=self._mean_over_ranks if self.dist.enabled else None, log_seconds=cfg.train.log_seconds)
         self._step_end: float | None = None  # when the last step ended (data-wait time of the next)
         self._resumed = False
         self.start_epoch = 0
         self.batch_in_epoch = 0
-        self.best: dict[str, Any] = {"value": None, "epoch": -1}
+        self.best: dict[str, Any] = {"value": None, "epoch": 0}  # epoch: 1-based; 0: none validated yet
         self._best_in_memory: dict[str, Any] | None = None
         self._extra_state: dict[str, tuple[Any, Any]] = {}
         self._pending_extra: dict[str, Any] = {}

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import distributed as D
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 
 __all__ = ["CheckpointMixin"]
 
@@ -37,6 +37,7 @@ class CheckpointMixin:
     host: Any
     state: Any
     folder: Any
+    bundle: Any
     best: dict[str, Any]
     batch_in_epoch: int
     start_epoch: int
@@ -75,6 +76,11 @@ class CheckpointMixin:
 
         data = ckpt.load_checkpoint(path)
         raw = apply_overrides(data["config"], overrides or {})
+        saved_classes = data.get("classes")
+        if saved_classes and (raw.get("data") or {}).get("classes") is None:
+            # the model's outputs are the training run's labels: the data (another CSV, a test folder)
+            # are mapped to them, not to their own sorted labels
+            raw = apply_overrides(raw, {"data": {"classes": list(saved_classes)}})
         run = cls(raw, extra_plugins=extra_plugins, write=write, out=out or Path(path).parent.parent)
         try:
             run.load_state(data, weights_only=True, allow_new_plugins=allow_new_plugins)
@@ -106,7 +112,16 @@ class CheckpointMixin:
             "best": dict(self.best),
             "evaluated": self.export_module()[0],  # the network whose metrics `best` records
             "extra": {name: get() for name, (get, _) in self._extra_state.items()},
+            "classes": self.class_labels(),
         }
+
+    def class_labels(self) -> list[Any] | None:
+        """The label of each model output (``data.classes``, or the labels the data were remapped
+        from, e.g. ``[-1, 7]``), as ints and strings; ``None`` without named classes."""
+        found = self.bundle.info.get("classes") if self.bundle.task == "classification" else None
+        if not found:
+            return None
+        return [c if isinstance(c, (int, str)) and not isinstance(c, bool) else str(c) for c in found]
 
     def register_state(self, name: str, get: Any, load: Any) -> None:
         """Add core-owned state to every checkpoint (e.g. the continual protocol's replay buffer).
@@ -169,6 +184,8 @@ class CheckpointMixin:
         active = set(self.host.plugins)
         if saved != active and not (allow_new_plugins and saved <= active):
             raise CheckpointError(f"checkpoint was written with plugins {sorted(saved)}, this run activates {sorted(active)}")
+        if not data.get("sharded"):
+            self._check_outputs(data["model"], data.get("classes"))
         try:
             if data.get("sharded"):
                 self._load_sharded(data, optimizer=not weights_only)
@@ -201,10 +218,49 @@ class CheckpointMixin:
         if self.world_size > 1:  # rank 0 saved its own generator: give the others their own stream back
             self.state.generator.manual_seed(self.config.seed + 12345 + 7919 * self.rank + self.state.step)
 
+    def check_unfinished(self) -> None:
+        """A resumed run must have something left to do: a finished run (every epoch trained and
+        its summary written) resumed with the same ``train.epochs`` is refused, saying how to extend it."""
+        epochs = self.config.train.epochs
+        if (
+            self.bundle.task == "continual"
+            or not self.folder.enabled
+            or not (self.folder.path / "summary.json").is_file()
+            or self.state.epoch < epochs
+            or self.batch_in_epoch
+        ):
+            return
+        where = str(self.folder.path)
+        raise ConfigError(
+            f"--resume {where!r}: the run is finished (it trained all {epochs} epochs and wrote summary.json), so there is "
+            f"nothing to resume; to train it longer run `mixhub train --resume {where} train.epochs={epochs + max(1, epochs // 2)}` "
+            f"(any number above {epochs}), or evaluate it with `mixhub eval {where}/checkpoints/best.pt`"
+        )
+
+    def _check_outputs(self, saved: dict[str, Any], classes: list[Any] | None) -> None:
+        """The checkpoint's classifier must have as many outputs as the data have classes (or
+        targets): a mismatch names both counts rather than torch's size-mismatch text."""
+        get = getattr(self.model, "get_classifier", None)
+        head = get() if callable(get) else None
+        weight = getattr(head, "weight", None)
+        if weight is None:
+            return
+        key = next((k for k, v in self.model.named_parameters() if v is weight), None)
+        if key is None or key not in saved or saved[key].dim() == 0 or saved[key].shape[0] == weight.shape[0]:
+            return
+        n_saved, n_data = int(saved[key].shape[0]), int(weight.shape[0])
+        what = "classes" if self.bundle.task == "classification" else "targets"
+        named = f" ({', '.join(map(str, classes[:10]))}{', ...' if len(classes) > 10 else ''})" if classes else ""
+        raise CheckpointError(
+            f"the checkpoint's model was trained for {n_saved} {what}{named}, but the data {self.config.data.name!r} "
+            f"have {n_data} {what}; evaluate it on data with the same {what}"
+            + (" (or map this data's labels to the model's with data.classes=[...])" if what == "classes" else "")
+        )
+
     def resume(self) -> None:
         data, _ = ckpt.load_latest(self.folder.checkpoints, "last", warn=log.warning)
         self.load_state(data)
-        self.folder.truncate_log(self.start_epoch)
+        self.folder.truncate_log(self.start_epoch)  # 0-based next epoch == epochs done: the records (1-based) of those
         self.folder.truncate_steps(self.state.step)
         self._resumed = True
 
@@ -226,7 +282,7 @@ class CheckpointMixin:
         state_dict = D.full_model_state_dict(module)  # a sharded module is gathered (every process takes part)
         if not self.folder.enabled:
             return None
-        payload = {"module": name, "state_dict": state_dict, "config": self.config.to_dict()}
+        payload = {"module": name, "state_dict": state_dict, "config": self.config.to_dict(), "classes": self.class_labels()}
         return ckpt.save_checkpoint(payload, self.folder.checkpoints / "export.pt", keep_previous=False)
 
     def load_weights(self, data: dict[str, Any]) -> None:

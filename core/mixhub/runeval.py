@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -31,6 +32,7 @@ class EvaluationMixin:
     sharded: bool
     last_outputs: tuple[dict[str, Tensor], Tensor]
     last_outputs_test: tuple[dict[str, Tensor], Tensor]
+    last_index: Tensor
 
     if TYPE_CHECKING:  # defined by Run
 
@@ -64,6 +66,7 @@ class EvaluationMixin:
         skipped = BadSampleLog()
         outs: dict[str, list[Tensor]] = {}
         targets = []
+        rows: list[Tensor] = []
         sizes: list[int] = []
         was_training = model.training
         model.eval()  # before the wrappers, so a wrapper's own mode choice stands
@@ -81,6 +84,7 @@ class EvaluationMixin:
                         if isinstance(v, Tensor) and k.startswith("logits"):
                             outs.setdefault(k, []).append(v.float().cpu())
                     targets.append(batch.targets.cpu())
+                    rows.append(batch.index.cpu())
                 if self.sharded:  # every FSDP forward is a collective: match rank 0's number of calls
                     for _ in range(shard.missing_batches()):
                         forward(next(iter(eval_loader(dataset, shard.batch_size, self.config.data, indices=list(shard.batch_rows(0))))))
@@ -90,8 +94,11 @@ class EvaluationMixin:
         skipped.report(f"{stage} split")
         local = {k: torch.cat(v) for k, v in outs.items()}
         local["__targets"] = torch.cat(targets) if targets else torch.empty(0)
+        local["__index"] = torch.cat(rows) if rows else torch.empty(0, dtype=torch.long)
         full = shard.gather(local, sizes)
         full_targets = full.pop("__targets")
+        #: the dataset index of each predicted row (rows of skipped bad samples are absent)
+        self.last_index = full.pop("__index")
         if full_targets.shape[0] == 0:
             raise DataError(f"the {stage} split is empty")
         return full, full_targets
@@ -104,6 +111,39 @@ class EvaluationMixin:
         for extra in self.host.collect("mixhub_metrics", stage=stage, state=self.state):
             metrics.update({k: float(v) for k, v in extra.items()})
         return metrics
+
+    def write_predictions(self, path: str | Path, dataset: Dataset, outs: dict[str, Tensor], targets: Tensor) -> Path:
+        """A CSV of the last ``predict`` rows: dataset index, sample name (file) when the dataset
+        names its samples, target and prediction in the data's own labels (``class_labels``, e.g.
+        ``-1`` and ``7`` rather than the ids 0 and 1) and the prediction's probability; for
+        regression the target and predicted values, one column each."""
+        import csv
+
+        path = Path(path)
+        logits = outs["logits"]
+        index = self.last_index.tolist()
+        name = getattr(dataset, "name", None)
+        labels = self.class_labels()  # type: ignore[attr-defined]
+        head = ["index"] + (["name"] if callable(name) else [])
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            if self.state.task_kind == "regression":
+                t, p = targets.reshape(len(targets), -1), logits.reshape(len(logits), -1)
+                cols = [""] if t.shape[1] == 1 else [f"_{j}" for j in range(t.shape[1])]
+                w.writerow(head + [f"target{c}" for c in cols] + [f"prediction{c}" for c in cols])
+                for r, i in enumerate(index):
+                    w.writerow([i] + ([name(i)] if callable(name) else []) + t[r].tolist() + p[r].tolist())
+                return path
+            prob = torch.softmax(logits, dim=1)
+            conf, pred = prob.max(dim=1)
+
+            def label(c: int) -> Any:
+                return labels[c] if labels is not None and c < len(labels) else c
+
+            w.writerow(head + ["target", "prediction", "probability"])
+            for r, i in enumerate(index):
+                w.writerow([i] + ([name(i)] if callable(name) else []) + [label(int(targets[r])), label(int(pred[r])), f"{float(conf[r]):.6g}"])
+        return path
 
     def metrics_from(self, outs: dict[str, Tensor], targets: Tensor, temperature: float | None = None) -> dict[str, float]:
         logits = outs["logits"]

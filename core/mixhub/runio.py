@@ -170,7 +170,33 @@ class RunFolder:
             )
         if any(h.startswith("checkpoints/last") for h in held):
             raise ConfigError(f"run folder {where!r} already holds a run; resume it with `mixhub train --resume {where}`, or {fresh}")
-        raise ConfigError(f"run folder {where!r} holds files of another run ({', '.join(held)}) and no checkpoint to resume from; {fresh}, or delete them")
+        if not any(h.startswith("checkpoints/") for h in held) and self._checkpointing_run():
+            # a run that meant to checkpoint but never wrote one (its first write failed, or it was
+            # killed before): nothing there can be resumed, so a new run takes the folder over
+            log.warning(
+                "run folder %r holds files of a run that never wrote a checkpoint (%s); nothing there can be resumed: "
+                "this run replaces them", where, ", ".join(held),
+            )
+            for name in held:
+                (self.path / name).unlink(missing_ok=True)
+            return
+        import shlex
+
+        rm = "rm " + " ".join(shlex.quote(str(self.path / h)) for h in held)
+        raise ConfigError(
+            f"run folder {where!r} holds files of another run ({', '.join(held)}) and no checkpoint to resume from; "
+            f"{fresh}, or delete them: `{rm}`"
+        )
+
+    def _checkpointing_run(self) -> bool:
+        """Whether the folder's run was set to write checkpoints (its ``config.yaml``; a run with
+        ``train.checkpoint=false`` keeps only its logs, which a new run must not delete)."""
+        try:
+            saved = yaml.safe_load((self.path / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            return False
+        train = saved.get("train") if isinstance(saved, dict) else None
+        return isinstance(train, dict) and train.get("checkpoint", True) is not False
 
     def check_resume(self) -> None:
         if self.enabled and not any((self.checkpoints / n).is_file() for n in ("last.pt", "last.prev.pt")):
@@ -198,11 +224,11 @@ class RunFolder:
             self._write_text("config.yaml", yaml.safe_dump(config, sort_keys=False))
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append an epoch record to ``metrics.jsonl``."""
+        """Append an epoch record to ``metrics.jsonl`` (its ``epoch`` 1-based: 1 is the first epoch)."""
         self.append_jsonl("metrics.jsonl", record)
 
     def log_step(self, record: dict[str, Any]) -> None:
-        """Append a step record to ``steps.jsonl``."""
+        """Append a step record to ``steps.jsonl`` (its ``epoch`` 1-based: the epoch in progress)."""
         self.append_jsonl("steps.jsonl", record)
 
     def steps(self) -> list[dict[str, Any]]:
@@ -241,11 +267,13 @@ class RunFolder:
             return []
         return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
-    def truncate_log(self, before_epoch: int) -> None:
-        """Keep only records of epochs before ``before_epoch`` (resume)."""
+    def truncate_log(self, epochs_done: int) -> None:
+        """Keep only the records of the first ``epochs_done`` epochs (resume; the records' epochs
+        are 1-based, so ``epochs_done`` is also the 0-based index of the epoch the run redoes or
+        starts); the final records (``final_<split>``) go: a resumed run writes its own."""
         if not self.enabled:
             return
-        kept = [r for r in self.records() if r.get("epoch", -1) < before_epoch]
+        kept = [r for r in self.records() if r.get("epoch", 0) <= epochs_done and not str(r.get("split", "")).startswith("final_")]
         self._write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
 
     def write_csv(self) -> None:
@@ -362,11 +390,29 @@ def _series(ax: Any, xs: list[Any], ys: list[Any], **kw: Any) -> None:
     ax.plot(xs, ys, marker="o", markersize=4 if len(xs) < 60 else 0, **kw)
 
 
-def plot_curves(records: list[dict[str, Any]], out: Path, steps: list[dict[str, Any]] | None = None) -> list[Path]:
+def _epoch_axis(ax: Any) -> None:
+    """Whole epochs only on an epoch axis (1-based: epoch ``k`` is the ``k``-th epoch)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+
+
+def plot_curves(
+    records: list[dict[str, Any]],
+    out: Path,
+    steps: list[dict[str, Any]] | None = None,
+    schedule: dict[str, list[float]] | None = None,
+    steps_per_epoch: int | None = None,
+) -> list[Path]:
     """Loss and validation metric curves per epoch, and the learning rate per step; one PNG each.
 
-    ``steps`` are the step records (``steps.jsonl``); ``lr.png`` plots ``lr`` (or each
-    ``lr/<group>``) against the optimizer step.
+    Epochs are 1-based on every plot, as on the console and in ``metrics.jsonl``: a record of
+    ``"epoch": k`` (the ``k``-th epoch) is drawn at ``k``, with integer ticks. ``lr.png`` draws ``schedule``
+    (``{"lr" or "lr/<group>": [lr of optimizer step 1, 2, ...]}``, every step's learning rate) as
+    lines and the step records' ``lr`` / ``lr/<group>`` (``steps``) as points, against the steps
+    done, with the epochs on a second axis when ``steps_per_epoch`` is given (epoch ``k`` ends at
+    ``k * steps_per_epoch``).
     """
     plt = _plt()
     written = []
@@ -377,7 +423,7 @@ def plot_curves(records: list[dict[str, Any]], out: Path, steps: list[dict[str, 
         _series(ax, [r["epoch"] for r in train], [r.get("loss", float("nan")) for r in train], label="train loss")
         if val and "loss" in val[0]:
             _series(ax, [r["epoch"] for r in val], [r["loss"] for r in val], label="val loss")
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
         ax.set_ylabel("loss")
         ax.legend()
         fig.tight_layout()
@@ -392,21 +438,35 @@ def plot_curves(records: list[dict[str, Any]], out: Path, steps: list[dict[str, 
             for ax, k in zip(axes[0], keys):
                 _series(ax, [r["epoch"] for r in val], [r.get(k, float("nan")) for r in val])
                 ax.set_title(f"val {k}")
-                ax.set_xlabel("epoch")
+                _epoch_axis(ax)
             fig.tight_layout()
             p = out / "val_metrics.png"
             fig.savefig(p, dpi=100)
             plt.close(fig)
             written.append(p)
-    lr_keys = [] if not steps else sorted({k for r in steps for k in r if k.startswith("lr/")}) or ["lr"]
-    if steps and any(k in r for r in steps for k in lr_keys):
+    steps = steps or []
+    lr_keys = list(schedule or {}) or sorted({k for r in steps for k in r if k == "lr" or k.startswith("lr/")})
+    if lr_keys:
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for k in lr_keys:
+        for i, k in enumerate(lr_keys):
+            color = f"C{i}"
+            label: str | None = k.removeprefix("lr/")
+            curve = (schedule or {}).get(k)
+            if curve:
+                stride = max(1, len(curve) // 2000)  # at most ~2000 points per line
+                idx = sorted(set(range(0, len(curve), stride)) | {len(curve) - 1})
+                # curve[s] drives optimizer step s + 1: drawn where a step record after that step is
+                ax.plot([s + 1 for s in idx], [curve[s] for s in idx], color=color, label=label)
+                label = None
             pts = [(r["step"], r[k]) for r in steps if k in r]
-            _series(ax, [x for x, _ in pts], [y for _, y in pts], label=k.removeprefix("lr/"))
-        ax.set_xlabel("step")
+            if pts:
+                ax.plot([x for x, _ in pts], [y for _, y in pts], "o", color=color, markersize=3, label=label)
+        ax.set_xlabel("optimizer step")
         ax.set_ylabel("learning rate")
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        if steps_per_epoch:
+            top = ax.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch, lambda e: e * steps_per_epoch))
+            _epoch_axis(top)
         if len(lr_keys) > 1:
             ax.legend(fontsize=8)
         fig.tight_layout()

@@ -7,19 +7,25 @@ TensorBoard, MLflow or W&B are plugins implementing that hook). Only the main pr
 
 Record kinds, in the order a run emits them:
 
-* ``config``: once at the start: ``data["config"]`` (the resolved config), ``data["plugins"]``
-  (active plugins and their versions), ``data["resumed"]``, ``data["run_dir"]``.
+* ``config``: once at the start: ``data["config"]`` (the resolved config, less the sections of
+  protocols the run does not use, see ``used_config``), ``data["plugins"]`` (active plugins and
+  their versions), ``data["resumed"]``, ``data["run_dir"]``.
 * ``step``: every ``train.log_every`` optimizer steps: the window's mean ``loss``,
-  ``loss_main`` and aux losses, ``lr`` (and ``lr/<group>`` for each parameter group when there
-  are several), ``images_per_s``, ``data_wait_s`` (mean seconds per step waiting for data),
+  ``loss_main`` and aux losses, ``lr`` (one parameter group) or ``lr/<group>`` for each group
+  (several groups), ``images_per_s``, ``data_wait_s`` (mean seconds per step waiting for data),
   ``step_time_s``, ``grad_norm`` (of the log step), ``eta_s`` and plugin scalars (``state.log``).
 * ``epoch``: per epoch (or continual task) and split: the train means, validation metrics and
   the final ``final_<split>`` metrics, exactly as written to ``metrics.jsonl``.
+
+Epoch numbers in every file and record are 1-based (``"epoch": 1`` is the first epoch; the final
+records carry the last epoch); ``State.epoch`` counts the epochs done (0-based index of the epoch in
+progress), so records made during an epoch say ``state.epoch + 1``.
 * ``summary``: once, the run's summary (``data``) and its numbers flattened (``scalars``).
 * ``artifact``: files the run wrote that are worth keeping (plots, ``export.pt``, ``summary.json``).
 
 ``StepMeter`` accumulates the step scalars on the device and reads them on the host only at log
-steps (one synchronisation per ``log_every`` steps).
+steps: every ``log_every`` steps, the first step, the last, and often enough that a step line comes
+at least every ``log_seconds`` (30 s) of training (one synchronisation per log step).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,15 +41,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
 from .runio import to_jsonable
+from .tracking import TrackInfo, track_info, used_config
 
 if TYPE_CHECKING:
     from .plugins import PluginHost
     from .runio import RunFolder
     from .state import State
 
-__all__ = ["LogRecord", "RECORD_KINDS", "RunLog", "StepMeter", "TrackInfo", "track_info", "grad_norm", "flatten_numbers"]
+__all__ = ["LogRecord", "RECORD_KINDS", "RunLog", "StepMeter", "TrackInfo", "track_info", "grad_norm", "flatten_numbers", "group_lrs", "name_clash", "used_config"]
 
 RECORD_KINDS = ("config", "step", "epoch", "summary", "artifact")
 
@@ -58,7 +64,9 @@ class LogRecord:
     Attributes:
         kind: ``config``, ``step``, ``epoch``, ``summary`` or ``artifact``.
         step: optimizer steps done when the record was made (the x axis for trackers).
-        epoch: the epoch (continual runs: the task index), when it applies.
+        epoch: the epoch (continual runs: the task), 1-based as in ``metrics.jsonl`` and on the
+            console: the epoch in progress (``config``, ``step``), the record's (``epoch``), the
+            last one trained (``summary``, ``artifact``; 0 when none was).
         split: epoch records: ``train``, ``val``, ``task``, ``final_test`` ...
         scalars: the numbers of the record by their plain name (``loss``, ``acc``, ``lr/head``).
         data: structured content: the config (``config``) or the summary (``summary``).
@@ -82,6 +90,12 @@ class LogRecord:
             raise ValueError("an artifact LogRecord needs a path")
         if self.kind == "epoch" and not self.split:
             raise ValueError("an epoch LogRecord needs a split")
+        clash = name_clash(self.scalars)
+        if clash is not None:
+            raise ValueError(
+                f"{self.kind} record: scalar {clash[0]!r} is also the folder of {clash[1]!r}; a metric name cannot be both "
+                "(stores that file metrics by name, such as MLflow's file store, cannot hold the two)"
+            )
 
     @property
     def prefix(self) -> str:
@@ -104,51 +118,20 @@ class LogRecord:
         return {f"{self.prefix}/{k}": float(v) for k, v in self.scalars.items()}
 
 
-@dataclass(frozen=True)
-class TrackInfo:
-    """How a tracker names and files a run (from the ``track`` config section).
+def name_clash(names: Iterable[str]) -> tuple[str, str] | None:
+    """A pair ``(a, a/b)`` of ``names`` where one name is a ``/``-folder of another, else ``None``.
 
-    Attributes:
-        experiment: ``track.experiment`` or ``"mixhub"``.
-        name: ``track.name``, else the run folder's name, else ``"run"``.
-        tags: ``track.tags``.
-        root: where the tracker keeps its local files: ``<track.dir>/<tool>`` when ``track.dir``
-            is set (a store shared by several runs, e.g. a bench suite), else ``<run_dir>/<tool>``;
-            ``None`` when the run writes no folder and ``track.dir`` is unset.
-        shared: whether ``root`` is shared with other runs (``track.dir`` set).
-        tool: the tracker this info was made for.
+    Every tracker's store must hold every metric name: ``train/lr`` next to ``train/lr/head``
+    would need ``lr`` as both a file and a folder in a store that files metrics by name.
     """
-
-    experiment: str
-    name: str
-    tags: Mapping[str, str]
-    root: Path | None
-    shared: bool
-    tool: str = ""
-
-    def require_root(self, option: str) -> Path:
-        """``root``, or a ``ConfigError`` naming the tracker's own folder ``option`` when the run
-        writes no folder and ``track.dir`` is unset."""
-        if self.root is None:
-            raise ConfigError(f"{self.tool}: the run writes no folder; set {option} (or track.dir)")
-        return self.root
-
-
-def track_info(state: State, tool: str) -> TrackInfo:
-    """The ``TrackInfo`` of ``state``'s run for the tracker ``tool`` (e.g. ``"mlflow"``)."""
-    track = getattr(state.config, "track", None)
-    run_dir = state.run_dir
-    shared_dir = getattr(track, "dir", None)
-    root = Path(shared_dir) / tool if shared_dir else (Path(run_dir) / tool if run_dir is not None else None)
-    name = getattr(track, "name", None) or (Path(run_dir).name if run_dir is not None else "run")
-    return TrackInfo(
-        experiment=getattr(track, "experiment", None) or "mixhub",
-        name=name,
-        tags=dict(getattr(track, "tags", None) or {}),
-        root=root,
-        shared=bool(shared_dir),
-        tool=tool,
-    )
+    ordered = sorted(set(names))
+    for i, name in enumerate(ordered):  # a name's children sort right after it, among the names it prefixes
+        for other in ordered[i + 1 :]:
+            if not other.startswith(name):
+                break
+            if other.startswith(name + "/"):
+                return name, other
+    return None
 
 
 def flatten_numbers(tree: Mapping[str, Any], sep: str = "/", prefix: str = "") -> dict[str, float]:
@@ -185,6 +168,13 @@ class StepMeter:
     the gradient norm of the log step and the ETA. ``flush`` reads all device values with one
     transfer. Under DDP, ``reduce`` (an all-reduce mean over processes of a 1-D tensor, called on
     every process at the same log steps) makes the window means those of the global batch.
+
+    Log steps: every ``log_every`` steps, the last step, the first step the meter sees, and
+    after each flush the step that ``log_seconds`` of the window's mean step time away (so a step
+    line comes at least about every ``log_seconds``, however large ``log_every`` is;
+    ``log_seconds=0``: only ``log_every`` and the last step). The timed
+    step is computed from the window's step time (averaged over processes under DDP), so every
+    process picks the same log steps.
     """
 
     def __init__(
@@ -193,6 +183,7 @@ class StepMeter:
         max_steps: int,
         clock: Callable[[], float] = time.perf_counter,
         reduce: Callable[[Tensor], Tensor] | None = None,
+        log_seconds: float = 30.0,
     ) -> None:
         if log_every < 1:
             raise ValueError(f"train.log_every must be >= 1, got {log_every}")
@@ -200,6 +191,9 @@ class StepMeter:
         self.max_steps = max_steps
         self.clock = clock
         self.reduce = reduce
+        self.log_seconds = log_seconds
+        #: the next timed log step; 0: the first step the meter sees is a log step (never, when log_seconds is 0)
+        self._next_timed: float = 0 if log_seconds > 0 else math.inf
         self.reset()
 
     def reset(self) -> None:
@@ -222,8 +216,9 @@ class StepMeter:
         self._images += images
 
     def is_log_step(self, step: int) -> bool:
-        """Whether ``step`` (steps done) is a log step: every ``log_every``, and the run's last."""
-        return step % self.log_every == 0 or step == self.max_steps
+        """Whether ``step`` (steps done) is a log step: every ``log_every``, the run's last, the
+        first, and the timed one (see the class docstring)."""
+        return step % self.log_every == 0 or step == self.max_steps or step >= self._next_timed
 
     def due(self, step: int) -> bool:
         """A log step with steps in the window."""
@@ -232,15 +227,19 @@ class StepMeter:
     def flush(self, step: int, optimizer: torch.optim.Optimizer | None = None, grad_norm: Tensor | None = None) -> dict[str, float]:
         keys = sorted(self._sums)
         values = [self._sums[k] for k in keys]
-        if self.reduce is not None and keys:
+        elapsed = max(self.clock() - self._t0, 1e-9)
+        if self.reduce is not None:  # the window's time joins the reduce: every process times alike
             device = next((v.device for v in values if isinstance(v, Tensor)), torch.device("cpu"))
-            stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values])
+            stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in [*values, elapsed]])
             values = list(self.reduce(stacked).unbind())
         if grad_norm is not None:
             values.append(grad_norm)
         host = _to_host(values)
-        elapsed = max(self.clock() - self._t0, 1e-9)
+        if self.reduce is not None:
+            elapsed = max(host.pop(len(keys)), 1e-9)
         n = max(self._steps, 1)
+        if self.log_seconds > 0:
+            self._next_timed = step + max(1, int(self.log_seconds * n / elapsed))
         out = {k: v / n for k, v in zip(keys, host)}
         if grad_norm is not None:
             out["grad_norm"] = host[-1]
@@ -255,17 +254,17 @@ class StepMeter:
 
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """``lr`` (first group) and, with several groups, ``lr/<name>`` for each (name or index)."""
+    """``lr`` for one parameter group; with several, ``lr/<name>`` for each (its ``name``, else
+    ``group<i>``) and no bare ``lr``, so that no metric name is also the folder of others."""
     groups = optimizer.param_groups
-    out = {"lr": float(groups[0]["lr"])}
-    if len(groups) > 1:
-        seen: set[str] = set()
-        for i, g in enumerate(groups):
-            name = str(g.get("name") or f"group{i}")
-            if name in seen:
-                name = f"{name}_{i}"
-            seen.add(name)
-            out[f"lr/{name}"] = float(g["lr"])
+    if len(groups) == 1:
+        return {"lr": float(groups[0]["lr"])}
+    out: dict[str, float] = {}
+    for i, g in enumerate(groups):
+        name = str(g.get("name") or f"group{i}").replace("/", "_")
+        if f"lr/{name}" in out:
+            name = f"{name}_{i}"
+        out[f"lr/{name}"] = float(g["lr"])
     return out
 
 
@@ -309,12 +308,15 @@ class RunLog:
             self.host.collect("mixhub_log", record=record, state=self.state)
 
     # ------------------------------------------------------------------ kinds
-    def config(self, config: Mapping[str, Any], plugins: Mapping[str, str], resumed: bool = False) -> LogRecord:
+    def config(self, config: Mapping[str, Any], plugins: Mapping[str, str], resumed: bool = False, protocol: str | None = None) -> LogRecord:
+        """The config record; with ``protocol``, the config less other protocols' sections (``used_config``)."""
+        if protocol is not None:
+            config = used_config(config, protocol)
         run_dir = self.folder.path if self.folder is not None and self.folder.enabled else None
         record = LogRecord(
             "config",
             step=self.state.step,
-            epoch=self.state.epoch,
+            epoch=self.state.epoch + 1,
             data={"config": dict(config), "plugins": dict(plugins), "resumed": resumed, "run_dir": run_dir},
         )
         self.emit(record)
@@ -322,17 +324,19 @@ class RunLog:
 
     def step(self, scalars: Mapping[str, float]) -> LogRecord:
         """A step record (``scalars`` from ``StepMeter.flush`` plus anything else to log)."""
-        record = LogRecord("step", step=self.state.step, epoch=self.state.epoch, scalars=dict(scalars))
+        record = LogRecord("step", step=self.state.step, epoch=self.state.epoch + 1, scalars=dict(scalars))
         if self.writes:
             assert self.folder is not None
             self.folder.log_step({"step": record.step, "epoch": record.epoch, **dict(scalars)})
         if self.enabled and self.console is not None:
-            self.console.step(record, self.state.max_steps)
+            continual = self.state.task_kind == "continual"
+            epochs = None if continual else getattr(getattr(self.state.config, "train", None), "epochs", None)
+            self.console.step(record, self.state.max_steps, epochs, "task" if continual else "epoch")
         self.emit(record)
         return record
 
     def epoch(self, values: Mapping[str, Any]) -> LogRecord:
-        """An epoch record: written to ``metrics.jsonl`` as given, dispatched with its numbers."""
+        """An epoch record: written to ``metrics.jsonl`` as given (``epoch`` 1-based), dispatched with its numbers."""
         if self.writes:
             assert self.folder is not None
             self.folder.log(dict(values))
@@ -344,7 +348,7 @@ class RunLog:
         record = LogRecord(
             "epoch",
             step=int(values.get("step", self.state.step)),
-            epoch=int(values["epoch"]) if "epoch" in values else self.state.epoch,
+            epoch=int(values["epoch"]) if "epoch" in values else self.state.epoch + 1,
             split=str(values.get("split", "train")),
             scalars=scalars,
         )

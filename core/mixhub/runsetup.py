@@ -1,13 +1,15 @@
-"""Setting a run up: the data checks, the selection metric."""
+"""Setting a run up: the data checks, the selection metric, the lines a run prints at its start."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
 from .data import DataBundle
 from .errors import DataError
 
-__all__ = ["selection", "check_bundle", "main_thread"]
+__all__ = ["selection", "check_bundle", "main_thread", "start_lines", "format_count"]
 
 
 def selection(select: str, select_mode: str, task_kind: str) -> tuple[str, bool]:
@@ -41,3 +43,78 @@ def main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+def format_count(n: int) -> str:
+    """``11689512`` -> ``11.69M``; ``2410`` -> ``2.41k``; ``950`` -> ``950``."""
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def _size(ds: Any) -> str:
+    try:
+        return str(len(ds))
+    except TypeError:
+        return "?"
+
+
+def start_lines(run: Any) -> list[str]:
+    """What a run prints before its first step (the console's start lines), one fact per line:
+    the run folder, the data (split sizes, classes, task kind), the model (parameters, device,
+    processes), the steps (per epoch, in all, logging).
+
+    This is the one place the start of a run is described: a decision the run takes at setup
+    that a user should know about gets its line here.
+    """
+    cfg, bundle, state = run.config, run.bundle, run.state
+    folder = str(run.folder.path) if run.folder.enabled else "none (the run writes no files)"
+    lines = [
+        f"run folder: {folder}"
+        + (f" (resumed at step {state.step}, epoch {state.epoch + 1})" if run._resumed else "")
+    ]
+    kind = bundle.task
+    if kind == "continual":
+        tasks = len(bundle.stream.tasks) if bundle.stream is not None else "?"
+        what = f"{bundle.num_classes} classes in {tasks} tasks"
+    elif bundle.num_classes:
+        what = f"{bundle.num_classes} classes"
+    else:
+        what = f"{bundle.target_dim} target{'s' if bundle.target_dim > 1 else ''}"
+    sizes = f"train {_size(bundle.train)}, val {_size(bundle.val)}, test {_size(bundle.test)}"
+    extra = "".join(f", {name} {_size(ds)}" for name, ds in bundle.extra_splits.items())
+    lines.append(
+        f"data {cfg.data.name}: {sizes}{extra}; {what}; task {kind}; input {'x'.join(map(str, bundle.input_shape))}"
+    )
+    reason = bundle.info.get("task_reason")
+    if reason:
+        lines.append(f"task {kind}: {reason}")
+    labels = bundle.info.get("classes") if kind == "classification" else None
+    if labels and [str(c) for c in labels] != [str(i) for i in range(len(labels))]:
+        shown = ", ".join(f"{c}->{i}" for i, c in enumerate(labels[:12])) + (", ..." if len(labels) > 12 else "")
+        lines.append(f"classes (label->output): {shown}; saved with the run and used by `mixhub eval`")
+    params = list(run.model.parameters())
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    plugin_params = sum(p.numel() for spec in state.modules.values() for p in spec.module.parameters())
+    model = f"model {cfg.model.name}: {format_count(total)} parameters"
+    if trainable != total:
+        model += f" ({format_count(trainable)} trainable)"
+    if plugin_params:
+        model += f" + {format_count(plugin_params)} in plugin modules"
+    procs = f" x {run.world_size} processes" if run.world_size > 1 else ""
+    amp = f", {str(run.amp_dtype).removeprefix('torch.')} autocast" if run.amp_dtype is not None else ""
+    lines.append(
+        f"{model}; device {run.device}{procs}{amp}; plugins: {', '.join(run.host.plugins) or 'none'}"
+    )
+    stem = getattr(run.model, "mixhub_stem", None)
+    if stem:
+        lines.append(f"stem: {stem}")
+    if kind != "continual":
+        lines.append(
+            f"steps: {state.steps_per_epoch} per epoch x {cfg.train.epochs} epoch{'s' if cfg.train.epochs != 1 else ''} = {state.max_steps} (batch {cfg.train.batch_size}); "
+            f"a step line every {cfg.train.log_every} steps"
+            + (f", at the first and at least about every {run.meter.log_seconds:g} s" if run.meter.log_seconds > 0 else "")
+        )
+    return lines

@@ -56,6 +56,11 @@ class GroupScheduler:
         t = min(1.0, (step - self.warmup_steps) / span)
         return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * t))
 
+    def curve(self, steps: int) -> list[list[float]]:
+        """Each group's learning rate for the optimizer steps ``0 .. steps - 1`` (what ``step``
+        sets), in ``optimizer.param_groups`` order: the schedule a run follows, step by step."""
+        return [[self.lr_at(s, g["initial_lr"], g["min_lr"]) * g.get("lr_scale", 1.0) for s in range(steps)] for g in self.optimizer.param_groups]
+
     def step(self, step: int) -> None:
         """Set every group's lr for the upcoming optimizer step ``step`` (0-based)."""
         self.last_step = step

@@ -18,6 +18,8 @@ from typing import Any
 from .errors import ConfigError
 from .run import EpochSampler, NonFiniteError, Run, RunInterrupted, collate, seed_everything
 from .runio import plot_curves
+from .runlog import group_lrs
+from .runsetup import start_lines
 
 __all__ = ["Trainer", "train", "RunResult", "RunInterrupted", "NonFiniteError", "seed_everything", "collate", "EpochSampler"]
 
@@ -37,7 +39,9 @@ class Trainer(Run):
         t0 = time.time()
         plugins = {n: p.version for n, p in self.host.plugins.items()}
         with self._signals(), self.host.wrap("mixhub_fit", state=self.state):
-            self.runlog.config(self.config.to_dict(), plugins, resumed=self._resumed)
+            self.runlog.config(self.config.to_dict(), plugins, resumed=self._resumed, protocol="continual" if self.bundle.task == "continual" else "supervised")
+            for line in start_lines(self):
+                self.console.message(line)
             self.meter.reset()
             self._step_end = None
             if self.bundle.task == "continual":
@@ -54,11 +58,16 @@ class Trainer(Run):
             self.folder.write_summary(summary)
             self.folder.write_csv()
             if self.config.train.plots and self.folder.enabled:
-                plot_curves(self.folder.records(), self.folder.path, self.runlog.steps())
+                plot_curves(self.folder.records(), self.folder.path, self.runlog.steps(), self.lr_schedule(), self.state.steps_per_epoch)
             self.runlog.summary(summary)
             self._log_artifacts()
         self.folder.release()  # the run is over: the folder may be resumed (extended) by another process
         return summary
+
+    def lr_schedule(self) -> dict[str, list[float]]:
+        """The learning rate of every optimizer step done, per parameter group, named as in the
+        step records (``lr``, or ``lr/<group>``): what ``lr.png`` draws."""
+        return dict(zip(group_lrs(self.optimizer), self.scheduler.curve(self.state.step)))
 
     def _log_artifacts(self) -> None:
         """Artifact records: the run's plots, ``summary.json`` and ``export.pt``."""
@@ -102,6 +111,7 @@ def train(
         if resume:
             _agreed(trainer, trainer.folder.check_resume)
             trainer.resume()
+            _agreed(trainer, trainer.check_unfinished)
         else:
             _agreed(trainer, trainer.folder.check_new)
         summary = trainer.fit()

@@ -22,7 +22,9 @@ def core_suites() -> list[Suite]:
         baseline="erm",
         metrics=["test.acc", "test.nll", "test.ece", "test.ece_ts"],
         seeds=3,
-        quick={"train": {"epochs": 1, "max_steps_per_epoch": 3}},
+        # 16 px, a narrower CNN, two epochs at a higher lr without warm-up: every arm reaches
+        # about 90% or more (chance: 10%) in seconds
+        quick={"data": {"image_size": 16}, "model": {"kwargs": {"widths": [16, 32, 64]}}, "train": {"epochs": 2, "warmup_epochs": 0, "lr": 5e-3}},
         plots=["bars", "curves", "reliability"],
     )
     tanh = Suite(

@@ -9,6 +9,7 @@ others. ``Progress`` prints one line: cells done, running and failed, and the ti
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -66,11 +67,13 @@ class Progress:
         self.enabled = enabled
         self._last = ""
 
-    def started(self) -> None:
+    def started(self, cell: str | None = None) -> None:
         self.running += 1
+        if cell is not None:
+            self.say(f"bench {self.name}: cell {cell} ...")
         self.show()
 
-    def finished(self, seconds: float | None = None, failed: bool = False) -> None:
+    def finished(self, seconds: float | None = None, failed: bool = False, cell: str | None = None) -> None:
         self.running = max(0, self.running - 1)
         if failed:
             self.failed += 1
@@ -78,7 +81,16 @@ class Progress:
             self.done += 1
             if seconds is not None:
                 self.times.append(seconds)
+        if cell is not None:
+            self.say(f"bench {self.name}: cell {cell} " + ("failed" if failed else f"done in {_fmt_s(seconds or 0.0)}"))
         self.show()
+
+    def say(self, text: str) -> None:
+        """One line about a cell: printed when the progress line is, else logged (``mixhub.bench``, INFO)."""
+        if self.enabled:
+            print(text, file=self.stream, flush=True)
+        else:
+            logging.getLogger("mixhub.bench").info("%s", text)
 
     def eta_s(self) -> float | None:
         left = self.total - self.done - self.failed
@@ -117,19 +129,19 @@ class InlineExecutor:
 
         failures = []
         for spec in specs:
-            progress.started()
+            progress.started(_cell_name(spec))
             t0 = time.time()
             for attempt in range(self.retries + 1):
                 try:
                     run_cell(spec, self.run_fn)
-                    progress.finished(time.time() - t0)
+                    progress.finished(time.time() - t0, cell=_cell_name(spec))
                     break
                 except (RunInterrupted, KeyboardInterrupt):
                     raise
                 except Exception as exc:  # noqa: BLE001 - one failed cell must not stop the others
                     if attempt == self.retries:
                         failures.append({"arm": spec["arm"], "seed": spec["seed"], "error": f"{type(exc).__name__}: {exc}"})
-                        progress.finished(failed=True)
+                        progress.finished(failed=True, cell=_cell_name(spec))
         return failures
 
 
@@ -178,7 +190,7 @@ class LocalExecutor:
                     slot = free.pop(0)
                     running[slot] = (self._start(spec, slot), spec, attempt, time.time())
                     if attempt == 0:
-                        progress.started()
+                        progress.started(_cell_name(spec))
                 time.sleep(self.poll_s)
                 for slot, (proc, spec, attempt, t0) in list(running.items()):
                     rc = proc.poll()
@@ -187,12 +199,12 @@ class LocalExecutor:
                     del running[slot]
                     folder, cell_path = cell_paths(spec["out"], spec["arm"], spec["seed"])
                     if rc == 0 and cell_path.is_file():
-                        progress.finished(time.time() - t0)
+                        progress.finished(time.time() - t0, cell=_cell_name(spec))
                     elif attempt < self.retries:
                         queue.insert(0, (spec, attempt + 1))
                     else:
                         failures.append({"arm": spec["arm"], "seed": spec["seed"], "error": f"exit status {rc}:\n{_log_tail(folder / 'cell.log')}"})
-                        progress.finished(failed=True)
+                        progress.finished(failed=True, cell=_cell_name(spec))
         except BaseException:
             for proc, *_ in running.values():  # each cell checkpoints and stops
                 if proc.poll() is None:
@@ -234,7 +246,7 @@ class RayExecutor:
         refs = {}
         for spec in specs:
             refs[task.remote({**spec, "threads": threads}, self.run_fn)] = (spec, time.time())
-            progress.started()
+            progress.started(_cell_name(spec))
         failures: list[Failure] = []
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1)
@@ -242,10 +254,10 @@ class RayExecutor:
                 spec, t0 = refs.pop(ref)
                 try:
                     ray.get(ref)
-                    progress.finished(time.time() - t0)
+                    progress.finished(time.time() - t0, cell=_cell_name(spec))
                 except ray.exceptions.RayError as exc:
                     failures.append({"arm": spec["arm"], "seed": spec["seed"], "error": _ray_error(exc)})
-                    progress.finished(failed=True)
+                    progress.finished(failed=True, cell=_cell_name(spec))
         return failures
 
 

@@ -170,7 +170,6 @@ def write_report(suite: Suite, results: dict[str, Any], out: Path, command: str 
         row = agg["table"][arm.name]
         t = agg["times"].get(arm.name, (float("nan"), 0))
         lines.append(f"| {arm.name} | " + " | ".join(_fmt(row[m][0], row[m][1], m) for m in suite.metrics) + f" | {t[0]:.1f} |")
-    crit = f"t_0.975,{n - 1} = {t_quantile(0.975, n - 1):.3f}" if n >= 2 else "no test with one seed"
     lines += [
         "",
         "Paired differences (arm − baseline on the same seeds): mean ± SE over seeds; percent metrics in "
@@ -180,12 +179,12 @@ def write_report(suite: Suite, results: dict[str, Any], out: Path, command: str 
     lines += ["| comparison | " + " | ".join(_head(m, diff=True) for m in suite.metrics) + " |", "|" + "---|" * (len(suite.metrics) + 1)]
     for name, row in agg["diffs"].items():
         lines.append(f"| {name} | " + " | ".join(_diff_cell(row[m][0], row[m][1], row[m][2], m, suite) for m in suite.metrics) + " |")
-    lines += [
-        "",
-        f"✓ / ✗: significantly better / worse by a two-sided paired t-test at the 5% level (|mean / SE| > {crit}, "
-        "Student's t at n − 1 degrees of freedom for n paired seeds); unmarked: not significant.",
-        "",
-    ]
+    footer = (
+        f"✓ / ✗: significantly better / worse by a two-sided paired t-test at the 5% level (|mean / SE| > t_0.975,{n - 1} = "
+        f"{t_quantile(0.975, n - 1):.3f}, Student's t at n − 1 degrees of freedom for n paired seeds); unmarked: not significant."
+        if n >= 2 else "One seed: the differences have no SE and no significance test (run two or more seeds for a paired t-test)."
+    )
+    lines += ["", footer, ""]
     if results.get("rerun"):
         lines += ["Cells run again because their stored key differed: " + "; ".join(results["rerun"]), ""]
     lines += _failed_lines(results.get("failed") or [])
@@ -241,11 +240,11 @@ def _plots(suite: Suite, results: dict[str, Any], agg: dict[str, Any], out: Path
         fig, axes = plt.subplots(1, len(ms), figsize=(3.2 * len(ms), 3), squeeze=False)
         names = [a.name for a in suite.arms]
         for ax, m in zip(axes[0], ms):
-            vals = [agg["table"][a][m] for a in names]
-            ax.bar(range(len(names)), [v[0] for v in vals], yerr=[v[1] for v in vals], capsize=3)
+            scale, vals = (100 if _is_pct(m) else 1), [agg["table"][a][m] for a in names]  # REPORT.md's units (percent in %)
+            ax.bar(range(len(names)), [scale * v[0] for v in vals], yerr=[scale * v[1] for v in vals], capsize=3)
             ax.set_xticks(range(len(names)))
             ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-            ax.set_title(m, fontsize=9)
+            ax.set_title(_head(m), fontsize=9)
         fig.tight_layout()
         p = out / "bars.png"
         fig.savefig(p, dpi=100)
@@ -262,15 +261,16 @@ def _plots(suite: Suite, results: dict[str, Any], agg: dict[str, Any], out: Path
                 f = out / "cells" / arm.name / f"seed{cell['seed']}" / "run" / "metrics.jsonl"
                 if f.exists():
                     recs = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-                    curves.append([r.get("loss", float("nan")) for r in recs if r.get("split") == "val"])
+                    curves.append([(int(r.get("epoch", 0)), r.get("loss", float("nan"))) for r in recs if r.get("split") == "val"])
             if curves:
                 L = min(len(c) for c in curves)
                 if L:
-                    mean = [sum(c[i] for c in curves) / len(curves) for i in range(L)]
-                    ax.plot(range(1, L + 1), mean, label=arm.name)
+                    mean = [sum(c[i][1] for c in curves) / len(curves) for i in range(L)]
+                    ax.plot([e for e, _ in curves[0][:L]], mean, label=arm.name)  # at the records' (1-based) epochs
                     drew = True
         if drew:
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # whole epochs, from 1
             ax.set_ylabel("val loss (mean over seeds)")
             ax.legend(fontsize=8)
             fig.tight_layout()

@@ -133,6 +133,10 @@ def build_data(config: Any, seed: int, model: Any | None = None) -> DataBundle:
         bundle = fn(config, seed)
     if not isinstance(bundle, DataBundle):
         raise DataError(f"dataset {name!r}: its builder returned {type(bundle).__name__}, not a mixhub.data.DataBundle")
+    if getattr(config, "classes", None) is not None:
+        from .base import apply_class_order
+
+        apply_class_order(bundle, list(config.classes))
     from .subset import apply_subset
 
     return apply_subset(bundle, getattr(config, "subset", None), seed)

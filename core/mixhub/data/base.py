@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 
-__all__ = ["ArrayDataset", "IndexedDataset", "DataBundle", "TaskStream", "stratified_split", "standardise", "split_bundle"]
+__all__ = ["ArrayDataset", "IndexedDataset", "DataBundle", "TaskStream", "apply_class_order", "stratified_split", "standardise", "split_bundle"]
 
 
 class ArrayDataset(Dataset):
@@ -85,6 +85,11 @@ class ArrayDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         return self.load(i, self.epoch)
 
+    def remap_targets(self, table: Tensor) -> None:
+        """Class ids ``c`` become ``table[c]`` (``apply_class_order``)."""
+        self._targets_t = table[self._targets_t]
+        self.targets = self._targets_t.numpy()
+
     def _finish(self, x: Any, i: int) -> tuple[Tensor, Tensor]:
         x = np.asarray(x, dtype=np.float32)
         if self.image:
@@ -154,6 +159,42 @@ class DataBundle:
     def target_dim(self) -> int:
         t = self.train_targets
         return 1 if t.dim() == 1 else int(t.shape[1])
+
+
+def apply_class_order(bundle: DataBundle, classes: list[Any]) -> DataBundle:
+    """Map a classification bundle's class ids to the order of ``classes`` (``data.classes``).
+
+    The bundle's own labels are ``info["classes"]`` (id ``i`` is label ``classes_found[i]``; ids
+    ``0..K-1`` when the dataset names none); labels compare as text, so ``7`` matches ``"7"``.
+    A label that ``classes`` lacks is an error naming it; ``num_classes`` becomes ``len(classes)``.
+    """
+    if bundle.task != "classification" or bundle.num_classes is None:
+        raise DataError(f"data.classes applies to classification data; this dataset is {bundle.task}")
+    wanted = [str(c) for c in classes]
+    if len(set(wanted)) != len(wanted):
+        raise DataError(f"data.classes lists a label twice: {classes}")
+    found = list(bundle.info.get("classes") or range(bundle.num_classes))
+    missing = [c for c in found if str(c) not in wanted]
+    if missing:
+        raise DataError(
+            f"the data hold labels {missing[:10]} that data.classes lacks (the data have {len(found)} classes; "
+            f"data.classes, the model's outputs, has {len(classes)}: "
+            f"{classes[:20]}{' ...' if len(classes) > 20 else ''})"
+        )
+    if [str(c) for c in found] == wanted:  # already in this order (e.g. mixhub eval on the training data)
+        bundle.info["classes"] = list(classes)
+        return bundle
+    table = torch.as_tensor([wanted.index(str(c)) for c in found], dtype=torch.long)
+    splits = [bundle.train, bundle.val, bundle.test, *bundle.extra_splits.values()]
+    for ds in {id(d): d for d in splits}.values():
+        remap = getattr(ds, "remap_targets", None)
+        if remap is None:
+            raise DataError(f"data.classes: the {type(ds).__name__} datasets of this data cannot be relabelled")
+        remap(table)
+    bundle.train_targets = bundle.train.target_tensor  # type: ignore[attr-defined]
+    bundle.num_classes = len(classes)
+    bundle.info["classes"] = list(classes)
+    return bundle
 
 
 def stratified_split(

@@ -190,6 +190,7 @@ def build_image_csv(cfg: Any, seed: int, model: Any | None, path: Path, header: 
         raise DataError(f"CSV file {str(path)!r}: non-finite target at data row {r + 1}, column {names[c]!r}")
     info = {"source": f"image CSV {str(path)!r}", "image_column": col, "targets": names}
     if cfg.task == "classification":
+        info["task_reason"] = "data.task=classification"
         if len(names) != 1 or not np.all(table == np.round(table)):
             raise DataError(f"data.task=classification: CSV file {str(path)!r} needs one integer target column (got {names})")
         y_int = table[:, 0].astype(np.int64)
@@ -199,6 +200,7 @@ def build_image_csv(cfg: Any, seed: int, model: Any | None, path: Path, header: 
         source = PathSource(paths, y)
         source.classes = [str(c) for c in classes]
         return lazy_bundle(source, cfg, seed, model, {**info, "classes": classes})
+    info["task_reason"] = f"data.task={cfg.task}: the targets of an image CSV are regression unless data.task=classification"
     t = torch.as_tensor(table, dtype=torch.float32)
     t = t[:, 0] if len(names) == 1 else t
     source = PathSource(paths, t.numpy())

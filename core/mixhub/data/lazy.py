@@ -93,10 +93,27 @@ class _Source:
         raise NotImplementedError
 
 
+#: Image file extensions read from folders, tar and webdataset shards (timm lists png/jpg/jpeg only;
+#: TIFF is where 16-bit, 32-bit and float images usually live).
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff")
+
+
+def _register_image_extensions() -> None:
+    """Add ``IMAGE_EXTS`` to timm's image extensions (its folder and tar readers list by them)."""
+    from timm.data.readers.img_extensions import add_img_extensions, get_img_extensions
+
+    known = get_img_extensions(as_set=True)
+    missing = tuple(f".{e}" for e in IMAGE_EXTS if f".{e}" not in known)
+    if missing:
+        add_img_extensions(missing)
+
+
 def _check_class_folders(root: Path) -> list[str]:
     """Class sub-folders of ``root`` (sorted as timm sorts them); each must hold an image file."""
     from timm.data.readers.img_extensions import get_img_extensions
     from timm.utils.misc import natural_key
+
+    _register_image_extensions()
 
     exts = get_img_extensions(as_set=True)
     classes = sorted((p.name for p in root.iterdir() if p.is_dir()), key=natural_key)
@@ -141,6 +158,7 @@ class TarSource(_Source):
     def __init__(self, root: Path) -> None:
         from timm.data.readers.reader_image_in_tar import ReaderImageInTar
 
+        _register_image_extensions()
         try:
             self.reader = ReaderImageInTar(str(root), cache_tarinfo=False)
         except (tarfile.TarError, ValueError, OSError) as exc:  # ValueError: no samples (timm unpacks an empty zip)
@@ -199,7 +217,7 @@ class WebDatasetSource(_Source):
     webdataset one (the key is the member path up to the first dot of the file name).
     """
 
-    IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff")
+    IMAGE_EXTS = IMAGE_EXTS
     LABEL_EXTS = ("cls", "label", "index")
 
     def __init__(self, pattern: str) -> None:
@@ -300,15 +318,41 @@ class PathSource(_Source):
 
 
 # =============================================================================== dataset
+def to_rgb(im: Any) -> Any:
+    """An 8-bit RGB PIL image of ``im``, high-bit-depth modes scaled by their range, not clipped.
+
+    PIL's ``convert("RGB")`` clips 16- and 32-bit pixels to 255 (a 16-bit image turns white), so
+    those modes are scaled here as scikit-image's ``img_as_ubyte`` reads their dtype: unsigned
+    16-bit (``I;16*``) by 65535, signed 32-bit (``I``, ``I;32*``) by 2**31 - 1 (negatives to 0),
+    float (``F``) as intensities in [0, 1] (outside values clipped, NaN to 0). Grey stays grey
+    (the value is copied to the three channels). Other modes go through ``convert("RGB")``.
+    """
+    from PIL import Image
+
+    mode = im.mode
+    if mode.startswith("I;16"):
+        scale = 65535.0
+    elif mode == "I" or mode.startswith("I;"):
+        scale = float(2**31 - 1)
+    elif mode == "F" or mode.startswith("F;"):
+        scale = 1.0
+    else:
+        return im.convert("RGB")
+    a = np.nan_to_num(np.asarray(im, dtype=np.float64) / scale, nan=0.0, posinf=1.0, neginf=0.0)
+    grey = np.rint(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")
+
+
 def decode_image(fh: Any, name: str) -> Any:
-    """An RGB PIL image, fully decoded; any failure is a ``DataError`` naming the file."""
+    """An RGB PIL image, fully decoded (``to_rgb``); any failure is a ``DataError`` naming the file."""
     from PIL import Image
 
     try:
         with fh, Image.open(fh) as im:
-            return im.convert("RGB")
+            return to_rgb(im)
     except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-        raise DataError(f"corrupt or unreadable image file {name!r}: {type(exc).__name__}: {exc}") from exc
+        detail = str(exc).split(" <_io.")[0].splitlines()[0] if str(exc) else ""  # PIL repeats the file as a handle repr
+        raise DataError(f"corrupt or unreadable image file {name!r} ({type(exc).__name__}: {detail})") from exc
 
 
 class LazyImageDataset(Dataset):
@@ -359,6 +403,10 @@ class LazyImageDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def remap_targets(self, table: Tensor) -> None:
+        """Class ids ``c`` become ``table[c]`` (``data.classes``; see ``base.apply_class_order``)."""
+        self._targets = table[self._targets]
+
     def name(self, i: int) -> str:
         return self.source.name(int(self.indices[i]))
 
@@ -374,7 +422,7 @@ class LazyImageDataset(Dataset):
         except DataError as exc:
             if self.on_bad_sample == "skip":
                 return BadSample(i, name, str(exc))
-            raise
+            raise DataError(f"{exc}; data.on_bad_sample=skip skips unreadable files (counted and reported per epoch)") from exc
         s = sample_seed(self.seed, epoch, i, role)
         reseed = getattr(self.transform, "reseed", None)
         if reseed is not None:

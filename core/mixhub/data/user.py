@@ -3,6 +3,7 @@ folders, tar and webdataset shards are in ``images``."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,10 @@ from . import register_dataset
 from .base import ArrayDataset, DataBundle, split_bundle, standardise, stratified_split
 from .bundled import regression_bundle
 from .images import build_image_csv, read_csv
+from .lazy import to_rgb
 from .transforms import build_augment
+
+log = logging.getLogger("mixhub")
 
 
 def _numeric_table(path: Path, header: list[str], body: list[list[str]]) -> np.ndarray:
@@ -31,11 +35,59 @@ def _numeric_table(path: Path, header: list[str], body: list[list[str]]) -> np.n
     return values
 
 
+#: ``data.task=auto``: an integer target column with at most this many distinct values is classification.
+MAX_AUTO_CLASSES = 50
+
+
+def detect_task(y: np.ndarray, column: str, task: str = "auto") -> tuple[str, str]:
+    """The task kind of a numeric target column and the reason, said in words.
+
+    ``auto``: classification when every value is an integer and there are at most
+    ``MAX_AUTO_CLASSES`` distinct values, else regression. Integer classes that look like a
+    quantity (``looks_like_quantity``) are still classification, with a warning naming
+    ``data.task=regression``.
+    """
+    if task != "auto":
+        return task, f"data.task={task}"
+    n_distinct = len(np.unique(y))
+    if not np.all(y == np.round(y)):
+        return "regression", f"data.task=auto: column {column!r} holds non-integer values"
+    if n_distinct > MAX_AUTO_CLASSES:
+        return "regression", f"data.task=auto: column {column!r} holds {n_distinct} distinct integers (more than {MAX_AUTO_CLASSES})"
+    reason = f"data.task=auto: column {column!r} holds {n_distinct} distinct integers (at most {MAX_AUTO_CLASSES})"
+    quantity = looks_like_quantity(y)
+    if quantity:
+        log.warning(
+            "data.task=auto treats column %r as %d classes, but it looks like a quantity (%s); "
+            "set data.task=regression to predict it as a number, or data.task=classification to keep classes",
+            column, n_distinct, quantity,
+        )
+        reason += f"; it looks like a quantity ({quantity}): data.task=regression predicts it as a number"
+    return "classification", reason
+
+
+def looks_like_quantity(y: np.ndarray, min_classes: int = 10, max_per_class: float = 20.0) -> str:
+    """Why integer labels ``y`` look like a measured quantity rather than class ids, or ``""``.
+
+    All three must hold: many classes (at least ``min_classes``), few rows per class (fewer
+    than ``max_per_class`` on average) and ordered integers that are not the ids ``0..K-1`` or
+    ``1..K`` (an offset range such as ages 18..80, or values with gaps).
+    """
+    values = np.unique(y).astype(np.int64)
+    k = len(values)
+    if k < min_classes or len(y) / k >= max_per_class:
+        return ""
+    if values[0] in (0, 1) and values[-1] == values[0] + k - 1:
+        return ""
+    return f"{k} distinct integers from {values[0]} to {values[-1]}, {len(y) / k:.1f} rows per class on average"
+
+
 @register_dataset("csv", prefix=True)
 def build_csv(cfg: Any, seed: int, model: Any | None = None) -> DataBundle:
     """``csv:PATH``: a numeric table with a header; target column ``data.target`` (default: last).
 
-    ``data.task=auto`` treats an integer target with at most 50 distinct values as classification.
+    ``data.task=auto``: see ``detect_task`` (an integer target with at most 50 distinct values is
+    classification); the reason is kept in ``info["task_reason"]`` and printed at the run's start.
     With ``data.image_column`` the table lists image files (loaded lazily) and numeric targets
     (see ``images.build_image_csv``).
     """
@@ -58,11 +110,9 @@ def build_csv(cfg: Any, seed: int, model: Any | None = None) -> DataBundle:
         raise DataError(f"CSV file {str(path)!r}: non-finite value at data row {bad[0] + 1}, column {header[bad[1]]!r}")
     y = table[:, t_col]
     x = np.delete(table, t_col, axis=1).astype(np.float32)
-    task = cfg.task
-    if task == "auto":
-        task = "classification" if np.all(y == np.round(y)) and len(np.unique(y)) <= 50 else "regression"
+    task, reason = detect_task(y, target, cfg.task)
     if task == "regression":
-        return regression_bundle(x, y, cfg, seed, {"source": str(path)})
+        return regression_bundle(x, y, cfg, seed, {"source": str(path), "task_reason": reason})
     fractional = np.flatnonzero(y != np.round(y))
     if len(fractional):
         r = int(fractional[0])
@@ -80,7 +130,7 @@ def build_csv(cfg: Any, seed: int, model: Any | None = None) -> DataBundle:
         task="classification",
         num_classes=len(classes),
         input_shape=(x.shape[1],),
-        info={"source": str(path), "classes": classes},
+        info={"source": str(path), "classes": classes, "task_reason": reason},
     )
 
 
@@ -104,7 +154,7 @@ def build_torchvision(cfg: Any, seed: int) -> DataBundle:
             raise DataError(f"torchvision dataset {name!r} not found under data.root={cfg.root!r} (mixhub never downloads): {exc}") from exc
         xs, ys = [], []
         for img, label in ds:
-            img = img.convert("RGB").resize((cfg.image_size, cfg.image_size))
+            img = to_rgb(img).resize((cfg.image_size, cfg.image_size))
             xs.append(np.asarray(img, dtype=np.float32) / 255.0)
             ys.append(int(label))
         return np.stack(xs), np.asarray(ys, dtype=np.int64)

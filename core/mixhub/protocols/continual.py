@@ -215,7 +215,7 @@ def _fit_continual(run: Run, write_record: Any) -> dict[str, Any]:
             val_accs, _ = _evaluate_tasks(run, stream.val, "val", eval_task, eval_classes)
             progress.val_matrix.append(val_accs)
         rec = {
-            "epoch": t,
+            "epoch": t + 1,  # 1-based, as everywhere a user reads an epoch (here: the task)
             "split": "task",
             "task": t + 1,
             "step": state.step,

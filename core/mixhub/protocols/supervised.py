@@ -78,7 +78,7 @@ class SupervisedProtocol:
             if run.batch_in_epoch == 0:
                 run.host.collect("mixhub_epoch_start", state=state)
                 run.tally.reset()  # a resumed epoch keeps the sums and time of its first part
-            for batch in run.console.progress(run.epoch_batches(epoch), total=state.steps_per_epoch, desc=f"epoch {epoch}"):
+            for batch in run.console.progress(run.epoch_batches(epoch), total=state.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}"):
                 logs = run.train_step(batch)
                 run.batch_in_epoch += 1
                 if logs is not None:
@@ -89,8 +89,8 @@ class SupervisedProtocol:
                     raise RunInterrupted(f"stopped by signal {run._stop_signal} at step {state.step}; resume with `mixhub train --resume {run.folder.path}`")
             run.batch_in_epoch = 0
             run.host.collect("mixhub_epoch_end", state=state)
-            train_rec = {"epoch": epoch, "split": "train", "step": state.step, **self.epoch_means(), "time_s": run.tally.seconds()}
-            skipped = run.bad_samples.report(f"epoch {epoch}" + (f" (rank {run.rank})" if run.world_size > 1 else ""))
+            train_rec = {"epoch": epoch + 1, "split": "train", "step": state.step, **self.epoch_means(), "time_s": run.tally.seconds()}
+            skipped = run.bad_samples.report(f"epoch {epoch + 1}" + (f" (rank {run.rank})" if run.world_size > 1 else ""))
             if run.world_size > 1:  # every rank's skipped files count
                 import torch
                 import torch.distributed as dist
@@ -105,8 +105,8 @@ class SupervisedProtocol:
             self.write_epoch_record(train_rec)
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
                 val = run.evaluate(run.bundle.val, "val")
-                self.write_epoch_record({"epoch": epoch, "split": "val", **val})
-                self.maybe_best(val, epoch)
+                self.write_epoch_record({"epoch": epoch + 1, "split": "val", **val})
+                self.maybe_best(val, epoch + 1)
                 msg = f"epoch {epoch + 1}/{cfg.train.epochs} train loss {train_rec.get('loss', float('nan')):.4f} " + " ".join(f"val {k} {val[k]:.4f}" for k in ("acc", "nll", "ece", "rmse") if k in val)
                 run.console.message(msg)
             state.epoch = epoch + 1
@@ -118,6 +118,7 @@ class SupervisedProtocol:
         return self.final_evaluation()
 
     def maybe_best(self, val: dict[str, float], epoch: int) -> None:
+        """Keep ``best.pt`` when ``val`` (of the 1-based ``epoch``) beats the best so far."""
         run = self.run
         key = self.select_key
         if key not in val:
@@ -127,7 +128,11 @@ class SupervisedProtocol:
         if best is None or (value > best if self.select_high else value < best):
             run.best = {"value": value, "epoch": epoch, "metric": key}
             if run._write and run.config.train.checkpoint:
-                run.save_checkpoint("best")
+                done, run.state.epoch = run.state.epoch, epoch  # best.pt, like last.pt, holds the epochs done (== best_epoch)
+                try:
+                    run.save_checkpoint("best")
+                finally:
+                    run.state.epoch = done
             else:  # no run folder: keep the best weights in memory for the final test
                 run._best_in_memory = copy.deepcopy({k: v for k, v in run.state_payload().items() if k in ("model", "ema", "modules", "plugins")})
                 if run.sharded:
@@ -147,6 +152,8 @@ class SupervisedProtocol:
             run.load_weights(run._best_in_memory)
         run.write_export()
         summary: dict[str, Any] = {"best_epoch": run.best["epoch"], "select": self.select_key, "steps": run.state.step}
+        if run.class_labels() is not None:
+            summary["classes"] = run.class_labels()  # the label of each model output
         temperature = None
         val_outs, val_t = run.predict(run.bundle.val, "val")
         if run.state.task_kind == "classification":

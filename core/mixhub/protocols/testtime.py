@@ -193,7 +193,7 @@ def evaluate_checkpoint_streams(checkpoint_path: str | Path, overrides: dict[str
     trainer.state.run_dir = out
     runlog = RunLog(None, trainer.host, trainer.state)  # the files are written by evaluate_streams
     with trainer.host.wrap("mixhub_fit", state=trainer.state):
-        runlog.config(trainer.config.to_dict(), {n: p.version for n, p in trainer.host.plugins.items()})
+        runlog.config(trainer.config.to_dict(), {n: p.version for n, p in trainer.host.plugins.items()}, protocol="testtime")
         summary = evaluate_streams(trainer, out)
         runlog.summary(summary)
         for name in ("testtime.json", "testtime_trace.png"):

@@ -1,5 +1,5 @@
 """MLflow tracking for mixhub (the hooks live in ``mixhub_mlflow.plugin``)."""
 
-from .plugin import flatten_params, metric_key, tracking_uri
+from .plugin import artifact_location, flatten_params, metric_key, tracking_uri
 
-__all__ = ["flatten_params", "metric_key", "tracking_uri"]
+__all__ = ["artifact_location", "flatten_params", "metric_key", "tracking_uri"]

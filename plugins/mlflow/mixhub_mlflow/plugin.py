@@ -8,11 +8,14 @@ API, whose process-global active run would mix up runs trained in one process, e
 * ``step``/``epoch``/``summary`` records: metrics by step under ``record.metrics()``'s names;
 * ``artifact`` records: the files (plots under ``plots/``, the rest at the root).
 
-Store: ``mlflow.tracking_uri`` when set; else a local store in the run folder
-(``<run>/mlflow/mlruns`` file store, or ``<run>/mlflow/mlflow.db`` with ``store: sqlite``;
-``<track.dir>/mlflow/...`` when ``track.dir`` is set, so a bench suite is one experiment).
-MLflow 3 keeps the file store behind ``MLFLOW_ALLOW_FILE_STORE``; choosing it sets that
-variable for the process (``os.environ.setdefault``), and reading the store back needs it too.
+Store: ``mlflow.tracking_uri`` when set; else a local store in the run folder: by default a
+SQLite database ``<run>/mlflow/mlflow.db`` with the artefacts beside it in
+``<run>/mlflow/artifacts`` (MLflow's recommended local backend), or with ``store: file`` MLflow's
+file store ``<run>/mlflow/mlruns``; ``<track.dir>/mlflow/...`` when ``track.dir`` is set, so a
+bench suite is one experiment. An experiment this plugin creates in a SQLite store keeps its
+artefacts in ``artifacts/`` next to the database (MLflow's own default is ``./mlruns`` of the
+working directory). MLflow 3 keeps the file store behind ``MLFLOW_ALLOW_FILE_STORE``; choosing
+it sets that variable for the process (``os.environ.setdefault``), and reading it back needs it too.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ _PARAM_VALUE_MAX = 6000
 
 class MlflowOptions(PluginOptions):
     tracking_uri: str | None = Field(None, description="tracking server or store URI (default: a local store inside the run folder)")
-    store: Literal["file", "sqlite"] = Field("file", description="kind of the default local store: MLflow's file store or a SQLite database")
+    store: Literal["sqlite", "file"] = Field("sqlite", description="kind of the default local store: a SQLite database (mlflow.db) or MLflow's file store (mlruns/)")
     experiment: str | None = Field(None, description="experiment name (default: track.experiment, else mixhub)")
     params: bool = Field(True, description="log the resolved config as params (dotted keys)")
     artifacts: bool = Field(True, description="log the run's artefacts (plots, summary.json, export.pt)")
@@ -62,6 +65,15 @@ def tracking_uri(state: State) -> str:
     if opts.store == "sqlite":
         return f"sqlite:///{root / 'mlflow.db'}"
     return (root / "mlruns").as_uri()
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment of the store ``uri`` keeps its artefacts: ``artifacts/`` beside a
+    SQLite database file (``None``: the store's own default, e.g. a server's or a file store's)."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri.endswith(":memory:"):
+        return None
+    return (Path(uri[len(prefix) :]).resolve().parent / "artifacts").as_uri()
 
 
 def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -101,7 +113,7 @@ def _open(record: LogRecord, state: State) -> Any:
     info = track_info(state, NAME)
     experiment = opts.experiment or info.experiment
     found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+    experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment, artifact_location=artifact_location(uri))
     id_file = _id_file(state)
     resumed = record.kind == "config" and bool(record.data.get("resumed"))
     run_id = None

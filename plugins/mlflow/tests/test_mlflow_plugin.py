@@ -4,16 +4,24 @@
 import json
 
 import pytest
-from mixhub_mlflow import flatten_params, metric_key
+from mixhub_mlflow import artifact_location, flatten_params, metric_key
 from mlflow.tracking import MlflowClient
 
 from mixhub import PluginHookError
-from mixhub.testing import logging_run
+from mixhub.testing import logging_run, tiny_config
+from mixhub.trainer import train
 
 
 @pytest.fixture(autouse=True)
-def allow_file_store(monkeypatch):
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+def clean_env(monkeypatch, tmp_path):
+    """No MLFLOW_ALLOW_FILE_STORE from outside (the plugin sets it itself when it uses a file
+    store), and a working directory where nothing may appear (MLflow's default ``./mlruns``)."""
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    yield
+    assert list(cwd.iterdir()) == [], "the plugin wrote into the working directory"
 
 
 def history(client, run_id, key):
@@ -30,7 +38,7 @@ def log_a_run(run_dir, config=None, fail=False):
         for step, loss in ((5, 2.0), (10, 1.0)):
             log.state.step = step
             log.step({"loss": loss, "lr/model": 0.1, "lr/head": 0.01, "odd[key]": 1.0})
-        log.epoch({"epoch": 0, "split": "val", "acc": 0.5, "ece": float("nan")})
+        log.epoch({"epoch": 1, "split": "val", "acc": 0.5, "ece": float("nan")})
         log.summary({"test": {"acc": 0.75}})
         log.artifact(png, "loss.png")
         log.artifact(export, "export.pt")
@@ -42,7 +50,7 @@ def test_params_metrics_by_step_and_artifacts(tmp_path):
     run = tmp_path / "run"
     log_a_run(run, config={"track": {"experiment": "suite", "name": "mixup-seed0", "tags": {"arm": "mixup", "seed": "0"}}})
     saved = json.loads((run / "mlflow-run.json").read_text())
-    assert saved["tracking_uri"] == (run / "mlflow" / "mlruns").resolve().as_uri()
+    assert saved["tracking_uri"] == f"sqlite:///{(run / 'mlflow' / 'mlflow.db').resolve()}"  # the default store
     client = MlflowClient(tracking_uri=saved["tracking_uri"])
     import mlflow
 
@@ -62,6 +70,41 @@ def test_params_metrics_by_step_and_artifacts(tmp_path):
     assert history(client, r.info.run_id, "summary/test/acc") == [(10, 0.75)]
     arts = {a.path for a in client.list_artifacts(r.info.run_id)} | {a.path for a in client.list_artifacts(r.info.run_id, "plots")}
     assert {"plots", "plots/loss.png", "export.pt"} <= arts
+    # the artefacts are files beside the database, inside the run folder
+    art_dir = run.resolve() / "mlflow" / "artifacts" / r.info.run_id / "artifacts"
+    assert r.info.artifact_uri == art_dir.as_uri()
+    assert (art_dir / "export.pt").read_bytes() == b"weights" and (art_dir / "plots" / "loss.png").is_file()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "file"])
+def test_a_training_run_with_several_parameter_groups_in_each_store(tmp_path, store):
+    """weight_decay splits the model into a decay and a no-decay group: the learning rate of each
+    is logged under names every store can hold (MLflow's file store cannot hold a metric
+    ``train/lr`` next to ``train/lr/group0``)."""
+    out = tmp_path / "run"
+    cfg = tiny_config(plugins=["mlflow"], mlflow={"store": store}, train={"weight_decay": 0.05, "plots": True, "device": "cpu"})
+    result = train(cfg, out=out)
+    saved = json.loads((out / "mlflow-run.json").read_text())
+    expected = f"sqlite:///{(out / 'mlflow' / 'mlflow.db').resolve()}" if store == "sqlite" else (out / "mlflow" / "mlruns").resolve().as_uri()
+    assert saved["tracking_uri"] == expected
+    client = MlflowClient(tracking_uri=saved["tracking_uri"])
+    r = client.get_run(saved["run_id"])
+    assert r.info.status == "FINISHED"
+    lr_keys = sorted(k for k in r.data.metrics if k.startswith("train/lr"))
+    assert lr_keys == ["train/lr/group0", "train/lr/group1"]
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    for key in lr_keys:
+        assert history(client, r.info.run_id, key) == [(s["step"], pytest.approx(s[key.removeprefix("train/")])) for s in steps]
+    assert r.data.metrics["summary/test/acc"] == pytest.approx(result.summary["test"]["acc"])
+    arts = {a.path for a in client.list_artifacts(r.info.run_id)} | {a.path for a in client.list_artifacts(r.info.run_id, "plots")}
+    assert {"summary.json", "export.pt", "plots/lr.png"} <= arts
+    assert r.info.artifact_uri.startswith(out.resolve().as_uri() + "/mlflow/")
+
+
+def test_artifact_location_beside_a_sqlite_database(tmp_path):
+    db = tmp_path / "x" / "mlflow.db"
+    assert artifact_location(f"sqlite:///{db}") == (tmp_path / "x" / "artifacts").as_uri()
+    assert artifact_location("http://host:5000") is None and artifact_location(tmp_path.as_uri()) is None
 
 
 def test_failed_run_is_marked_and_resume_continues_the_same_run(tmp_path):

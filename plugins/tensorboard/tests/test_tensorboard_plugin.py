@@ -40,8 +40,8 @@ def log_a_run(run_dir, config=None):
         for step, loss in ((2, 1.5), (4, 1.0)):
             log.state.step = step
             log.step({"loss": loss, "lr": 0.1 / step})
-        log.epoch({"epoch": 0, "split": "train", "step": 4, "loss": 1.25})
-        log.epoch({"epoch": 0, "split": "val", "acc": 0.6})
+        log.epoch({"epoch": 1, "split": "train", "step": 4, "loss": 1.25})
+        log.epoch({"epoch": 1, "split": "val", "acc": 0.6})
         log.summary({"test": {"acc": 0.7}})
         log.artifact(png, "loss.png")
     return png

@@ -37,7 +37,7 @@ def test_offline_run_history_summary_config_and_tags(tmp_path, monkeypatch):
         for step, loss in ((5, 2.0), (10, 1.0)):
             log.state.step = step
             log.step({"loss": loss, "lr": 0.1})
-        log.epoch({"epoch": 0, "split": "val", "acc": 0.5})
+        log.epoch({"epoch": 1, "split": "val", "acc": 0.5})
         log.summary({"test": {"acc": 0.75}})
         log.artifact(png)
         log.artifact(summary_file)
