@@ -124,16 +124,27 @@ class ReplayBuffer:
 
     def write(self, slot: int, batch: Batch, row: int) -> None:
         """Store row ``row`` of ``batch`` in ``slot`` (detached, on the buffer's device)."""
+        self.write_rows([slot], batch, [row])
+
+    def write_rows(self, slots: list[int], batch: Batch, rows: list[int]) -> None:
+        """Store rows ``rows`` of ``batch`` in ``slots`` with one indexed copy per field, on the
+        device (no value is read on the host); a slot named twice keeps its last row."""
         assert (
             self.inputs is not None
             and self.targets is not None
             and self.index is not None
             and self.task_id is not None
         )
-        self.inputs[slot] = batch.inputs[row].detach().to(self.device)
-        self.targets[slot] = batch.targets[row].detach().to(self.device)
-        self.index[slot] = int(batch.index[row])
-        self.task_id[slot] = -1 if batch.task_id is None else int(batch.task_id[row])
+        last = dict(zip(slots, rows))  # later rows win, as writing them one by one would
+        if not last:
+            return
+        dst = torch.tensor(list(last), dtype=torch.long).to(self.device, non_blocking=True)
+        src = torch.tensor(list(last.values()), dtype=torch.long).to(batch.inputs.device, non_blocking=True)
+        self.inputs[dst] = batch.inputs.detach()[src].to(self.device)
+        self.targets[dst] = batch.targets.detach()[src].to(self.device)
+        self.index[dst] = batch.index[src].to(self.device, torch.long)
+        task_id = torch.full_like(batch.index, -1) if batch.task_id is None else batch.task_id
+        self.task_id[dst] = task_id[src].to(self.device, torch.long)
 
     def reservoir_update(self, batch: Batch, generator: torch.Generator | None = None) -> list[int]:
         """Reservoir sampling (Vitter's algorithm R), one sample at a time; returns the slots written.
@@ -141,13 +152,14 @@ class ReplayBuffer:
         While the buffer has room, samples are appended. Afterwards the n-th stream sample
         (1-based) replaces a uniformly drawn slot with probability ``capacity / n``, so the buffer
         is a uniform sample of the stream so far. (Mai's ``reservoir_update.py`` draws against
-        the count before the batch; here the count advances per sample.)
+        the count before the batch; here the count advances per sample.) The decisions are made on
+        the host (counters and the CPU generator); the rows are then copied in one go.
         """
         if self.capacity <= 0 or batch.size == 0:
             return []
         if self.inputs is None:
             self._allocate(batch)
-        written = []
+        written, rows = [], []
         for row in range(batch.size):
             self.seen += 1
             if self.size < self.capacity:
@@ -158,8 +170,9 @@ class ReplayBuffer:
                 if j >= self.capacity:
                     continue
                 slot = j
-            self.write(slot, batch, row)
             written.append(slot)
+            rows.append(row)
+        self.write_rows(written, batch, rows)
         return written
 
     def batch(self, slots: Tensor | None = None) -> Batch:

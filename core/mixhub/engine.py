@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from .batch import Batch
+from .checks import DeviceChecks
 from .config import RunConfig, load_config, plugin_names
 from .errors import ConfigError, MixhubError, PluginHookError
 from .optim import param_groups
@@ -153,6 +154,11 @@ class Session:
         self.train_module: nn.Module = self.task_module
         self.optimizer: torch.optim.Optimizer | None = None
         self._names_checked = not cfg.losses
+        #: checks of device values made during the step (plans, and in mixhub's runs the batch and
+        #: the loss), read every ``train.check_every`` steps (default: at log steps)
+        self.checks = DeviceChecks(cfg.train.check_every or cfg.train.log_every)
+        #: ``after_step`` reads ``checks`` when due; a loop that reads them itself (``Run``) turns it off
+        self.verify_in_after_step = True
 
     # ------------------------------------------------------------------ setup
     def replace_model(self, model: nn.Module) -> None:
@@ -163,7 +169,9 @@ class Session:
         self.train_module = self.task_module
 
     def compile(self, **kwargs: Any) -> None:
-        """``torch.compile`` the model the forward slot calls (plugins still see the plain model in ``state``)."""
+        """``torch.compile`` the model the forward slot calls (plugins still see the plain model in
+        ``state``); the backend is ``train.compile_backend`` unless ``kwargs`` names one."""
+        kwargs.setdefault("backend", self.config.train.compile_backend)
         object.__setattr__(self.task_module, "net", torch.compile(self.model, **kwargs))
 
     def param_groups(self) -> list[dict[str, Any]]:
@@ -237,10 +245,16 @@ class Session:
     def _sample_and_mix(self, batch: Batch) -> tuple[MixPlan, Batch]:
         state, host = self.state, self.host
         plan = host.slot("sample_pairs", expected=MixPlan, batch=batch, state=state)
-        try:
-            plan.validate(batch.size, state.train_dataset_size or None, owner=f"{host.owner('sample_pairs')} (mixhub_sample_pairs)")
+        owner = host.owner("sample_pairs")
+
+        def error(message: str) -> PluginHookError:
+            return PluginHookError(message + f" (step {step})", plugin=owner, hook="mixhub_sample_pairs")
+
+        step = state.step
+        try:  # the plan's structure now; its values on the device, read every train.check_every steps
+            plan.validate(batch.size, state.train_dataset_size or None, owner=f"{owner} (mixhub_sample_pairs)", checks=self.checks, error=error)
         except (ValueError, TypeError) as exc:
-            raise PluginHookError(str(exc), plugin=host.owner("sample_pairs"), hook="mixhub_sample_pairs") from exc
+            raise PluginHookError(str(exc), plugin=owner, hook="mixhub_sample_pairs") from exc
         if plan.partner_source == "dataset" and plan.partner is None:  # not loaded with the batch
             if self.fetch is None:
                 raise ConfigError(
@@ -269,6 +283,8 @@ class Session:
         ``mixhub_after_step``. Returns what plugins logged there."""
         self.state.step = self.state.step + 1 if step is None else int(step)
         self.host.collect("mixhub_after_step", state=self.state)
+        if self.verify_in_after_step and self.checks.due(self.state.step):
+            self.checks.verify()
         return self._plugin_logs()
 
     def _plugin_logs(self) -> dict[str, Tensor]:

@@ -200,6 +200,7 @@ class StepMeter:
         self.max_steps = max_steps
         self.clock = clock
         self.reduce = reduce
+        self.also_value: float | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -229,7 +230,11 @@ class StepMeter:
         """A log step with steps in the window."""
         return self._steps > 0 and self.is_log_step(step)
 
-    def flush(self, step: int, optimizer: torch.optim.Optimizer | None = None, grad_norm: Tensor | None = None) -> dict[str, float]:
+    def flush(
+        self, step: int, optimizer: torch.optim.Optimizer | None = None, grad_norm: Tensor | None = None, also: Tensor | None = None
+    ) -> dict[str, float]:
+        """The record's scalars (see the class docstring); ``also``, a device scalar the caller needs
+        on the host (e.g. the step checks' failure flag), is read in the same transfer into ``also_value``."""
         keys = sorted(self._sums)
         values = [self._sums[k] for k in keys]
         if self.reduce is not None and keys:
@@ -238,7 +243,10 @@ class StepMeter:
             values = list(self.reduce(stacked).unbind())
         if grad_norm is not None:
             values.append(grad_norm)
+        if also is not None:
+            values.append(also)
         host = _to_host(values)
+        self.also_value = host.pop() if also is not None else None
         elapsed = max(self.clock() - self._t0, 1e-9)
         n = max(self._steps, 1)
         out = {k: v / n for k, v in zip(keys, host)}
