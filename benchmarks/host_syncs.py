@@ -65,7 +65,7 @@ class ThreeSources:
         b, dev = batch.size, batch.inputs.device
         perms = [torch.arange(b, device=dev)] + [torch.randperm(b, generator=state.generator).to(dev) for _ in range(2)]
         sources = [(p, torch.full((b,), w, device=dev)) for p, w in zip(perms, (0.5, 0.3, 0.2))]
-        return MixPlan.pairs(perms[1], 0.5, sources=sources)
+        return MixPlan.pairs(perms[1], 0.5, sources=sources, source_lams=[0.5, 0.3, 0.2])
 
 
 def training_plugins() -> list[str]:

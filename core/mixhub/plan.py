@@ -57,6 +57,8 @@ class MixPlan:
         known_identity: set by ``identity()`` so the core can skip mixing without reading tensors.
         lam_value: the per-batch lam as a host number, when the sampler knows it (``pairs()`` with
             a float lam sets it): ``batch_lam`` then reads nothing from the device.
+        source_lams: with ``sources``, each source's batch-constant weight as a host number, when
+            the sampler knows them (losses that need the weights as numbers read them here).
     """
 
     index: Tensor
@@ -70,6 +72,7 @@ class MixPlan:
     partner: Batch | None = None
     known_identity: bool = field(default=False, repr=False)
     lam_value: float | None = field(default=None, repr=False)
+    source_lams: list[float] | None = field(default=None, repr=False)
 
     # ----------------------------------------------------------------- constructors
     @classmethod
@@ -169,6 +172,8 @@ class MixPlan:
             return ~((t >= low) & (t <= high)).all()  # NaN fails both comparisons
 
         flags.append((outside(self.lam, 0, 1), f"{owner}: MixPlan.lam must lie in [0, 1]"))
+        if self.lam_value is not None:
+            flags.append((((self.lam - self.lam_value).abs() > 1e-5).any(), f"{owner}: MixPlan.lam differs from MixPlan.lam_value={self.lam_value}"))
         limit = batch_size if self.partner_source == "batch" else dataset_size
         if limit is not None and self.index.numel():
             flags.append((
@@ -183,6 +188,11 @@ class MixPlan:
                     raise ValueError(f"{owner}: MixPlan.sources[{k}] must hold two tensors of shape [{batch_size}]")
                 flags.append((((idx < 0) | (idx >= batch_size)).any(), f"{owner}: MixPlan.sources[{k}] index out of range [0, {batch_size})"))
                 flags.append((outside(w, 0, 1), f"{owner}: MixPlan.sources[{k}] weights must lie in [0, 1]"))
+            if self.source_lams is not None:
+                if len(self.source_lams) != len(self.sources):
+                    raise ValueError(f"{owner}: MixPlan.source_lams has {len(self.source_lams)} values for {len(self.sources)} sources")
+                for k, ((_, w), value) in enumerate(zip(self.sources, self.source_lams)):
+                    flags.append((((w - value).abs() > 1e-5).any(), f"{owner}: MixPlan.sources[{k}] weights differ from MixPlan.source_lams[{k}]={value}"))
             total = sum(w.float() for _, w in self.sources)
             flags.append((((total - 1).abs() > 1e-4).any(), f"{owner}: MixPlan.sources weights must sum to 1 per sample"))  # type: ignore[union-attr]
         if self.mask is not None:
