@@ -15,8 +15,8 @@ synchronisation goes through:
 (``state.generator``) and Python numbers become CPU tensors; on a GPU run, reading those is free.
 So that a CPU run counts what a GPU run would wait for, the counter also tracks, through a
 ``TorchFunctionMode``, which tensors are *host-born*: made by a factory call without a
-``device`` argument (``torch.randint(..., generator=g)``, ``torch.tensor(0.5)``,
-``torch.from_numpy``) or computed from host-born tensors only. A read of a host-born tensor is
+``device`` argument or drawn from a CPU generator (``torch.randint(..., generator=g)``,
+``torch.tensor(0.5)``, ``torch.from_numpy``) or computed from host-born tensors only. A read of a host-born tensor is
 recorded in ``host_reads``, not in ``count``. Every other tensor (the batch, parameters,
 gradients, anything made with ``device=``, anything a device tensor touched) counts. Where
 the tracking cannot tell (a ``.to(device)`` that returns its input on a CPU run, an in-place
@@ -116,7 +116,11 @@ class _HostOrigin(TorchFunctionMode):
             return out
         if name == "cpu":
             return out  # the wrapper of ``Tensor.cpu`` marks its result
-        host = all(self.is_host(t) for t in inputs) if inputs else kwargs.get("device") is None
+        if inputs:
+            host = all(self.is_host(t) for t in inputs)
+        else:  # a factory: host unless it names a device; a draw from a CPU generator is a host value
+            gen = kwargs.get("generator")
+            host = kwargs.get("device") is None or (gen is not None and gen.device.type == "cpu")
         if not host:
             if name.endswith("_") or name == "__setitem__" or "out" in kwargs:  # a host tensor written with device values
                 for t in inputs:
