@@ -105,6 +105,9 @@ class ReplayBuffer:
         self.targets: Tensor | None = None
         self.index: Tensor | None = None
         self.task_id: Tensor | None = None
+        #: a CPU copy of the stored targets (host bookkeeping such as pairing by class reads it
+        #: without a device read); written from ``batch.extras["host_targets"]`` when given
+        self.targets_host: Tensor | None = None
         self.size = 0  # filled slots
         self.seen = 0  # stream samples offered so far (reservoir counter)
 
@@ -120,6 +123,7 @@ class ReplayBuffer:
             (cap, *batch.targets.shape[1:]), dtype=batch.targets.dtype, device=self.device
         )
         self.index = torch.full((cap,), -1, dtype=torch.long, device=self.device)
+        self.targets_host = torch.zeros((cap, *batch.targets.shape[1:]), dtype=batch.targets.dtype)
         self.task_id = torch.full((cap,), -1, dtype=torch.long, device=self.device)
 
     def write(self, slot: int, batch: Batch, row: int) -> None:
@@ -145,6 +149,10 @@ class ReplayBuffer:
         self.index[dst] = batch.index[src].to(self.device, torch.long)
         task_id = torch.full_like(batch.index, -1) if batch.task_id is None else batch.task_id
         self.task_id[dst] = task_id[src].to(self.device, torch.long)
+        if self.targets_host is not None:
+            host = batch.extras.get("host_targets")
+            rows_cpu, slots_cpu = torch.tensor(list(last.values()), dtype=torch.long), torch.tensor(list(last), dtype=torch.long)
+            self.targets_host[slots_cpu] = (host if host is not None else batch.targets.detach().cpu())[rows_cpu].to(self.targets_host.dtype)
 
     def reservoir_update(self, batch: Batch, generator: torch.Generator | None = None) -> list[int]:
         """Reservoir sampling (Vitter's algorithm R), one sample at a time; returns the slots written.
@@ -181,6 +189,9 @@ class ReplayBuffer:
             raise ValueError("the replay buffer is empty")
         if slots is None:
             slots = torch.arange(self.size, device=self.device)
+        extras = {}
+        if self.targets_host is not None and slots.device.type == "cpu":
+            extras["host_targets"] = self.targets_host[slots]
         slots = slots.to(self.device)
         assert self.targets is not None and self.index is not None and self.task_id is not None
         return Batch(
@@ -188,6 +199,7 @@ class ReplayBuffer:
             targets=self.targets[slots],
             index=self.index[slots],
             task_id=self.task_id[slots],
+            extras=extras,
         )
 
     def random_retrieve(self, n: int, generator: torch.Generator | None = None) -> Batch | None:
@@ -225,6 +237,7 @@ class ReplayBuffer:
             self.targets = sd["targets"].to(self.device)
             self.index = sd["index"].to(self.device)
             self.task_id = sd["task_id"].to(self.device)
+            self.targets_host = sd["targets"].cpu().clone()
 
 
 # =============================================================================== ER helpers

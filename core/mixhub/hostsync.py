@@ -19,8 +19,8 @@ So that a CPU run counts what a GPU run would wait for, the counter also tracks,
 ``torch.tensor(0.5)``, ``torch.from_numpy``) or computed from host-born tensors only. A read of a host-born tensor is
 recorded in ``host_reads``, not in ``count``. Every other tensor (the batch, parameters,
 gradients, anything made with ``device=``, anything a device tensor touched) counts. Where
-the tracking cannot tell (a ``.to(device)`` that returns its input on a CPU run, an in-place
-write of a device value into a host tensor) the tensor is treated as a device tensor, so the
+the tracking cannot tell (a parameter moved with ``.to(device)``, which a CPU run returns
+unchanged, or an in-place write of a device value into a host tensor) the tensor is treated as a device tensor, so the
 count errs towards more synchronisations, never fewer. One exception by origin: 0-d reads made
 inside ``torch/optim`` are the non-capturable optimizers' step counts, CPU tensors on any device.
 
@@ -111,8 +111,12 @@ class _HostOrigin(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         inputs = list(_tensors(args)) + list(_tensors(kwargs))
         if name in _MOVES and (name != "to" or _names_device(args, kwargs)):
-            for t in inputs:  # on a CPU run ``.to(device)`` may return its input: it is a device tensor now
-                self.unmark(t)
+            src = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            if src is not None and out is src and self.is_host(src):
+                if isinstance(src, torch.nn.Parameter):
+                    self.unmark(src)  # keep the parameter itself; treat it as a device tensor from now on
+                else:  # a CPU run returns the input: give back a device alias, the host tensor stays one
+                    out = out.view_as(out)
             return out
         if name == "cpu":
             return out  # the wrapper of ``Tensor.cpu`` marks its result
