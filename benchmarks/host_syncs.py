@@ -28,7 +28,7 @@ import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -217,6 +217,64 @@ def arms() -> list[tuple[str, str | None, dict[str, Any]]]:
     out += [(name, name, {}) for name in training_plugins()]
     out += EXTRA[2:]
     return out
+
+
+def measure_arm(label: str, steps: int, log_every: int, device: str = "cpu", **overrides: Any) -> StepCounts:
+    """The counts of one arm (``arms()`` label); ``overrides`` are merged into its config."""
+    for name, plugin, arm_overrides in arms():
+        if name == label:
+            cfg = arm_config(name, plugin, arm_overrides)
+            if overrides:
+                cfg = apply_overrides(cfg, overrides)
+            return measure(cfg, steps, log_every, device, {"three-sources": ThreeSources()})
+    raise KeyError(f"no arm {label!r} (have: {', '.join(a[0] for a in arms())})")
+
+
+def step_batches(trainer: Any, n: int, slots: Any = nullcontext) -> Iterator[Any]:
+    """``n`` training batches for ``trainer`` as its protocol builds them: in a continual run, the
+    raw stream batch goes through the replay slots (``replay_update`` after the previous step,
+    ``replay_retrieve`` before this one), so the batch carries a memory batch. The slots run
+    inside ``slots()`` (the counted region); loading the batch does not."""
+    from mixhub.continual import ReplayBuffer
+
+    continual = trainer.state.task_kind == "continual"
+    buffer = ReplayBuffer(trainer.config.continual.memory_size if continual else 0, trainer.device)
+    it = iter(trainer.loader)
+    for _ in range(n):
+        loaded = next(it)
+        batch = loaded.to(trainer.device)
+        raw = batch.replace(extras={"host_targets": loaded.targets})
+        if continual and len(buffer) > 0:
+            with slots():
+                memory = trainer.host.slot("replay_retrieve", expected=Batch, allow_none=True, buffer=buffer, batch=raw, state=trainer.state)
+            if memory is not None:
+                batch.extras["memory"] = memory
+        yield batch
+        if continual:
+            with slots():
+                trainer.host.slot("replay_update", buffer=buffer, batch=raw, state=trainer.state)
+
+
+def quick_counts(label: str, steps: int = 4, log_every: int = 3) -> StepCounts:
+    """``label``'s counts over ``steps`` optimizer steps run directly (no evaluation, no run
+    folder): the fast form the test suite uses. The replay slots of continual arms are counted."""
+    from mixhub.trainer import Trainer
+
+    plugin, overrides = next((p, o) for name, p, o in arms() if name == label)
+    cfg = apply_overrides(
+        arm_config(label, plugin, overrides),
+        {"train": {"log_every": log_every, "device": "cpu", "max_steps_per_epoch": steps, "checkpoint": False}},
+    )
+    counts = StepCounts("cpu")
+    with counts.run():
+        trainer = Trainer(cfg, extra_plugins={"three-sources": ThreeSources()}, write=False)
+        trainer.meter.max_steps = trainer.state.max_steps = steps
+        for batch in step_batches(trainer, steps, counts.counting):
+            with counts.counting():
+                trainer.train_step(batch)
+            counts.end_step(trainer.meter.is_log_step(trainer.state.step))
+        trainer.close()
+    return counts
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,6 +117,7 @@ class TrainConfig(Section):
     clip_grad_norm: float | None = Field(None, gt=0.0, description="clip the global gradient norm (None: off)")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     amp: bool = Field(True, description="mixed precision (bfloat16/float16) on CUDA; ignored on CPU")
+    amp_dtype: Literal["auto", "bfloat16", "float16"] = Field("auto", description="autocast dtype with train.amp: auto (bfloat16 where CUDA supports it, else float16; none on CPU) or a named dtype on any device (bfloat16 runs CPU autocast)")
     compile: bool = Field(False, description="torch.compile the model")
     compile_backend: str = Field("inductor", description="torch.compile backend (inductor; aot_eager compiles fast and needs no C++ toolchain, for tests and debugging)")
     ema: bool = Field(False, description="keep an EMA of the weights and evaluate it")

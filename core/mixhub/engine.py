@@ -70,9 +70,15 @@ def build_host(raw: dict[str, Any], task_kind: str, extra_plugins: dict[str, Any
     return run, PluginHost(plugins, owners)
 
 
-def amp_dtype_for(amp: bool, device: torch.device) -> torch.dtype | None:
-    """bfloat16 where CUDA supports it, else float16; ``None`` (no autocast) on CPU or ``amp=False``."""
-    if not amp or device.type != "cuda":
+def amp_dtype_for(amp: bool, device: torch.device, dtype: str = "auto") -> torch.dtype | None:
+    """The autocast dtype: with ``dtype="auto"``, bfloat16 where CUDA supports it, else float16,
+    and ``None`` (no autocast) on CPU; a named dtype (``bfloat16``/``float16``) on any device.
+    ``None`` with ``amp=False``."""
+    if not amp:
+        return None
+    if dtype != "auto":
+        return {"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
@@ -147,7 +153,7 @@ class Session:
         self.fetch = fetch
         self.host.collect("mixhub_configure_model", model=self.model, state=self.state)
         self.model.to(self.device)
-        self.amp_dtype = amp_dtype_for(cfg.train.amp, self.device)
+        self.amp_dtype = amp_dtype_for(cfg.train.amp, self.device, cfg.train.amp_dtype)
         self.state.amp_dtype = self.amp_dtype
         self.task_module = TaskModule(self)
         #: the module the step calls: ``task_module``, or its DDP/FSDP-wrapped version.

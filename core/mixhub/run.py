@@ -119,7 +119,7 @@ class Run(CheckpointMixin, EvaluationMixin, DistributedMixin, GuardMixin):
         self.sharded = self._prepare_distributed()
         self.optimizer = self.session.create_optimizer()
         self.amp_dtype = self.session.amp_dtype
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.ema = None
         if cfg.train.ema:
             from timm.utils import ModelEmaV3
