@@ -38,6 +38,7 @@ import weakref
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -99,7 +100,12 @@ class _HostOrigin(TorchFunctionMode):
 
     def mark(self, t: torch.Tensor) -> None:
         key = id(t)
-        self._host[key] = weakref.ref(t, lambda _r, k=key: self._host.pop(k, None))
+        host = self._host
+
+        def forget(_ref: weakref.ref[torch.Tensor]) -> None:  # the tensor is gone: its id may be reused
+            host.pop(key, None)
+
+        host[key] = weakref.ref(t, forget)
 
     def unmark(self, t: torch.Tensor) -> None:
         if self.is_host(t):
@@ -165,7 +171,7 @@ class HostSyncCounter:
     def _record(self, what: str, tensors: list[torch.Tensor]) -> None:
         if not self.enabled:
             return
-        frame = sys._getframe(2)
+        frame: FrameType | None = sys._getframe(2)
         while frame is not None and frame.f_code.co_filename == _HERE:
             frame = frame.f_back
         caller = frame.f_code.co_filename if frame is not None else "?"
