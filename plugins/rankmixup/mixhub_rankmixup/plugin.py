@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -186,7 +187,7 @@ def mixhub_sample_pairs(batch: Batch, state: State) -> MixPlan:
         {
             "index": _permutation(b, batch.targets, opts.ignore_index, state.generator, device),
             "lam": torch.full((b,), lam, device=device),
-            "lam_value": float(lam),  # on the host: mixing reads no device value
+            "lam_value": float(np.float32(lam)),  # the tensor's value, on the host: mixing reads no device value
         }
         for lam in lams
     ]
