@@ -1,7 +1,14 @@
-"""Short CUDA check (not part of CI), for a machine with a GPU.
+"""Every CUDA claim in one script (not part of CI; a few minutes on one GPU). Prints one table.
 
-    python benchmarks/gpu_check.py [--steps 3] [--only adamp,plugins,nccl,bf16,channels_last]
-    python benchmarks/gpu_check.py --device cpu --only nccl     # the process-group checks on gloo
+    python benchmarks/gpu_check.py [--steps 3] [--only steps,adamp,plugins,nccl,bf16,channels_last]
+    python benchmarks/gpu_check.py --device cpu --model resnet18 --image-size 32 --batch 8 --only steps,nccl
+
+* ``steps``: for ERM and every training plugin (CutMix and Decoupled's per-sample and k-source
+  paths too): the steps between log steps under ``torch.cuda.set_sync_debug_mode("error")`` (on
+  CPU: ``mixhub.hostsync.HostSyncCounter`` must count 0); bf16 autocast + channels_last +
+  torch.compile (inductor; aot_eager on CPU) train with a finite loss; the step time on
+  ``--model`` (resnet50) at ``--image-size`` (224) px, batch ``--batch`` (64), as a ratio to
+  ERM's step in the same run, with the peak memory.
 
 * ``adamp``: AdamP/SGDP (mixhub-adamp) on timm resnet50 parameters with preset gradients: the
   default step (capturable: tensor step counts, branch-free projection) runs under
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -35,7 +43,9 @@ from typing import Any
 
 import torch
 
-from mixhub.testing import tiny_config as _tiny
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # host_syncs.py: the arms
+
+from mixhub.testing import tiny_config as _tiny  # noqa: E402
 
 
 def tiny_config(model: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
@@ -281,15 +291,148 @@ def check_adamp(steps: int, device: str, rounds: int = 20) -> None:
         raise AssertionError(f"adamp: {failures} check(s) failed")
 
 
-CHECKS: dict[str, Callable[[int, str], None]] = {"adamp": check_adamp, "plugins": check_plugins, "nccl": check_nccl, "bf16": check_bf16, "channels_last": check_channels_last}
+# ------------------------------------------------------------------ per plugin: syncs, modes, time
+#: the settings of the per-plugin checks (``--model``, ``--image-size``, ``--batch``, ``--compile-backend``)
+SETTINGS: dict[str, Any] = {"model": "resnet50", "image_size": 224, "batch": 64, "compile_backend": "inductor", "timed": 10, "arms": None}
+TABLE: list[tuple[str, str, str]] = []  # (plugin, check, result): printed as one table at the end
 
 
-def main() -> int:
+def _arm_trainer(label: str, overrides: dict[str, Any], device: str) -> Any:
+    """A Trainer for one ``host_syncs`` arm (ERM, each training plugin, CutMix, Decoupled's paths)."""
+    import host_syncs as hs
+
+    from mixhub.config import apply_overrides
+    from mixhub.trainer import Trainer
+
+    plugin, arm_overrides = next((p, o) for name, p, o in hs.arms() if name == label)
+    cfg = hs.arm_config(label, plugin, arm_overrides)
+    cfg = apply_overrides(cfg, {"train": {"device": device, "checkpoint": False, "log_every": 1000, "amp": False}})
+    cfg = apply_overrides(cfg, overrides)
+    return Trainer(cfg, extra_plugins={"three-sources": hs.ThreeSources()}, write=False)
+
+
+def _steps(trainer: Any, n: int, device: str) -> list[Any]:
+    """``n`` batches on the device, through the replay slots in continual arms (``host_syncs.step_batches``)."""
+    import host_syncs as hs
+
+    return list(hs.step_batches(trainer, n))
+
+
+def _no_sync_steps(trainer: Any, batches: list[Any], device: str) -> int:
+    """Steps between log steps under CUDA's sync debug mode "error" (any sync raises); on CPU the
+    host-sync counter's count. Returns the number of synchronisations (0 on CUDA, or it raised)."""
+    if device == "cuda":
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for b in batches:
+                trainer.train_step(b)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return 0
+    from mixhub.hostsync import HostSyncCounter
+
+    with HostSyncCounter() as counter:
+        for b in batches:
+            trainer.train_step(b)
+    return counter.count
+
+
+def check_plugin_steps(steps: int, device: str) -> None:
+    """Per arm: (1) steps between log steps make no host synchronisation; (2) bf16 autocast +
+    channels_last + torch.compile train finite; (3) the step time against ERM's, as a ratio, and
+    the peak memory (CUDA), on ``--model`` at ``--image-size`` px, batch ``--batch``."""
+    import host_syncs as hs
+
+    size, model, bsz = SETTINGS["image_size"], SETTINGS["model"], SETTINGS["batch"]
+    timing = {"data": {"image_size": size}, "model": {"name": model, "small_input": size <= 64}, "train": {"batch_size": bsz, "max_steps_per_epoch": 1000}}
+    if model == "smallcnn":
+        timing["model"] = {"name": "smallcnn"}
+    erm_ms = None
+    failures = []
+    for label, _, _ in hs.arms():
+        if label == "erm-regression" or (SETTINGS["arms"] and label not in SETTINGS["arms"]):
+            continue
+        try:  # (1) syncs, on the arm's own tiny config
+            t = _arm_trainer(label, {"train": {"max_steps_per_epoch": 10}}, device)
+            warm, counted = _steps(t, 1, device), _steps(t, max(steps, 2), device)
+            t.train_step(warm[0])  # optimizer state, loss-name check
+            n = _no_sync_steps(t, counted, device)
+            TABLE.append((label, "syncs between log steps", f"{n}" + ("" if n == 0 else "  FAIL")))
+            if n:
+                failures.append(f"{label}: {n} syncs")
+        except Exception as exc:
+            failures.append(f"{label}: sync check: {exc!r}")
+            TABLE.append((label, "syncs between log steps", f"FAIL {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"))
+        try:  # (2) bf16 + channels_last + compile
+            modes = {"train": {"amp": True, "amp_dtype": "bfloat16", "compile": True, "compile_backend": SETTINGS["compile_backend"], "max_steps_per_epoch": 10}, "data": {"channels_last": True}}
+            t = _arm_trainer(label, modes, device)
+            losses = [float(t.train_step(b)["loss"]) for b in _steps(t, steps, device)]
+            ok = all(torch.isfinite(torch.tensor(losses)))
+            TABLE.append((label, "bf16+channels_last+compile", f"{'finite' if ok else 'NON-FINITE'} loss {losses[-1]:.4f}"))
+            if not ok:
+                failures.append(f"{label}: non-finite loss under bf16+channels_last+compile")
+        except Exception as exc:
+            failures.append(f"{label}: modes: {exc!r}")
+            TABLE.append((label, "bf16+channels_last+compile", f"FAIL {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"))
+        try:  # (3) time and memory
+            t = _arm_trainer(label, {**timing, "train": {**timing["train"], "amp": device == "cuda"}}, device)
+            batches = _steps(t, 2, device)
+            for b in batches:
+                t.train_step(b)  # warm-up
+            if device == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            for k in range(SETTINGS["timed"]):
+                t.train_step(batches[k % 2])
+            if device == "cuda":
+                torch.cuda.synchronize()
+            ms = (time.perf_counter() - t0) / SETTINGS["timed"] * 1000
+            erm_ms = ms if label == "erm" else erm_ms
+            peak = f", peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device == "cuda" else ""
+            ratio = f"{ms / erm_ms:.2f}x ERM" if erm_ms else "-"
+            TABLE.append((label, f"step {model} {size}px b{bsz}", f"{ms:.1f} ms ({ratio}){peak}"))
+        except Exception as exc:
+            failures.append(f"{label}: timing: {exc!r}")
+            TABLE.append((label, f"step {model} {size}px b{bsz}", f"FAIL {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"))
+    if failures:
+        raise AssertionError("; ".join(failures))
+
+
+CHECKS: dict[str, Callable[[int, str], None]] = {
+    "steps": check_plugin_steps,
+    "adamp": check_adamp,
+    "plugins": check_plugins,
+    "nccl": check_nccl,
+    "bf16": check_bf16,
+    "channels_last": check_channels_last,
+}
+
+
+def print_table() -> None:
+    if not TABLE:
+        return
+    w0, w1 = max(len(r[0]) for r in TABLE), max(len(r[1]) for r in TABLE)
+    print(f"\n{'plugin':<{w0}}  {'check':<{w1}}  result")
+    for plugin, check, result in TABLE:
+        print(f"{plugin:<{w0}}  {check:<{w1}}  {result}")
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--model", default=SETTINGS["model"], help="timm model of the per-plugin step timing")
+    p.add_argument("--image-size", type=int, default=SETTINGS["image_size"])
+    p.add_argument("--batch", type=int, default=SETTINGS["batch"])
+    p.add_argument("--timed", type=int, default=SETTINGS["timed"], help="timed steps per plugin")
+    p.add_argument("--arms", default="", help="comma-separated arms of the steps check (default: ERM and every training plugin)")
+    p.add_argument("--compile-backend", default=None, help="torch.compile backend of the modes check (default: inductor on CUDA, aot_eager on CPU)")
     p.add_argument("--only", default=",".join(CHECKS), help=f"comma-separated subset of {', '.join(CHECKS)}")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: run the checks that do not need CUDA (gloo instead of NCCL)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    SETTINGS.update(model=args.model, image_size=args.image_size, batch=args.batch, timed=args.timed)
+    SETTINGS["arms"] = [a.strip() for a in args.arms.split(",") if a.strip()] or None
+    SETTINGS["compile_backend"] = args.compile_backend or ("inductor" if args.device == "cuda" else "aot_eager")
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = sorted(set(names) - set(CHECKS))
     if unknown:
@@ -308,6 +451,7 @@ def main() -> int:
         except Exception:
             failures += 1
             print(f"FAIL  {name}\n{traceback.format_exc()}")
+    print_table()
     return 1 if failures else 0
 
 

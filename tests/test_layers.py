@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1] / "core" / "mixhub"
 
 #: bottom to top (see docs/architecture.md); a module may import its own layer and those below.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("contract", {"errors", "_util", "batch", "plan", "state", "hookspecs", "spec", "plugins", "defaults", "config", "registry", "norm"}),
-    ("services", {"data", "data.*", "models", "metrics", "checkpoint", "runio", "runlog", "tracking", "console", "distributed", "schedule", "optim", "sampling", "continual", "testtime", "bench.suite"}),
+    ("contract", {"errors", "_util", "checks", "batch", "plan", "state", "hookspecs", "spec", "plugins", "defaults", "config", "registry", "norm"}),
+    ("services", {"hostsync", "data", "data.*", "models", "metrics", "checkpoint", "runio", "runlog", "tracking", "console", "distributed", "schedule", "optim", "sampling", "continual", "testtime", "bench.suite"}),
     ("engine", {"engine", "taskmodule", "timm_task"}),
     ("run", {"run", "runckpt", "runeval", "runsetup", "rundist", "runguard"}),
     ("protocols", {"protocols", "protocols.*"}),

@@ -164,8 +164,8 @@ def test_existing_run_folder_is_not_overwritten(tmp_path):
     assert (tmp_path / "r/summary.json").read_text() == before
 
 
-def test_nan_inputs_stop_or_skip(tmp_path):
-    """A batch with NaN inputs stops the run (or is skipped) before any plugin or the optimizer sees it."""
+def test_nan_inputs_skip_before_any_plugin(tmp_path):
+    """nan_policy=skip: a batch with NaN inputs is dropped before any plugin or the optimizer sees it."""
     from mixhub import MixPlan, PluginSpec, hookimpl
 
     class Poison:
@@ -180,16 +180,13 @@ def test_nan_inputs_stop_or_skip(tmp_path):
             return MixPlan.identity(batch.size, batch.inputs.device)
 
     poison = Poison()
-    t = Trainer(tiny_config(plugins=["poison"]), extra_plugins={"poison": poison}, out=tmp_path / "r")
+    t = Trainer(tiny_config(plugins=["poison"], train={"nan_policy": "skip"}), extra_plugins={"poison": poison}, out=tmp_path / "r")
     from mixhub.trainer import collate
 
     clean = collate([t.train_set[i] for i in range(8)])
     t.bundle.train.inputs[3] = float("nan")
     batch = collate([t.train_set[i] for i in range(8)])
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
-    with pytest.raises(NonFiniteError, match=r"non-finite inputs .* dataset indices \[3\]"):
-        t.train_step(batch)
-    t.config.core.train.nan_policy = "skip"
     assert t.train_step(batch) is None
     assert poison.calls == 0, "a plugin saw the non-finite batch"
     assert all(torch.equal(v, before[k]) for k, v in t.model.state_dict().items())
@@ -197,10 +194,46 @@ def test_nan_inputs_stop_or_skip(tmp_path):
     assert any(not torch.equal(v, before[k]) for k, v in t.model.state_dict().items())
 
 
+@pytest.mark.parametrize("check_every", [1, 3])
+def test_nan_inputs_stop_at_the_next_check(tmp_path, check_every):
+    """nan_policy=stop: the check is a device flag read every train.check_every steps; the error
+    names the dataset indices and the step of the bad batch, at most check_every steps later."""
+    from mixhub.trainer import collate
+
+    t = Trainer(tiny_config(train={"check_every": check_every, "log_every": 100, "max_steps_per_epoch": 10}), out=tmp_path / "r")
+    clean = collate([t.train_set[i] for i in range(8, 16)])
+    t.bundle.train.inputs[3] = float("nan")
+    bad = collate([t.train_set[i] for i in range(8)])
+    assert t.train_step(clean) is not None  # step 0
+    raised_at = None
+    with pytest.raises(NonFiniteError, match=r"non-finite inputs in the training batch at dataset indices \[3\] \(step 1\)"):
+        for k, b in enumerate([bad, clean, clean, clean]):
+            raised_at = k + 1
+            t.train_step(b)
+    assert raised_at == (1 if check_every == 1 else 2)  # verified after steps 1 and 3 (check_every=3: steps 3, 6, ...)
+
+
+def test_nan_loss_is_named_at_the_check(tmp_path):
+    """A non-finite loss (clean inputs) stops the run at the next check, naming its step; a
+    pending failure also stops a checkpoint from being written."""
+    from mixhub.trainer import collate
+
+    t = Trainer(tiny_config(train={"check_every": 50, "log_every": 50, "max_steps_per_epoch": 10}), out=tmp_path / "r")
+    batch = collate([t.train_set[i] for i in range(8)])
+    t.train_step(batch)
+    with torch.no_grad():
+        next(t.model.parameters()).fill_(float("inf"))
+    t.train_step(batch)  # step 1: inf weights, NaN loss; not read yet
+    assert len(t.session.checks) > 0
+    with pytest.raises(NonFiniteError, match=r"non-finite loss \(nan\) at step 1 \(epoch 0\), batch dataset indices \[0, 1"):
+        t.save_checkpoint("last")
+    assert not (t.folder.checkpoints / "last.pt").exists()
+
+
 def test_wrong_shaped_batch(tmp_path):
     from mixhub import Batch
 
-    t = Trainer(tiny_config(), out=tmp_path / "r")
+    t = Trainer(tiny_config(train={"check_every": 1}), out=tmp_path / "r")
     bad = Batch(inputs=torch.zeros(4, 1, 16, 16), targets=torch.zeros(4, dtype=torch.long), index=torch.arange(4))
     with pytest.raises(DataError, match=r"input shape \(1, 16, 16\), the model expects \(3, 16, 16\)"):
         t.train_step(bad)

@@ -18,8 +18,8 @@ def _move(value: Any, device: torch.device | str, non_blocking: bool = False) ->
         return value.to(device, non_blocking=non_blocking)
     if isinstance(value, Batch):
         return value.to(device, non_blocking=non_blocking)
-    if isinstance(value, dict):
-        return {k: _move(v, device, non_blocking) for k, v in value.items()}
+    if isinstance(value, dict):  # keys named host_* are host copies kept for bookkeeping: they stay
+        return {k: v if isinstance(k, str) and k.startswith("host_") else _move(v, device, non_blocking) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(_move(v, device, non_blocking) for v in value)
     return value
@@ -34,7 +34,9 @@ class Batch:
         targets: class ids ``[B]`` (long) for classification, ``[B]`` or ``[B, d]`` (float) for regression.
         index: dataset indices of the samples, ``[B]`` (long).
         task_id: task of each sample ``[B]`` in continual runs, else ``None``.
-        extras: anything else a hook wants to pass on (e.g. ``extras["memory"]``, a replay ``Batch``).
+        extras: anything else a hook wants to pass on (e.g. ``extras["memory"]``, a replay ``Batch``);
+            ``Batch.to`` moves them, except entries named ``host_*`` (host copies, e.g. the replay
+            buffer's ``host_targets``, read for bookkeeping without a device read).
     """
 
     inputs: Tensor

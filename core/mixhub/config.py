@@ -124,7 +124,9 @@ class TrainConfig(Section):
         "off, they are refused as a batch some other code (timm's Mixup/CutMix) has already mixed",
     )
     amp: bool = Field(True, description="mixed precision (bfloat16/float16) on CUDA; ignored on CPU")
+    amp_dtype: Literal["auto", "bfloat16", "float16"] = Field("auto", description="autocast dtype with train.amp: auto (bfloat16 where CUDA supports it, else float16; none on CPU) or a named dtype on any device (bfloat16 runs CPU autocast)")
     compile: bool = Field(False, description="torch.compile the model")
+    compile_backend: str = Field("inductor", description="torch.compile backend (inductor; aot_eager compiles fast and needs no C++ toolchain, for tests and debugging)")
     ema: bool = Field(False, description="keep an EMA of the weights and evaluate it")
     ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
     drop_last: bool = True
@@ -140,6 +142,7 @@ class TrainConfig(Section):
     plots: bool = True
     log_every: int = Field(50, ge=1, description="optimizer steps between step records (loss, lr, images/s, grad norm) and console lines")
     log_seconds: float = Field(30.0, ge=0, description="also a step record (and console line) at the first step and about every this many seconds of training, whatever log_every is; 0: only every log_every steps")
+    check_every: int | None = Field(None, ge=1, description="read the step's device-side checks (non-finite or out-of-range batches, invalid mix plans, non-finite loss) every N steps; a failure stops the run at most N steps late, naming the step and dataset indices (None: at log steps, train.log_every; nan_policy=skip decides before each optimizer step, so it reads every step)")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="multi-process engine under torchrun: ddp (DistributedDataParallel) or fsdp (FSDP2 fully_shard per block)")
     sync_bn: bool = Field(False, description="multi-process: convert BatchNorm layers to SyncBatchNorm (statistics over the global batch)")
     dist_bn: Literal["reduce", "broadcast", "none"] = Field("reduce", description="multi-process: BatchNorm running statistics before evaluation: averaged, rank 0's, or left per process (EMA included)")

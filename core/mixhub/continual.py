@@ -105,6 +105,9 @@ class ReplayBuffer:
         self.targets: Tensor | None = None
         self.index: Tensor | None = None
         self.task_id: Tensor | None = None
+        #: a CPU copy of the stored targets (host bookkeeping such as pairing by class reads it
+        #: without a device read); written from ``batch.extras["host_targets"]`` when given
+        self.targets_host: Tensor | None = None
         self.size = 0  # filled slots
         self.seen = 0  # stream samples offered so far (reservoir counter)
 
@@ -120,20 +123,36 @@ class ReplayBuffer:
             (cap, *batch.targets.shape[1:]), dtype=batch.targets.dtype, device=self.device
         )
         self.index = torch.full((cap,), -1, dtype=torch.long, device=self.device)
+        self.targets_host = torch.zeros((cap, *batch.targets.shape[1:]), dtype=batch.targets.dtype)
         self.task_id = torch.full((cap,), -1, dtype=torch.long, device=self.device)
 
     def write(self, slot: int, batch: Batch, row: int) -> None:
         """Store row ``row`` of ``batch`` in ``slot`` (detached, on the buffer's device)."""
+        self.write_rows([slot], batch, [row])
+
+    def write_rows(self, slots: list[int], batch: Batch, rows: list[int]) -> None:
+        """Store rows ``rows`` of ``batch`` in ``slots`` with one indexed copy per field, on the
+        device (no value is read on the host); a slot named twice keeps its last row."""
         assert (
             self.inputs is not None
             and self.targets is not None
             and self.index is not None
             and self.task_id is not None
         )
-        self.inputs[slot] = batch.inputs[row].detach().to(self.device)
-        self.targets[slot] = batch.targets[row].detach().to(self.device)
-        self.index[slot] = int(batch.index[row])
-        self.task_id[slot] = -1 if batch.task_id is None else int(batch.task_id[row])
+        last = dict(zip(slots, rows))  # later rows win, as writing them one by one would
+        if not last:
+            return
+        dst = torch.tensor(list(last), dtype=torch.long).to(self.device, non_blocking=True)
+        src = torch.tensor(list(last.values()), dtype=torch.long).to(batch.inputs.device, non_blocking=True)
+        self.inputs[dst] = batch.inputs.detach()[src].to(self.device)
+        self.targets[dst] = batch.targets.detach()[src].to(self.device)
+        self.index[dst] = batch.index[src].to(self.device, torch.long)
+        task_id = torch.full_like(batch.index, -1) if batch.task_id is None else batch.task_id
+        self.task_id[dst] = task_id[src].to(self.device, torch.long)
+        if self.targets_host is not None:
+            host = batch.extras.get("host_targets")
+            rows_cpu, slots_cpu = torch.tensor(list(last.values()), dtype=torch.long), torch.tensor(list(last), dtype=torch.long)
+            self.targets_host[slots_cpu] = (host if host is not None else batch.targets.detach().cpu())[rows_cpu].to(self.targets_host.dtype)
 
     def reservoir_update(self, batch: Batch, generator: torch.Generator | None = None) -> list[int]:
         """Reservoir sampling (Vitter's algorithm R), one sample at a time; returns the slots written.
@@ -141,13 +160,14 @@ class ReplayBuffer:
         While the buffer has room, samples are appended. Afterwards the n-th stream sample
         (1-based) replaces a uniformly drawn slot with probability ``capacity / n``, so the buffer
         is a uniform sample of the stream so far. (Mai's ``reservoir_update.py`` draws against
-        the count before the batch; here the count advances per sample.)
+        the count before the batch; here the count advances per sample.) The decisions are made on
+        the host (counters and the CPU generator); the rows are then copied in one go.
         """
         if self.capacity <= 0 or batch.size == 0:
             return []
         if self.inputs is None:
             self._allocate(batch)
-        written = []
+        written, rows = [], []
         for row in range(batch.size):
             self.seen += 1
             if self.size < self.capacity:
@@ -158,8 +178,9 @@ class ReplayBuffer:
                 if j >= self.capacity:
                     continue
                 slot = j
-            self.write(slot, batch, row)
             written.append(slot)
+            rows.append(row)
+        self.write_rows(written, batch, rows)
         return written
 
     def batch(self, slots: Tensor | None = None) -> Batch:
@@ -168,6 +189,9 @@ class ReplayBuffer:
             raise ValueError("the replay buffer is empty")
         if slots is None:
             slots = torch.arange(self.size, device=self.device)
+        extras = {}
+        if self.targets_host is not None and slots.device.type == "cpu":
+            extras["host_targets"] = self.targets_host[slots]
         slots = slots.to(self.device)
         assert self.targets is not None and self.index is not None and self.task_id is not None
         return Batch(
@@ -175,6 +199,7 @@ class ReplayBuffer:
             targets=self.targets[slots],
             index=self.index[slots],
             task_id=self.task_id[slots],
+            extras=extras,
         )
 
     def random_retrieve(self, n: int, generator: torch.Generator | None = None) -> Batch | None:
@@ -212,6 +237,7 @@ class ReplayBuffer:
             self.targets = sd["targets"].to(self.device)
             self.index = sd["index"].to(self.device)
             self.task_id = sd["task_id"].to(self.device)
+            self.targets_host = sd["targets"].cpu().clone()
 
 
 # =============================================================================== ER helpers

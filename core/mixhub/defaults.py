@@ -59,7 +59,7 @@ def mixhub_sample_pairs(batch: Batch, state: State) -> MixPlan:
 
 @hookimpl(trylast=True)
 def mixhub_mix_batch(batch: Batch, plan: MixPlan, state: State) -> Batch:
-    if plan.is_identity:
+    if plan.known_identity:  # host-side: no read of lam or index
         return batch
     partner = plan.partner.inputs if plan.partner is not None else None
     return batch.replace(inputs=mix_inputs(batch.inputs, plan, partner))

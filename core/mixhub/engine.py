@@ -1,5 +1,8 @@
 """The engine: ``Session``, the one implementation of mixhub's training step.
 
+Length: the Session is the whole public step API (setup, the step, its device-side checks, the
+run length, after_step, evaluation, state); splitting it would spread one object over modules.
+
 A ``Session`` owns the plugin host and the ``State`` for one model and exposes the loop's
 steps, so any loop can run composed plugins (slots, conflicts, aux losses, plugin state and
 modules). Your own loop changes like this::
@@ -41,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from .batch import Batch, check_class_targets
+from .checks import DeviceChecks
 from .config import RunConfig, load_config, plugin_names
 from .errors import ConfigError, MixhubError, PluginHookError
 from .optim import param_groups
@@ -69,9 +73,15 @@ def build_host(raw: dict[str, Any], task_kind: str, extra_plugins: dict[str, Any
     return run, PluginHost(plugins, owners)
 
 
-def amp_dtype_for(amp: bool, device: torch.device) -> torch.dtype | None:
-    """bfloat16 where CUDA supports it, else float16; ``None`` (no autocast) on CPU or ``amp=False``."""
-    if not amp or device.type != "cuda":
+def amp_dtype_for(amp: bool, device: torch.device, dtype: str = "auto") -> torch.dtype | None:
+    """The autocast dtype: with ``dtype="auto"``, bfloat16 where CUDA supports it, else float16,
+    and ``None`` (no autocast) on CPU; a named dtype (``bfloat16``/``float16``) on any device.
+    ``None`` with ``amp=False``."""
+    if not amp:
+        return None
+    if dtype != "auto":
+        return {"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
@@ -150,7 +160,7 @@ class Session:
         self.fetch = fetch
         self.host.collect("mixhub_configure_model", model=self.model, state=self.state)
         self.model.to(self.device)
-        self.amp_dtype = amp_dtype_for(cfg.train.amp, self.device)
+        self.amp_dtype = amp_dtype_for(cfg.train.amp, self.device, cfg.train.amp_dtype)
         self.state.amp_dtype = self.amp_dtype
         self.task_module = TaskModule(self)
         #: the module the step calls: ``task_module``, or its DDP/FSDP-wrapped version.
@@ -159,6 +169,11 @@ class Session:
         self._names_checked = not cfg.losses
         if max_steps is not None:
             self.set_max_steps(max_steps)
+        #: checks of device values made during the step (plans, and in mixhub's runs the batch and
+        #: the loss), read every ``train.check_every`` steps (default: at log steps)
+        self.checks = DeviceChecks(cfg.train.check_every or cfg.train.log_every)
+        #: ``after_step`` reads ``checks`` when due; a loop that reads them itself (``Run``) turns it off
+        self.verify_in_after_step = True
 
     # ------------------------------------------------------------------ setup
     def replace_model(self, model: nn.Module) -> None:
@@ -183,7 +198,9 @@ class Session:
         return self.model
 
     def compile(self, **kwargs: Any) -> None:
-        """``torch.compile`` the model the forward slot calls (plugins still see the plain model in ``state``)."""
+        """``torch.compile`` the model the forward slot calls (plugins still see the plain model in
+        ``state``); the backend is ``train.compile_backend`` unless ``kwargs`` names one."""
+        kwargs.setdefault("backend", self.config.train.compile_backend)
         object.__setattr__(self.task_module, "net", torch.compile(self.model, **kwargs))
 
     def param_groups(self) -> list[dict[str, Any]]:
@@ -236,6 +253,8 @@ class Session:
         check_class_targets(batch.targets, self.state.task_kind, self.config.train.soft_targets)
         self.train(True)
         self.state.phase = self.state.stage = "train"
+        if len(self.checks) > 64 * self.checks.every:  # a loop that never calls after_step: read them anyway
+            self.checks.verify()
         return self.train_module(batch)
 
     def _forward(self, batch: Batch, model: nn.Module) -> dict[str, Any]:
@@ -258,10 +277,16 @@ class Session:
     def _sample_and_mix(self, batch: Batch) -> tuple[MixPlan, Batch]:
         state, host = self.state, self.host
         plan = host.slot("sample_pairs", expected=MixPlan, batch=batch, state=state)
-        try:
-            plan.validate(batch.size, state.train_dataset_size or None, owner=f"{host.owner('sample_pairs')} (mixhub_sample_pairs)")
+        owner = host.owner("sample_pairs")
+
+        def error(message: str) -> PluginHookError:
+            return PluginHookError(message + f" (step {step})", plugin=owner, hook="mixhub_sample_pairs")
+
+        step = state.step
+        try:  # the plan's structure now; its values on the device, read every train.check_every steps
+            plan.validate(batch.size, state.train_dataset_size or None, owner=f"{owner} (mixhub_sample_pairs)", checks=self.checks, error=error)
         except (ValueError, TypeError) as exc:
-            raise PluginHookError(str(exc), plugin=host.owner("sample_pairs"), hook="mixhub_sample_pairs") from exc
+            raise PluginHookError(str(exc), plugin=owner, hook="mixhub_sample_pairs") from exc
         if plan.partner_source == "dataset" and plan.partner is None:  # not loaded with the batch
             if self.fetch is None:
                 raise ConfigError(
@@ -295,6 +320,8 @@ class Session:
         if self.state.max_steps <= 0:
             self._require_max_steps()
         self.host.collect("mixhub_after_step", state=self.state)
+        if self.verify_in_after_step and self.checks.due(self.state.step):
+            self.checks.verify()
         return self._plugin_logs()
 
     def _require_max_steps(self) -> None:

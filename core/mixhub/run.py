@@ -101,6 +101,7 @@ class Run(CheckpointMixin, EvaluationMixin, DistributedMixin, GuardMixin):
             rank=self.rank,
         )
         self.config: RunConfig = self.session.config
+        self.session.verify_in_after_step = False  # log_step_record reads the checks with the step record
         self.host = self.session.host
         self.state = self.session.state
         self.model: nn.Module = self.session.model
@@ -118,7 +119,7 @@ class Run(CheckpointMixin, EvaluationMixin, DistributedMixin, GuardMixin):
         self.sharded = self._prepare_distributed()
         self.optimizer = self.session.create_optimizer()
         self.amp_dtype = self.session.amp_dtype
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.ema = None
         if cfg.train.ema:
             from timm.utils import ModelEmaV3
@@ -256,32 +257,43 @@ class Run(CheckpointMixin, EvaluationMixin, DistributedMixin, GuardMixin):
         if self._step_end is not None:
             self.meter.data_wait(time.perf_counter() - self._step_end)
         state = self.state
-        batch = batch.to(self.device)
+        batch = batch.to(self.device, non_blocking=True)
         multi = self.dist.enabled
-        try:
-            good_batch = self.check_batch(batch)
-        except NonFiniteError:
-            if not multi:
-                raise
-            good_batch = False  # every process stops together after the backward below
-        if not good_batch:
-            if not multi:
-                return None
-            batch = batch.replace(inputs=torch.nan_to_num(batch.inputs), targets=torch.nan_to_num(batch.targets) if batch.targets.is_floating_point() else batch.targets)
+        checks = self.session.checks
+        # nan_policy=skip (and DDP's agreement) must decide before the optimizer step: a host read
+        # per step. Otherwise the checks are device flags read every train.check_every steps.
+        deferred = not multi and self.config.train.nan_policy == "stop"
+        good_batch = True
+        if deferred:
+            batch = self.guard_batch(batch, checks)
+        else:
+            try:
+                good_batch = self.check_batch(batch)
+            except NonFiniteError:
+                if not multi:
+                    raise
+                good_batch = False  # every process stops together after the backward below
+            if not good_batch:
+                if not multi:
+                    return None
+                batch = batch.replace(inputs=torch.nan_to_num(batch.inputs), targets=torch.nan_to_num(batch.targets) if batch.targets.is_floating_point() else batch.targets)
         out = self.session.step(batch)
         total, logs = out["loss"], out["logs"]
-        finite = bool(torch.isfinite(total))
-        if not finite and not multi:
-            msg = self._non_finite_message(f"non-finite loss ({float(total.detach())})", batch)
-            if self.config.train.nan_policy == "skip":
+        if deferred:
+            loss = total.detach()
+            index, step, epoch = batch.index, state.step, state.epoch
+            checks.fail_if(~torch.isfinite(loss), lambda: NonFiniteError(self._step_message(f"non-finite loss ({float(loss)})", index, step, epoch)), step)
+        else:
+            finite = bool(torch.isfinite(total))
+            if not finite and not multi:
+                msg = self._non_finite_message(f"non-finite loss ({float(total.detach())})", batch)
                 log.warning("%s; skipping the batch", msg)
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
-            raise NonFiniteError(msg)
-        if multi and not (finite and good_batch):
-            if finite:  # a skipped batch: poison this rank's loss so every rank skips the step
-                total = total * float("nan")
-            log.warning("%s", self._non_finite_message("non-finite loss" if good_batch else "skipped batch", batch))
+            if multi and not (finite and good_batch):
+                if finite:  # a skipped batch: poison this rank's loss so every rank skips the step
+                    total = total * float("nan")
+                log.warning("%s", self._non_finite_message("non-finite loss" if good_batch else "skipped batch", batch))
         self.scheduler.step(state.step)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -324,14 +336,31 @@ class Run(CheckpointMixin, EvaluationMixin, DistributedMixin, GuardMixin):
     def log_step_record(self, logs: dict[str, Tensor], images: int, norm: Tensor | None) -> None:
         """The per-step record: the step's logs (device tensors) join the window, and every
         ``train.log_every`` steps (and at the last) the window's means, lr per group, images/s,
-        data wait and the gradient norm go out as one step record (``RunLog.step``)."""
+        data wait and the gradient norm go out as one step record (``RunLog.step``).
+
+        The step's device-side checks (``Session.checks``) are read every ``train.check_every``
+        steps and at the last; at a log step in the record's own transfer (one read per log step).
+        """
+        step = self.state.step
         self.meter.add(logs, images=images * self.world_size)
-        if self.meter.due(self.state.step):
-            record = self.meter.flush(self.state.step, self.optimizer, norm)
+        checks = self.session.checks
+        check_due = checks.due(step) or (len(checks) > 0 and step >= self.meter.max_steps)
+        if self.meter.due(step):
+            failed = checks.any_failed() if check_due else None
+            record = self.meter.flush(step, self.optimizer, norm, also=failed)
+            if failed is not None:
+                checks.verify(failed=bool(self.meter.also_value))
             self.runlog.step(record)
             if "loss" in record:
                 self.console.postfix(loss=f"{record['loss']:.4f}")
+        elif check_due:
+            checks.verify()
         self._step_end = time.perf_counter()
+
+    def verify_checks(self) -> None:
+        """Read the step's pending device-side checks now (before a checkpoint: never save a state
+        that a failed check has already condemned)."""
+        self.session.checks.verify()
 
     def _mean_over_ranks(self, values: Tensor) -> Tensor:
         """The mean over processes of a 1-D tensor (the step records' window sums, at log steps)."""

@@ -56,6 +56,8 @@ class CheckpointMixin:
 
         def eval_model(self) -> nn.Module: ...
 
+        def verify_checks(self) -> None: ...
+
     @classmethod
     def from_checkpoint(
         cls,
@@ -136,7 +138,9 @@ class CheckpointMixin:
     def save_checkpoint(self, name: str = "last") -> Path | None:
         """``checkpoints/<name>.pt`` (rank 0). Sharded runs: every process first writes its shards
         of the model, plugin modules and optimizer to ``checkpoints/<name>.dcp/`` (the previous
-        one kept as ``<name>.prev.dcp/``); ``<name>.pt`` then holds the rest and names the folder."""
+        one kept as ``<name>.prev.dcp/``); ``<name>.pt`` then holds the rest and names the folder.
+        The step's pending device-side checks are read first: a failed one raises instead."""
+        self.verify_checks()
         if not self._write or not self.config.train.checkpoint:
             return None
         if self.sharded:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from . import distributed as D
 from .batch import Batch
+from .checks import DeviceChecks
 from .errors import DataError, MixhubError
 from .runsetup import main_thread
 
@@ -28,6 +30,12 @@ class NonFiniteError(MixhubError):
     """A non-finite loss (or input) stopped the run."""
 
 
+def _raise_later(kind: type[Exception], message: Callable[..., str], *args: Any, suffix: str = "") -> Callable[[], Exception]:
+    """An error builder for ``DeviceChecks``: the message (which may read device values) is made
+    only when the check failed."""
+    return lambda: kind(message(*args) + suffix)
+
+
 class GuardMixin:
     """Guard methods of ``mixhub.run.Run`` (attributes are the run's)."""
 
@@ -41,20 +49,17 @@ class GuardMixin:
     _stop_checked_at: int
 
     def check_batch(self, batch: Batch) -> bool:
-        """Shape, range and finiteness checks; returns False when the batch must be skipped."""
-        shape = tuple(batch.inputs.shape[1:])
-        expected = tuple(self.bundle.input_shape)
-        if shape != expected:
-            raise DataError(f"batch of dataset {self.config.data.name!r} has input shape {shape}, the model expects {expected}")
+        """Shape, range and finiteness checks read on the host now; returns False when the batch
+        must be skipped. (``guard_batch`` is the step's version, without a host read.)"""
+        self._check_shape(batch)
         bad = None
         if not torch.isfinite(batch.inputs).all():
             bad = "inputs"
         elif batch.targets.is_floating_point() and not torch.isfinite(batch.targets).all():
             bad = "targets"
         if bad is not None:
-            rows = (~torch.isfinite(getattr(batch, bad).reshape(batch.size, -1))).any(1).nonzero().flatten()
-            where = batch.index[rows].tolist()[:10]
-            msg = f"non-finite {bad} in the training batch at dataset indices {where} (step {self.state.step})"
+            rows = (~torch.isfinite(getattr(batch, bad).reshape(batch.size, -1))).any(1)
+            msg = self._bad_rows_message(f"non-finite {bad} in the training batch", batch.index, rows, self.state.step)
             if self.config.train.nan_policy == "skip":
                 log.warning("%s; skipping the batch (train.nan_policy=skip)", msg)
                 return False
@@ -62,14 +67,50 @@ class GuardMixin:
         if self.bundle.num_classes and not batch.targets.is_floating_point():
             t = batch.targets
             if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.bundle.num_classes):
-                raise DataError(f"labels out of range [0, {self.bundle.num_classes}) at dataset indices {batch.index[(t < 0) | (t >= self.bundle.num_classes)].tolist()[:10]}")
+                raise DataError(self._label_message(batch.index, (t < 0) | (t >= self.bundle.num_classes)))
         return True
 
-    def _non_finite_message(self, what: str, batch: Batch) -> str:
+    def guard_batch(self, batch: Batch, checks: DeviceChecks) -> Batch:
+        """The batch checks of a step that does not wait for the device: the shape on the host, the
+        values as failure flags in ``checks`` (read every ``train.check_every`` steps; the error then
+        names the step and the dataset indices, as ``check_batch``'s). Out-of-range labels are
+        clamped on the device until then, so no kernel indexes out of bounds meanwhile."""
+        self._check_shape(batch)
+        step, index = self.state.step, batch.index
+        for bad, values in (("inputs", batch.inputs), ("targets", batch.targets if batch.targets.is_floating_point() else None)):
+            if values is None:
+                continue
+            rows = ~torch.isfinite(values.reshape(batch.size, -1)).all(1)
+            checks.fail_if(rows, _raise_later(NonFiniteError, self._bad_rows_message, f"non-finite {bad} in the training batch", index, rows, step,
+                                              suffix="; set train.nan_policy=skip to drop such batches"), step)
+        classes = self.bundle.num_classes
+        if classes and not batch.targets.is_floating_point() and batch.targets.numel():
+            t = batch.targets
+            out = (t < 0) | (t >= classes)
+            checks.fail_if(out, _raise_later(DataError, lambda idx, rows: self._label_message(idx, rows), index, out), step)
+            batch = batch.replace(targets=t.clamp(0, classes - 1))
+        return batch
+
+    def _check_shape(self, batch: Batch) -> None:
+        shape = tuple(batch.inputs.shape[1:])
+        expected = tuple(self.bundle.input_shape)
+        if shape != expected:
+            raise DataError(f"batch of dataset {self.config.data.name!r} has input shape {shape}, the model expects {expected}")
+
+    def _bad_rows_message(self, what: str, index: Tensor, rows: Tensor, step: int) -> str:
+        return f"{what} at dataset indices {index[rows].tolist()[:10]} (step {step})"
+
+    def _label_message(self, index: Tensor, rows: Tensor) -> str:
+        return f"labels out of range [0, {self.bundle.num_classes}) at dataset indices {index[rows].tolist()[:10]}"
+
+    def _non_finite_message(self, what: str, batch: Batch, step: int | None = None, epoch: int | None = None) -> str:
+        return self._step_message(what, batch.index, self.state.step if step is None else step, self.state.epoch if epoch is None else epoch)
+
+    def _step_message(self, what: str, index: Tensor, step: int, epoch: int) -> str:
         last = self.folder.checkpoints / "last.pt"
         return (
-            f"{what} at step {self.state.step} (epoch {self.state.epoch}), batch dataset indices "
-            f"{batch.index.tolist()[:16]}; last good checkpoint: {str(last) if last.exists() else 'none yet'}"
+            f"{what} at step {step} (epoch {epoch}), batch dataset indices "
+            f"{index.tolist()[:16]}; last good checkpoint: {str(last) if last.exists() else 'none yet'}"
         )
 
     def close(self) -> None:

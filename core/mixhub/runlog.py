@@ -194,6 +194,7 @@ class StepMeter:
         self.log_seconds = log_seconds
         #: the next timed log step; 0: the first step the meter sees is a log step (never, when log_seconds is 0)
         self._next_timed: float = 0 if log_seconds > 0 else math.inf
+        self.also_value: float | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -224,7 +225,11 @@ class StepMeter:
         """A log step with steps in the window."""
         return self._steps > 0 and self.is_log_step(step)
 
-    def flush(self, step: int, optimizer: torch.optim.Optimizer | None = None, grad_norm: Tensor | None = None) -> dict[str, float]:
+    def flush(
+        self, step: int, optimizer: torch.optim.Optimizer | None = None, grad_norm: Tensor | None = None, also: Tensor | None = None
+    ) -> dict[str, float]:
+        """The record's scalars (see the class docstring); ``also``, a device scalar the caller needs
+        on the host (e.g. the step checks' failure flag), is read in the same transfer into ``also_value``."""
         keys = sorted(self._sums)
         values = [self._sums[k] for k in keys]
         elapsed = max(self.clock() - self._t0, 1e-9)
@@ -234,7 +239,10 @@ class StepMeter:
             values = list(self.reduce(stacked).unbind())
         if grad_norm is not None:
             values.append(grad_norm)
+        if also is not None:
+            values.append(also)
         host = _to_host(values)
+        self.also_value = host.pop() if also is not None else None
         if self.reduce is not None:
             elapsed = max(host.pop(len(keys)), 1e-9)
         n = max(self._steps, 1)

@@ -181,8 +181,9 @@ def _fit_continual(run: Run, write_record: Any) -> dict[str, Any]:
             host.collect("mixhub_task_start", state=state)
         meter = LogMeter()
         for k, rows in _task_batches(dataset, t, offset, cfg, seed, n_pass, skip):
-            batch = _load_batch(dataset, rows, offset, t).to(state.device)
-            raw = batch.replace(extras={})
+            loaded = _load_batch(dataset, rows, offset, t)
+            batch = loaded.to(state.device)
+            raw = batch.replace(extras={"host_targets": loaded.targets})  # the buffer's host copy of the labels
             if len(buffer) > 0:
                 memory = host.slot("replay_retrieve", expected=Batch, allow_none=True, buffer=buffer, batch=raw, state=state)
                 if memory is not None:

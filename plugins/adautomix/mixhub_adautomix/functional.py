@@ -211,8 +211,11 @@ class MaskGenerator(nn.Module):
             feats = [f.float() for f in features]
             attn, v = self._raw_masks(feats, lam_values)
             mask = torch.cat([torch.matmul(a, vi).reshape(b, 1, h, w) for a, vi in zip(attn, v)], dim=1)
-            if torch.isnan(mask).any():
-                mask = self._nan_fallback(attn, v, b, h, w)
+            if self.nan_policy == "raise":
+                if torch.isnan(mask).any():  # a host read, asked for by nan_policy="raise"
+                    self._nan_fallback(attn, v, b, h, w)
+            else:  # official: the float64 recompute when any entry is NaN, chosen on the device
+                mask = torch.where(torch.isnan(mask).any(), self._nan_fallback(attn, v, b, h, w), mask)
             mask = F.interpolate(
                 mask,
                 scale_factor=self.scale_factor,
@@ -448,11 +451,12 @@ def apply_lam_margin(masks: Tensor, lams: LamLike, margin: float, *, rule: str =
     return const.expand_as(masks).clone()
 
 
-def mask_statistics(masks: Tensor) -> dict[str, float]:
-    """Per-channel mean, within-image spatial std and across-image std of the per-image weight."""
+def mask_statistics(masks: Tensor) -> dict[str, Tensor]:
+    """Per-channel mean, within-image spatial std and across-image std of the per-image weight
+    (0-d tensors on the masks' device: nothing is read on the host)."""
     m = masks.detach().float()
     per_image = m.mean(dim=(2, 3))  # [B, N]
-    out = {f"mask_mean_{i}": float(per_image[:, i].mean()) for i in range(m.shape[1])}
-    out["mask_spatial_std"] = float(m.flatten(2).std(dim=2, unbiased=False).mean())
-    out["mask_image_std"] = float(per_image[:, 0].std(unbiased=False)) if m.shape[0] > 1 else 0.0
+    out = {f"mask_mean_{i}": per_image[:, i].mean() for i in range(m.shape[1])}
+    out["mask_spatial_std"] = m.flatten(2).std(dim=2, unbiased=False).mean()
+    out["mask_image_std"] = per_image[:, 0].std(unbiased=False) if m.shape[0] > 1 else m.new_zeros(())
     return out

@@ -169,10 +169,18 @@ def _head(state: State, net: str) -> nn.Module | None:
     return state.module(NAME, key) if f"{NAME}.{key}" in state.modules else None
 
 
-def _accumulate(s: Any, values: dict[str, float]) -> None:
+def _accumulate(s: Any, values: dict[str, Any]) -> None:
+    """Window sums: device tensors stay on the device (read once per window, ``_window_means``)."""
     for k, v in values.items():
         total, count = s.acc.get(k, (0.0, 0))
-        s.acc[k] = (total + float(v), count + 1)
+        s.acc[k] = (total + (v.detach().float() if isinstance(v, Tensor) else float(v)), count + 1)
+
+
+def _window_means(acc: dict[str, Any]) -> dict[str, float]:
+    """The window means of ``acc`` with one host read."""
+    keys = sorted(acc)
+    totals = torch.stack([torch.as_tensor(acc[k][0], dtype=torch.float32).cpu() for k in keys]).tolist() if keys else []
+    return {k: t / max(acc[k][1], 1) for k, t in zip(keys, totals)}
 
 
 def _perm(n: int, state: State, device: torch.device) -> Tensor:
@@ -361,8 +369,8 @@ def mixhub_compute_loss(outputs: dict[str, Any], batch: Batch, plan: MixPlan, st
         loss_re = (1.0 - opts.mixup_radio) * loss_one + opts.mixup_radio * loss_lin
     else:
         loss_re = loss_one
-    state.log["adautomix/loss_mix_q"] = float(loss_mix_q.detach())
-    state.log["adautomix/loss_one_q"] = float(loss_one.detach())
+    state.log["adautomix/loss_mix_q"] = loss_mix_q.detach()
+    state.log["adautomix/loss_one_q"] = loss_one.detach()
     return loss_mix_q + loss_re
 
 
@@ -377,9 +385,9 @@ def mixhub_aux_losses(
     if "source_logits" in outputs:
         cos = cosine_consistency(outputs["logits_k"], outputs["source_logits"], ex["mb_lams"])
     loss_gen = generator_objective(loss_k, cos, ex["adversarial"], opts.beta_radio, cos_term=opts.cos_term)
-    stats = {"loss_mix_k": float(loss_k.detach()), "adversarial": float(ex["adversarial"])}
+    stats: dict[str, Any] = {"loss_mix_k": loss_k.detach(), "adversarial": ex["adversarial"]}
     if isinstance(cos, Tensor):
-        stats["cosine"] = float(cos.detach())
+        stats["cosine"] = cos.detach()
     _accumulate(s, stats)
     state.log.update({f"adautomix/{k}": v for k, v in stats.items()})
     return {"adautomix_generator": loss_gen}
@@ -409,7 +417,7 @@ def mixhub_after_step(state: State) -> None:
         for p in state.module(NAME, "generator").parameters()
         if p.grad is not None
     ]
-    gnorm = float(torch.stack(grads).norm()) if grads else 0.0
+    gnorm = torch.stack(grads).norm() if grads else 0.0  # stays on the device
     _accumulate(s, {"generator_grad_norm": gnorm, "momentum": m})
     state.log["adautomix/momentum"] = m
 
@@ -459,7 +467,7 @@ def mixhub_metrics(stage: str, state: State) -> dict[str, float] | None:
     """Training-window averages (mask statistics, generator gradient norm, teacher mix-CE)."""
     s = _scratch(state)
     if stage == "train":
-        window = {k: total / max(count, 1) for k, (total, count) in s.acc.items()}
+        window = _window_means(s.acc)
         s.acc = {}
         if window:
             if s.first is None:

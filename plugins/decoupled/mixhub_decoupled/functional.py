@@ -79,9 +79,10 @@ def _compute_dtype(logits: Tensor) -> Tensor:
     return logits if logits.dtype == torch.float64 else logits.float()
 
 
-def _as_lam(lam: LamLike, batch_size: int, device: torch.device) -> tuple[float | None, Tensor | None]:
+def _as_lam(lam: LamLike, batch_size: int, device: torch.device, scalar_if_constant: bool = True) -> tuple[float | None, Tensor | None]:
     """``(scalar, per_row)``: the batch lam when constant (``per_row`` is then ``None``), else
-    ``(None, lam [B] float64)``."""
+    ``(None, lam [B] float64)``. Finding that a ``[B]`` tensor is constant reads it on the host,
+    so it is done only with ``scalar_if_constant`` (the official rules need a scalar)."""
     if isinstance(lam, Tensor):
         t = lam.detach().reshape(-1)
         if t.numel() == 1:
@@ -89,6 +90,8 @@ def _as_lam(lam: LamLike, batch_size: int, device: torch.device) -> tuple[float 
         if t.numel() != batch_size:
             raise ValueError(f"lam must be a scalar or have shape [{batch_size}], got {tuple(lam.shape)}")
         t = t.to(device=device, dtype=torch.float64)
+        if not scalar_if_constant:
+            return None, t
         first = t[0]
         return (float(first), None) if bool(torch.all(t == first)) else (None, t)
     return float(lam), None
@@ -293,7 +296,7 @@ def mixup_soft_cross_entropy(
     (smoothed as ``(1-s) t + s/C``; ``w_c`` the class weights, 1 without; official
     ``soft_mix_cross_entropy``: ``loss *= class_weight``). Returns ``[B]``."""
     z = _compute_dtype(logits)
-    lam_scalar, lam_rows = _as_lam(lam, z.shape[0], z.device)
+    lam_scalar, lam_rows = _as_lam(lam, z.shape[0], z.device, scalar_if_constant=False)
     logp = F.log_softmax(z, dim=-1)
     w = _class_weight(class_weight, z.shape[-1], z)
     wlogp = logp if w is None else logp * w
@@ -406,7 +409,7 @@ def decoupled_mixup_loss(
         raise ValueError(
             f"y_a and y_b must have shape [{batch_size}], got {tuple(y_a.shape)} and {tuple(y_b.shape)}"
         )
-    lam_scalar, lam_rows = _as_lam(lam, batch_size, z.device)
+    lam_scalar, lam_rows = _as_lam(lam, batch_size, z.device, scalar_if_constant=official_eta_order or official_skip)
     if lam_scalar is None and (official_eta_order or official_skip):
         raise ValueError(PER_SAMPLE_LAM_MESSAGE)
 

@@ -164,7 +164,9 @@ def mixhub_compute_loss(outputs: dict[str, Any], batch: Batch, plan: MixPlan, st
         raise ValueError("decoupled: the plan's targets (plan.y_a, plan.y_b) are not resolved")
     official = opts.official_eta_order or opts.official_skip
     lam: float | Tensor
-    batch_lam = plan.batch_lam
+    # the sampler's host lam when it gave one; otherwise only the official rules (which need a
+    # scalar) read plan.lam on the host to find it constant
+    batch_lam = plan.lam_value if plan.lam_value is not None or not official else plan.batch_lam
     if batch_lam is not None:
         lam = batch_lam
     elif official:
@@ -220,8 +222,8 @@ def _multimix_loss(
             "decoupled.smoothing_target=official: the official loss forbids label smoothing with mixes of more "
             "than two classes; use decoupled.smoothing_target=onehot"
         )
-    lams = []
-    for j, (_, w) in enumerate(plan.sources):
+    lams: list[float] = list(plan.source_lams) if plan.source_lams is not None else []
+    for j, (_, w) in enumerate(plan.sources if plan.source_lams is None else []):  # read only when the sampler gave no numbers
         first = w.reshape(-1)[:1]
         if not bool(torch.all(w == first)):
             raise ValueError(

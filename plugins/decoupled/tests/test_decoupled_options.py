@@ -252,15 +252,16 @@ class ThreeMix:
 
     PLUGIN = PluginSpec(name="threemix", slots=("sample_pairs",), task_kinds=("classification",))
 
-    def __init__(self) -> None:
+    def __init__(self, source_lams: list[float] | None = None) -> None:
         self.seen: list[dict[str, Any]] = []
+        self.source_lams = source_lams
 
     @hookimpl
     def mixhub_sample_pairs(self, batch, state):
         b = batch.size
         perms = [torch.arange(b), torch.randperm(b, generator=state.generator), torch.randperm(b, generator=state.generator)]
         sources = [(p, torch.full((b,), w)) for p, w in zip(perms, (0.5, 0.3, 0.2))]
-        return MixPlan.pairs(perms[1], 0.5, sources=sources)
+        return MixPlan.pairs(perms[1], 0.5, sources=sources, source_lams=self.source_lams)
 
     @hookimpl
     def mixhub_aux_losses(self, outputs, batch, plan, state):
@@ -268,8 +269,10 @@ class ThreeMix:
         self.seen.append({"logits": outputs["logits"].detach().clone(), "ys": ys})
 
 
-def test_plugin_three_source_plan_uses_the_k_source_loss():
-    sampler = ThreeMix()
+@pytest.mark.parametrize("source_lams", [None, [0.5, 0.3, 0.2]])
+def test_plugin_three_source_plan_uses_the_k_source_loss(source_lams):
+    """Weights read from the plan's tensors, or given on the host by the sampler (no device read)."""
+    sampler = ThreeMix(source_lams)
     options = {"eta": 0.2, "lam_scale_mode": "exp", "lam_pow": 2.0, "lam_thr": 0.8, "class_weight": [1.0 + 0.1 * c for c in range(10)]}
     trainer = Trainer({**BASE, "decoupled": options}, extra_plugins={"threemix": sampler}, write=False)
     out = trainer.train_step(next(iter(trainer.loader)))
@@ -278,6 +281,14 @@ def test_plugin_three_source_plan_uses_the_k_source_loss():
         seen["logits"], seen["ys"], [0.5, 0.3, 0.2], 0.2, 2.0, lam_scale_mode="exp", lam_thr=0.8, class_weight=options["class_weight"]
     )
     assert float(out["loss"]) == pytest.approx(float(expect), abs=1e-5)
+
+
+def test_source_lams_that_disagree_with_the_weights_are_an_error():
+    from mixhub import PluginHookError
+
+    trainer = Trainer({**BASE, "train": {**BASE["train"], "check_every": 1}}, extra_plugins={"threemix": ThreeMix([0.5, 0.2, 0.3])}, write=False)
+    with pytest.raises(PluginHookError, match=r"sources\[1\] weights differ from MixPlan.source_lams\[1\]=0.2"):
+        trainer.train_step(next(iter(trainer.loader)))
 
 
 def test_plugin_three_sources_reject_less_and_more():

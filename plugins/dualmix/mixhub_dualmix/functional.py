@@ -62,9 +62,9 @@ def one_hot(y: Tensor, num_classes: int) -> Tensor:
     return F.one_hot(y.long(), num_classes).float()
 
 
-def _ids(y: Tensor, num_classes: int, name: str) -> Tensor:
+def _ids(y: Tensor, num_classes: int, name: str, check: bool = True) -> Tensor:
     ids = y.argmax(1) if y.dim() == 2 else y.long()
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_classes):
+    if check and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_classes):
         raise ValueError(
             f"{name}: class ids must lie in [0, {num_classes}) (the classifier's rows), got {ids.tolist()}"
         )
@@ -155,6 +155,7 @@ def classifier_norm_ratio(
     mode: str = "pair",
     old_classes: list[int] | Tensor | None = None,
     new_classes: list[int] | Tensor | None = None,
+    check_ids: bool = True,
 ) -> Tensor:
     """``r`` per pair: ``||W[y_new]|| / ||W[y_old]||`` (``pair``) or, in ``group`` mode, the mean
     row norm of ``new_classes`` over the mean row norm of ``old_classes`` for every pair.
@@ -164,7 +165,7 @@ def classifier_norm_ratio(
     """
     w = classifier_weight.detach().float()
     c = w.shape[0]
-    yo, yn = _ids(y_old, c, "y_old"), _ids(y_new, c, "y_new")
+    yo, yn = _ids(y_old, c, "y_old", check_ids), _ids(y_new, c, "y_new", check_ids)
     norms = w.norm(dim=1)
     if mode == "pair":
         return norms[yn.to(w.device)] / norms[yo.to(w.device)]
@@ -196,8 +197,12 @@ def adpmix(
     old_classes: list[int] | Tensor | None = None,
     new_classes: list[int] | Tensor | None = None,
     return_info: bool = False,
+    check_ids: bool = True,
 ) -> Any:
     """AdpMix (paper Eqs. 8-9): mix old-class memory samples with new-task stream samples.
+
+    ``check_ids``: check on the host that the class ids index the classifier's rows (a device
+    read; a training loop whose labels are already checked, like mixhub's, turns it off).
 
     Pixels use ``mu_x`` (``x = mu_x * x_old + (1 - mu_x) * x_new``); labels use the adapted
     ``mu_y`` (``adapted_label_weight``) on the old class and ``1 - mu_y`` on the new class.
@@ -210,7 +215,7 @@ def adpmix(
     p = x_old.shape[0]
     if x_new.shape[0] != p:
         raise ValueError(f"adpmix: x_old and x_new must pair up row by row, got {p} and {x_new.shape[0]}")
-    yo, yn = _ids(y_old, c, "y_old"), _ids(y_new, c, "y_new")
+    yo, yn = _ids(y_old, c, "y_old", check_ids), _ids(y_new, c, "y_new", check_ids)
     if p == 0:
         empty = (
             x_old[:0].clone(),
@@ -223,7 +228,7 @@ def adpmix(
         mu_x = beta_sample(alpha, p if per_sample else 1, generator)
     mu = _as_lam(mu_x, p, x_old)
     r = classifier_norm_ratio(
-        classifier_weight, yo, yn, mode=norm_ratio, old_classes=old_classes, new_classes=new_classes
+        classifier_weight, yo, yn, mode=norm_ratio, old_classes=old_classes, new_classes=new_classes, check_ids=False
     ).to(mu.device)
     mu_y = adapted_label_weight(mu, r, kappa, tau, delta)
     x = _bcast(mu, x_old) * x_old + _bcast(1 - mu, x_old) * x_new
@@ -246,11 +251,9 @@ def pair_old_with_stream(
     in memory are never paired, and the first task gives no pairs. Returns LongTensors ``[P]``.
     """
     ids = y_memory.argmax(1) if y_memory.dim() == 2 else y_memory.long()
-    old = torch.as_tensor(
-        list(old_classes) if not isinstance(old_classes, Tensor) else old_classes,
-        dtype=torch.long,
-        device=ids.device,
-    )
+    old = torch.as_tensor(list(old_classes) if not isinstance(old_classes, Tensor) else old_classes, dtype=torch.long)
+    if old.device != ids.device:  # host labels (the replay buffer's copy) pair on the host
+        old = old.to(ids.device)
     if old.numel() == 0 or stream_size <= 0:
         empty = torch.zeros(0, dtype=torch.long, device=ids.device)
         return empty, empty.clone()

@@ -120,6 +120,13 @@ def _diag(state: State) -> Any:
     return s
 
 
+def _on_host(acc: dict[str, Any]) -> dict[str, float]:
+    """The sums as floats, with one host read for those on the device."""
+    keys = sorted(acc)
+    values = torch.stack([torch.as_tensor(acc[k], dtype=torch.float64).cpu() for k in keys]).tolist()
+    return dict(zip(keys, values))
+
+
 def _zero() -> dict[str, float]:
     return {
         "pairs": 0.0,
@@ -133,7 +140,7 @@ def _zero() -> dict[str, float]:
     }
 
 
-def _group_ratio(w: Tensor, state: State) -> float | None:
+def _group_ratio(w: Tensor, state: State) -> Tensor | None:
     old, new = (
         state.old_classes,
         state.task_classes[state.task] if state.task < len(state.task_classes) else [],
@@ -141,7 +148,7 @@ def _group_ratio(w: Tensor, state: State) -> float | None:
     if not old or not new:
         return None
     norms = w.detach().float().norm(dim=1)
-    return float(norms[new].mean() / norms[old].mean())
+    return norms[new].mean() / norms[old].mean()  # a device scalar: summed, read at metrics time
 
 
 def _classifier_weight(state: State) -> Tensor:
@@ -170,7 +177,9 @@ def mixhub_sample_pairs(batch: Batch, state: State) -> MixPlan:
             "lam": beta_sample(opts.alpha, m if opts.mu_mode == "sample" else 1, g),
         }
     if "D" in opts.parts:
-        mem_pos, stream_pos = pair_old_with_stream(mem.targets.cpu(), state.old_classes, batch.size, g)
+        labels = mem.extras.get("host_targets")  # the replay buffer's host copy: no device read
+        labels = labels if isinstance(labels, torch.Tensor) else mem.targets.cpu()
+        mem_pos, stream_pos = pair_old_with_stream(labels, state.old_classes, batch.size, g)
         if opts.adp_pairing == "fixed_k" and mem_pos.numel() > 0:
             pick = torch.randint(0, mem_pos.numel(), (opts.adp_k,), generator=g)
             mem_pos, stream_pos = mem_pos[pick], torch.randint(0, batch.size, (opts.adp_k,), generator=g)
@@ -254,16 +263,21 @@ def mixhub_mix_batch(batch: Batch, plan: MixPlan, state: State) -> Batch:
             old_classes=state.old_classes,
             new_classes=new,
             return_info=True,
+            check_ids=False,  # the core checked the labels (stream and memory) on the device
         )
         xs.append(x_d), ys.append(y_d.to(mem.inputs.device)), names.append("D")
         r = info["r"]
         finite = torch.isfinite(r)
-        for acc in (d.task, d.run):
+        gate_open = info["gate"].float().sum()
+        r_sum = torch.where(finite, r, torch.zeros_like(r)).float().sum()
+        r_finite = finite.float().sum()
+        shift = (mu_y.float() - torch.as_tensor(info["mu_x"]).to(mu_y.device).float()).sum()
+        for acc in (d.task, d.run):  # device sums (no host read in the step); pairs is a host count
             acc["pairs"] += float(r.numel())
-            acc["gate_open"] += float(info["gate"].sum())
-            acc["r_sum"] += float(r[finite].sum())
-            acc["r_finite"] += float(finite.sum())
-            acc["shift_sum"] += float((mu_y.cpu() - info["mu_x"].cpu()).sum())
+            acc["gate_open"] = acc["gate_open"] + gate_open
+            acc["r_sum"] = acc["r_sum"] + r_sum
+            acc["r_finite"] = acc["r_finite"] + r_finite
+            acc["shift_sum"] = acc["shift_sum"] + shift
     for acc in (d.task, d.run):
         acc["steps"] += 1
     if all(not y.is_floating_point() for y in ys):
@@ -325,6 +339,7 @@ def mixhub_metrics(stage: str, state: State) -> dict[str, float] | None:
         acc = d.run
     else:
         return None
+    acc = _on_host(acc)
     out = {f"{NAME}/n_adp_pairs": acc["pairs"]}
     if acc["pairs"] > 0:
         out[f"{NAME}/gate_open_frac"] = acc["gate_open"] / acc["pairs"]
@@ -339,7 +354,7 @@ def mixhub_metrics(stage: str, state: State) -> dict[str, float] | None:
 @hookimpl
 def mixhub_state_dict(state: State) -> dict[str, Any]:
     d = _diag(state)
-    return {"task": dict(d.task), "run": dict(d.run)}
+    return {"task": _on_host(d.task), "run": _on_host(d.run)}
 
 
 @hookimpl

@@ -32,12 +32,16 @@ def sample_lam(alpha: float, batch_size: int, *, per_sample: bool = False, gener
 
     ``alpha <= 0`` gives lam = 1 (no mixing).
     """
-    if alpha <= 0:
-        return torch.ones(batch_size, device=device)
-    rng = _rng(generator)
-    lam = rng.beta(alpha, alpha, size=batch_size if per_sample else 1).astype(np.float32)
+    lam = _draw(alpha, batch_size if per_sample else 1, generator)
     out = torch.from_numpy(lam).to(device)
     return out if per_sample else out.expand(batch_size).clone()
+
+
+def _draw(alpha: float, n: int, generator: torch.Generator | None) -> np.ndarray:
+    """``n`` draws of Beta(alpha, alpha) as float32 on the host (ones when ``alpha <= 0``)."""
+    if alpha <= 0:
+        return np.ones(n, dtype=np.float32)
+    return _rng(generator).beta(alpha, alpha, size=n).astype(np.float32)
 
 
 def _partners(batch_size: int, index: Tensor | None, generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -59,11 +63,16 @@ def mixup_plan(
     """The mixup plan: a random permutation and lam ~ Beta(alpha, alpha) (per batch or per sample)."""
     device = torch.device(device)
     idx = _partners(batch_size, index, generator, device)
+    lam_value = None  # the per-batch lam on the host (losses read it without a device read)
     if lam is None:
-        lam_t = sample_lam(alpha, batch_size, per_sample=per_sample, generator=generator, device=device)
+        draws = _draw(alpha, batch_size if per_sample else 1, generator)
+        lam_t = torch.from_numpy(draws).to(device)
+        if not per_sample:
+            lam_value, lam_t = float(draws[0]), lam_t.expand(batch_size).clone()
     else:
         lam_t = torch.as_tensor(lam, dtype=torch.float32, device=device).expand(batch_size).clone()
-    return MixPlan.pairs(idx, lam_t)
+        lam_value = float(lam) if isinstance(lam, (int, float)) else None
+    return MixPlan.pairs(idx, lam_t, lam_value=lam_value)
 
 
 def mixup_batch(
@@ -122,18 +131,23 @@ def cutmix_plan(
     device = torch.device(device)
     b, h, w = batch_size, height, width
     idx = _partners(b, index, generator, device)
-    lam_t = sample_lam(alpha, b, per_sample=per_sample, generator=generator) if lam is None else torch.as_tensor(lam, dtype=torch.float32).expand(b).clone()
+    if lam is None:
+        lams = _draw(alpha, b if per_sample else 1, generator)
+    else:  # host numbers: the boxes are drawn on the host
+        lams = np.broadcast_to(torch.as_tensor(lam, dtype=torch.float32).cpu().numpy(), (b,))
     rng = _rng(generator)
     mask = torch.ones(b, 1, h, w, device=device)
     rows = range(b) if per_sample else [None]
+    area = None
     for r in rows:
-        lam_r = float(lam_t[0 if r is None else r])
+        lam_r = float(lams[0 if r is None else r])
         y0, y1, x0, x1 = cutmix_box(h, w, lam_r, rng)
         if r is None:
             mask[:, :, y0:y1, x0:x1] = 0
+            area = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)  # the anchor's share, known on the host
         else:
             mask[r, :, y0:y1, x0:x1] = 0
-    return MixPlan.pairs(idx, mask.mean((1, 2, 3)), mask=mask)
+    return MixPlan.pairs(idx, mask.mean((1, 2, 3)), mask=mask, lam_value=area)
 
 
 def cutmix_batch(

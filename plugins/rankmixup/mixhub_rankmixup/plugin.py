@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -188,6 +189,7 @@ def mixhub_sample_pairs(batch: Batch, state: State) -> MixPlan:
         {
             "index": _permutation(b, batch.targets, opts.ignore_index, state.generator, device),
             "lam": torch.full((b,), lam, device=device),
+            "lam_value": float(np.float32(lam)),  # the tensor's value, on the host: mixing reads no device value
         }
         for lam in lams
     ]
@@ -218,7 +220,7 @@ def mixhub_mix_batch(batch: Batch, plan: MixPlan, state: State) -> Batch:
             "rankmixup: the plan carries no mixed views (extras['views']); is sample_pairs owned by rankmixup?"
         )
     opts: RankMixupOptions = state.options(NAME)
-    lams = [float(v["lam"].reshape(-1)[0]) for v in views]
+    lams = [float(v["lam_value"]) if "lam_value" in v else float(v["lam"].reshape(-1)[0]) for v in views]
     perms = [v["index"] for v in views]
     num_classes = _num_classes(state, state.model)
     out = batch.replace()
@@ -336,9 +338,9 @@ def _track(
         b = logits.shape[0]
         p = logits.float().softmax(1).max(1).values
         p_mix = mixed_logits.float().softmax(1).max(1).values.reshape(m, b)
-        same = float(same_class_rows(targets).float().mean())
-        gap = float((p - p_mix).mean())
-    acc = state.scratch(NAME)
+        same = same_class_rows(targets).float().mean()
+        gap = (p - p_mix).mean()
+    acc = state.scratch(NAME)  # sums stay on the device; mixhub_metrics reads them once per epoch
     acc.same_sum = getattr(acc, "same_sum", 0.0) + same
     acc.gap_sum = getattr(acc, "gap_sum", 0.0) + gap
     acc.count = getattr(acc, "count", 0) + 1
@@ -356,10 +358,8 @@ def mixhub_metrics(stage: str, state: State) -> dict[str, float] | None:
     acc = state.scratch(NAME)
     if stage != "train" or not getattr(acc, "count", 0):
         return None
-    return {
-        "rankmixup/same_class_frac": acc.same_sum / acc.count,
-        "rankmixup/conf_gap": acc.gap_sum / acc.count,
-    }
+    sums = torch.stack([torch.as_tensor(acc.same_sum, dtype=torch.float32), torch.as_tensor(acc.gap_sum, dtype=torch.float32)]).tolist()
+    return {"rankmixup/same_class_frac": sums[0] / acc.count, "rankmixup/conf_gap": sums[1] / acc.count}
 
 
 @hookimpl

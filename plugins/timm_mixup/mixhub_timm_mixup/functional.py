@@ -182,7 +182,8 @@ def to_plan(draw: MixDraw, image_hw: tuple[int, int] | None, device: torch.devic
                 y0, y1, x0, x1 = box
                 mask[i] = 1.0
                 mask[i, :, y0:y1, x0:x1] = 0.0
-    return MixPlan.pairs(partner_index(b, device), lam, mask=mask, extras={"timm_mixup": draw})
+    lam_value = float(draw.lam) if draw.mode == "batch" else None  # one lam for the batch, on the host
+    return MixPlan.pairs(partner_index(b, device), lam, mask=mask, extras={"timm_mixup": draw}, lam_value=lam_value)
 
 
 def mix_inputs(x: Tensor, draw: MixDraw) -> Tensor:
