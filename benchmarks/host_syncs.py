@@ -1,7 +1,7 @@
 """Device-to-host synchronisations per training step, for ERM and every in-tree training plugin.
 
 Each arm trains its plugin's smoke config (the tiny run of its task kind, as the contract tests)
-for a few steps with ``train.log_every`` steps between logs, and counts, in each optimizer step,
+for a few steps with ``train.log_every`` steps between logs (timed logs off: ``train.log_seconds=0``), and counts, in each optimizer step,
 the reads of device values on the host (``mixhub.hostsync.HostSyncCounter``: ``item``,
 ``__bool__``, ``tolist``, ``__int__``, ``__float__``, ``numpy``, nonzero-style ops...). The counted
 region is the step a protocol runs per batch: ``Run.train_step`` (sampling, mixing, forward,
@@ -162,7 +162,7 @@ class StepCounts:
 def measure(cfg: dict[str, Any], steps: int, log_every: int, device: str, extra_plugins: dict[str, Any] | None = None) -> StepCounts:
     """Train ``cfg`` for ``steps`` optimizer steps with the step region counted."""
     cfg = copy.deepcopy(cfg)
-    cfg = apply_overrides(cfg, {"train": {"log_every": log_every, "device": device, "epochs": 1, "max_steps_per_epoch": steps}})
+    cfg = apply_overrides(cfg, {"train": {"log_every": log_every, "log_seconds": 0, "device": device, "epochs": 1, "max_steps_per_epoch": steps}})
     counts = StepCounts(device)
     original_step = Run.train_step
     original_slot = PluginHost.slot
@@ -263,7 +263,7 @@ def quick_counts(label: str, steps: int = 4, log_every: int = 3) -> StepCounts:
     plugin, overrides = next((p, o) for name, p, o in arms() if name == label)
     cfg = apply_overrides(
         arm_config(label, plugin, overrides),
-        {"train": {"log_every": log_every, "device": "cpu", "max_steps_per_epoch": steps, "checkpoint": False}},
+        {"train": {"log_every": log_every, "log_seconds": 0, "device": "cpu", "max_steps_per_epoch": steps, "checkpoint": False}},
     )
     counts = StepCounts("cpu")
     with counts.run():
