@@ -24,7 +24,8 @@ from .hookspecs import SLOTS, hookimpl, hookspec
 from .norm import TestTimeNorm
 from .plan import MixPlan
 from .plugins import PluginOptions, PluginSpec
-from .runlog import LogRecord, TrackInfo, track_info
+from .records import LogRecord, TrackInfo
+from .runlog import track_info
 from .state import ModuleSpec, State
 
 __version__ = "0.1.0"
