@@ -3,7 +3,8 @@
 One training step (official ``calibrate/engine/trainer.py``, ``train_epoch``):
 
 * ``mixhub_sample_pairs``: an identity plan for the raw batch, plus ``plan.extras["views"]``,
-  m independent ``{"index": pi_k [B], "lam": lam_k [B]}`` (one lam per copy).
+  m independent ``{"index": pi_k [B], "lam": lam_k [B]}`` (one lam per copy, float64 on the
+  device, as the official NumPy lam: the exact same-class test depends on it).
 * ``mixhub_mix_batch``: inputs stay raw; ``extras["rank_inputs"]`` [m*B, ...] (input mixing
   only) and ``extras["rank_targets"]`` [m*B, C] hold the copy-major mixed copies.
 * ``mixhub_forward``: ``model(x)`` then ``model(x~)`` in a separate call (BatchNorm sees the
@@ -185,7 +186,7 @@ def mixhub_sample_pairs(batch: Batch, state: State) -> MixPlan:
     plan.extras["views"] = [
         {
             "index": _permutation(b, batch.targets, opts.ignore_index, state.generator, device),
-            "lam": torch.full((b,), lam, device=device),
+            "lam": torch.full((b,), lam, dtype=torch.float64, device=device),  # float64, as the official lam
         }
         for lam in lams
     ]
@@ -216,7 +217,7 @@ def mixhub_mix_batch(batch: Batch, plan: MixPlan, state: State) -> Batch:
             "rankmixup: the plan carries no mixed views (extras['views']); is sample_pairs owned by rankmixup?"
         )
     opts: RankMixupOptions = state.options(NAME)
-    lams = [float(v["lam"].reshape(-1)[0]) for v in views]
+    lams = [v["lam"].reshape(-1)[0] for v in views]  # float64 0-d tensors on the device
     perms = [v["index"] for v in views]
     num_classes = _num_classes(state, state.model)
     out = batch.replace()
