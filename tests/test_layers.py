@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1] / "core" / "mixhub"
 #: bottom to top (see docs/architecture.md); a module may import its own layer and those below.
 LAYERS: list[tuple[str, set[str]]] = [
     ("contract", {"errors", "_util", "records", "batch", "plan", "state", "hookspecs", "spec", "plugins", "defaults", "config", "registry", "norm"}),
-    ("services", {"data", "data.*", "models", "metrics", "checkpoint", "runio", "runlog", "console", "distributed", "schedule", "optim", "sampling", "continual", "testtime", "bench.suite"}),
+    ("services", {"data", "data.*", "models", "metrics", "checkpoint", "runio", "runlog", "console", "distributed", "schedule", "optim", "sampling", "selection", "continual", "testtime", "bench.suite"}),
     ("engine", {"engine", "taskmodule", "timm_task"}),
     ("run", {"run", "runckpt", "runeval", "runsetup", "rundist", "runguard"}),
     ("protocols", {"protocols", "protocols.*"}),
