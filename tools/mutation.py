@@ -54,6 +54,7 @@ TARGETS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "cmixup": ("plugins/cmixup/mixhub_cmixup", "functional.py", ["plugins/cmixup/tests/test_cmixup_functional.py"], []),
     "dualmix": ("plugins/dualmix/mixhub_dualmix", "functional.py", ["plugins/dualmix/tests/test_dualmix_functional.py", "plugins/dualmix/tests/test_dualmix_color_jitter.py"], []),
     "adamp": ("plugins/adamp/mixhub_adamp", "functional.py", ["plugins/adamp/tests/test_adamp_vectors.py"], []),
+    "timm_mixup": ("plugins/timm_mixup/mixhub_timm_mixup", "functional.py", ["plugins/timm_mixup/tests/test_timm_mixup_functional.py"], []),
 }
 
 STATUS = re.compile(r"^\s+(\S+__mutmut_\d+): (.+)$")
