@@ -136,6 +136,22 @@ def test_tv_r5_mixing_arithmetic():
     assert lams == [0.696572] and perms[0].tolist() == [2, 0, 3, 1]
 
 
+def test_tensor_lams_mix_as_python_floats_and_are_checked_on_the_cpu():
+    """A lam given as a 0-d (or one-element) tensor is kept as a float64 0-d tensor and mixes
+    exactly as the same Python float; CPU tensor lams are range-checked like floats."""
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    perms = [torch.tensor([2, 0, 3, 1]), torch.tensor([1, 0, 3, 2])]
+    floats = make_mixed_views(x, Y, 3, 2, 0.0, lams=[0.3, 1 - 2.0**-25], perms=perms)
+    lams = [torch.tensor(0.3, dtype=torch.float64), torch.tensor([1 - 2.0**-25], dtype=torch.float64)]
+    tensors = make_mixed_views(x, Y, 3, 2, 0.0, lams=lams, perms=perms)
+    assert torch.equal(floats[0], tensors[0]) and torch.equal(floats[1], tensors[1])
+    assert all(isinstance(v, torch.Tensor) and v.dtype == torch.float64 and v.shape == () for v in tensors[2])
+    assert float(tensors[2][1]) == 1 - 2.0**-25
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="lam must lie in"):
+            make_mixed_views(x, Y, 3, 2, 0.0, lams=[torch.tensor(0.5), torch.tensor(bad)], perms=perms)
+
+
 # ----------------------------------------------------------------------------- independent computation
 @pytest.mark.parametrize("mask", ["official", "per_sample", "none"])
 @pytest.mark.parametrize("space,margin", [("logit", 2.0), ("prob", 0.3)])
