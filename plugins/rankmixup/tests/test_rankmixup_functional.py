@@ -464,3 +464,14 @@ def test_masked_cross_entropy_smooths_and_averages_over_the_labelled_rows():
     y = torch.tensor([0, 2, -1, 1])
     want = F.cross_entropy(Z[[0, 1, 3]], y[[0, 1, 3]], label_smoothing=0.2)
     assert float(fn.masked_cross_entropy(Z, y, -1, 0.2)) == pytest.approx(float(want), abs=1e-6)
+
+
+def test_views_and_mndcg_stay_on_the_inputs_device():
+    """On another device (``meta``: shapes only) the permutations, targets and M-NDCG discounts
+    follow the inputs, whether the permutations are drawn or given on the CPU."""
+    x, y = torch.zeros(4, 1, device="meta"), Y.to("meta")
+    for kw in ({"lams": [0.5], "perms": [torch.arange(4)]}, {"generator": torch.Generator().manual_seed(0)}):
+        xv, t, _, perms = make_mixed_views(x, y, 3, 1, 2.0, **kw)
+        assert perms[0].device.type == t.device.type == xv.device.type == "meta", kw
+    zm = torch.zeros(8, 3, device="meta")
+    assert mndcg_per_sample(Z.to("meta"), zm, zm, 2).device.type == "meta"
