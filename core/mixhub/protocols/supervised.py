@@ -91,6 +91,7 @@ class SupervisedProtocol:
                     eval_at_end and run.batch_in_epoch == state.steps_per_epoch
                 ):  # the epoch's end validates these weights anyway
                     self.validate(epoch)
+                    run.pause_step_clock()
                 if run.stop_requested:
                     run.tally.reduce_ranks()  # the interrupted epoch's sums of every rank go into the checkpoint
                     run.save_checkpoint("last")
