@@ -145,3 +145,17 @@ def test_without_a_run_folder_the_final_test_uses_the_best_weights_in_memory():
     again = trainer.evaluate(trainer.bundle.val, "val")
     assert again["rmse"] == pytest.approx(best["value"], rel=1e-6)
     assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in weights.items())
+
+
+def test_a_checkpoint_that_kept_one_best_keeps_it_on_resume():
+    """``run.best`` as checkpoints without ``kept`` hold it: a worse validation does not replace it."""
+    from mixhub.protocols.supervised import SupervisedProtocol
+
+    trainer = Trainer(tiny_regression_config(train={"select": "rmse", "best_metrics": ["val/r2"]}), write=False)
+    protocol = SupervisedProtocol(trainer)
+    trainer.best = {"value": 0.5, "epoch": 3, "metric": "rmse"}
+    protocol.maybe_best({"rmse": 0.7, "r2": 0.2}, epoch=4)
+    assert trainer.best["value"] == 0.5 and trainer.best["epoch"] == 3
+    assert trainer.best["kept"] == {"rmse": {"value": 0.5, "epoch": 3}, "r2": {"value": 0.2, "epoch": 4, "step": 0}}
+    protocol.maybe_best({"rmse": 0.4, "r2": 0.1}, epoch=5)
+    assert trainer.best["value"] == 0.4 and trainer.best["kept"]["r2"]["epoch"] == 4

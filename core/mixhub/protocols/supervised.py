@@ -137,7 +137,10 @@ class SupervisedProtocol:
         """Keep the weights for every criterion (``train.select``: ``best.pt``; each of
         ``train.best_metrics``: ``best-<metric>.pt``) whose metric improved."""
         run = self.run
-        kept = run.best.setdefault("kept", {})
+        if "kept" not in run.best:  # a fresh run, or a checkpoint that kept one best only
+            old = run.best.get("value")
+            run.best["kept"] = {} if old is None else {run.best.get("metric", self.select_key): {"value": old, "epoch": run.best["epoch"]}}
+        kept = run.best["kept"]
         for c in improved(self.criteria, kept, val):
             kept[c.metric] = {"value": val[c.metric], "epoch": epoch, "step": run.state.step}
             if c.name == "best":
