@@ -293,3 +293,58 @@ def test_plugin_option_validation():
     trainer = Trainer({**BASE, "decoupled": {"class_weight": [1.0, 2.0]}}, extra_plugins={"threemix": ThreeMix()}, write=False)
     with pytest.raises(Exception, match="decoupled.class_weight: 2 weights for 10 classes"):
         trainer.train_step(next(iter(trainer.loader)))
+
+
+# ----------------------------------------------------------------------------- k-source details
+def _dense64(ys, lams, c):
+    return sum(lam * F.one_hot(ys[:, j], c).double() for j, lam in enumerate(lams))
+
+
+def test_multimix_label_smoothing_smooths_the_soft_ce_only():
+    lams, s = [0.5, 0.3, 0.2], 0.1
+    _, parts = decoupled_multimix_loss(Z, YS3, lams, 0.3, label_smoothing=s, return_parts=True)
+    _, plain = decoupled_multimix_loss(Z, YS3, lams, 0.3, return_parts=True)
+    target = (1 - s) * dense_label(YS3, lams, 6) + s / 6
+    torch.testing.assert_close(parts["ce"], -(target * F.log_softmax(Z, 1)).sum(1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(parts["reg"], plain["reg"])
+    assert parts["ce"].shape == (5,) and parts["skipped"].dtype == torch.bool and not bool(parts["skipped"])
+
+
+def test_multimix_defaults_one_row_and_float64():
+    lams = [0.5, 0.3, 0.2]
+    default = decoupled_multimix_loss(Z, YS3, lams)  # eta 0.1, the official default
+    assert float(default) == pytest.approx(float(official_k_mix(Z, dense_label(YS3, lams, 6), multi_eta_weights(lams, 0.1))), abs=1e-5)
+    one = decoupled_multimix_loss(Z[:1], YS3[:1], lams, 0.3)
+    assert float(one) == pytest.approx(float(official_k_mix(Z[:1], dense_label(YS3[:1], lams, 6), multi_eta_weights(lams, 0.3))), abs=1e-5)
+    lams64 = [0.3, 0.45, 0.25]  # not float32 numbers: a float32 lam or weight would show at 1e-8
+    got = decoupled_multimix_loss(Z.double(), YS3, lams64, 0.3)
+    want = official_k_mix(Z.double(), _dense64(YS3, lams64, 6), multi_eta_weights(lams64, 0.3))
+    assert got.dtype == torch.float64 and float(got) == pytest.approx(float(want), rel=1e-12)
+
+
+def test_multimix_regulariser_on_and_off():
+    lams = [0.5, 0.3, 0.2]
+    _, off = decoupled_multimix_loss(Z, YS3, lams, 0.0, return_parts=True)
+    assert bool(off["skipped"]) and off["skipped"].dtype == torch.bool and float(off["reg"].abs().sum()) == 0.0
+    _, ones = decoupled_multimix_loss(Z, YS3, lams, eta_weights=[1.0, 1.0, 1.0], official_eta_order=False, return_parts=True)
+    assert float(ones["reg"].abs().sum()) > 0 and not bool(ones["skipped"])
+    # lam at the ends of [0, 1] is accepted (the official skip then drops the regulariser)
+    _, ends = decoupled_multimix_loss(Z, YS3[:, :2], [1.0, 0.0], 0.3, return_parts=True)
+    assert bool(ends["skipped"])
+
+
+def _message(func, *args, **kwargs) -> str:
+    with pytest.raises(ValueError) as info:
+        func(*args, **kwargs)
+    return str(info.value)
+
+
+def test_multimix_errors_say_what_is_wrong():
+    assert _message(decoupled_multimix_loss, Z[0], YS3, [0.5, 0.5]) == "logits must have shape [B, C], got (6,)"
+    assert _message(decoupled_multimix_loss, Z, YS3, [0.5, 0.5]) == "ys must have shape [B, k] = [5, 2], got (5, 3)"
+    assert _message(decoupled_multimix_loss, Z, YS3[:, :1], [1.0]) == "decoupled_multimix_loss needs at least two sources, got 1"
+    assert _message(decoupled_multimix_loss, Z, YS3[:, :2], [1.00005, 0.0]) == "lams must lie in [0, 1] and sum to 1, got [1.00005, 0.0]"
+    assert _message(decoupled_multimix_loss, Z, YS3[:, :2], [0.6, 0.6]) == "lams must lie in [0, 1] and sum to 1, got [0.6, 0.6]"
+    assert _message(decoupled_multimix_loss, Z, YS3, [0.5, 0.3, 0.2], eta_weights=[0.1]) == (
+        "eta_weights must hold one weight per source (3), got 1"
+    )
