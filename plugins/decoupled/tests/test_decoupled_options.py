@@ -348,3 +348,43 @@ def test_multimix_errors_say_what_is_wrong():
     assert _message(decoupled_multimix_loss, Z, YS3, [0.5, 0.3, 0.2], eta_weights=[0.1]) == (
         "eta_weights must hold one weight per source (3), got 1"
     )
+
+
+# ----------------------------------------------------------------------------- two-source details
+YA, YB = torch.tensor([0, 3, 2, 5, 1]), torch.tensor([4, 1, 2, 0, 3])  # row 2 is not mixed
+
+
+def test_two_source_parts_default_eta_one_row_and_float64():
+    lam = 0.7
+    loss, parts = decoupled_mixup_loss(Z, YA, YB, lam, return_parts=True)
+    assert float(loss) == pytest.approx(float(decoupled_mixup_loss(Z, YA, YB, lam, 0.1)), abs=0)  # eta 0.1 by default
+    assert float(loss) != pytest.approx(float(decoupled_mixup_loss(Z, YA, YB, lam, 1.1)), abs=1e-4)
+    assert parts["skipped"].dtype == torch.bool and not bool(parts["skipped"]) and float(parts["reg"][2]) == 0.0
+    one = decoupled_mixup_loss(Z[:1], YA[:1], YB[:1], lam)  # row 0 is the first mixed row in both batches
+    assert float(one) == pytest.approx(float(parts["ce"][0] + parts["reg"][0]), abs=1e-6)
+    # k = 2 mixes are the two-source loss (documented); in float64 the weights stay float64
+    lam64 = 0.3
+    got = decoupled_mixup_loss(Z.double(), YA, YB, lam64, 0.3)
+    want = decoupled_multimix_loss(Z.double(), torch.stack([YA, YB], 1), [lam64, 1 - lam64], 0.3)
+    assert got.dtype == torch.float64 and float(got) == pytest.approx(float(want), rel=1e-12)
+
+
+def test_two_source_skips_and_the_smoothed_skip_rule():
+    _, off = decoupled_mixup_loss(Z, YA, YB, 0.7, 0.0, return_parts=True)
+    assert bool(off["skipped"]) and off["skipped"].dtype == torch.bool and float(off["reg"].abs().sum()) == 0.0
+    _, one = decoupled_mixup_loss(Z, YA, YB, 0.7, 1.0, return_parts=True)
+    assert not bool(one["skipped"]) and float(one["reg"].abs().sum()) > 0
+    _, same = decoupled_mixup_loss(Z, YA, YA, 0.7, return_parts=True)
+    assert bool(same["skipped"])
+    # lam = 0.00105: above eps alone, but (1 - s) lam <= eps once the official smoothing (s = 0.1) shifts
+    # the label values; the one-hot smoothing target leaves the skip rule alone
+    lam = 0.00105
+    _, official = decoupled_mixup_loss(Z, YA, YB, lam, label_smoothing=0.1, return_parts=True)
+    _, onehot = decoupled_mixup_loss(Z, YA, YB, lam, label_smoothing=0.1, smoothing_target="onehot", return_parts=True)
+    assert bool(official["skipped"]) and not bool(onehot["skipped"])
+
+
+def test_two_source_errors_say_what_is_wrong():
+    assert _message(decoupled_mixup_loss, Z[0], YA, YB, 0.7) == "logits must have shape [B, C], got (6,)"
+    assert _message(decoupled_mixup_loss, Z, YA, YB[:4], 0.7) == "y_a and y_b must have shape [5], got (5,) and (4,)"
+    assert _message(decoupled_mixup_loss, Z, YA[:3], YB, 0.7) == "y_a and y_b must have shape [5], got (3,) and (5,)"
