@@ -388,3 +388,62 @@ def test_two_source_errors_say_what_is_wrong():
     assert _message(decoupled_mixup_loss, Z[0], YA, YB, 0.7) == "logits must have shape [B, C], got (6,)"
     assert _message(decoupled_mixup_loss, Z, YA, YB[:4], 0.7) == "y_a and y_b must have shape [5], got (5,) and (4,)"
     assert _message(decoupled_mixup_loss, Z, YA[:3], YB, 0.7) == "y_a and y_b must have shape [5], got (3,) and (5,)"
+
+
+# ----------------------------------------------------------------------------- the official skip rule
+@pytest.mark.parametrize(
+    "lam, s, ys, reason",
+    [
+        (0.3, 0.0, "mixed", None),
+        (0.0005, 0.0, "mixed", "one-class"),
+        (0.9995, 0.0, "mixed", "one-class"),
+        (0.5, 0.0, "mixed", "equal"),
+        (0.3, 0.0, "same", "no-mixed-rows"),
+        (0.0005, 0.0, "same", "one-class"),  # the lam reason comes first
+        # smoothing s = 0.1 over 6 classes: label values (1 - s) v + s/6, eps + s/6
+        (0.00105, 0.1, "mixed", "one-class"),  # 0.017612 <= 0.017667
+        (0.00105, 0.0, "mixed", None),
+        (0.03, 0.1, "mixed", None),
+        (0.99895, 0.1, "mixed", "one-class"),
+        (0.97, 0.1, "mixed", None),
+        (0.5, 0.1, "mixed", "equal"),
+        (0.3, 0.1, "same", "no-mixed-rows"),
+    ],
+)
+def test_official_skip_reason_follows_the_float32_label_values(lam, s, ys, reason):
+    from mixhub_decoupled import official_skip_reason
+
+    y_b = YB if ys == "mixed" else YA
+    # independent: the official float32 label values of a two-class row (lam on one class, 1 - lam
+    # on another) and its active values above eps + s/C; then whether any row mixes two classes
+    onehot = lambda y: F.one_hot(torch.tensor([y]), 6).float()[0]  # noqa: E731
+    row = torch.tensor(lam, dtype=torch.float32) * onehot(0) + torch.tensor(1 - lam, dtype=torch.float32) * onehot(1)
+    if s > 0:
+        row = row * (1 - s) + s / 6
+    values = [float(v) for v in row if float(v) > 1e-3 + s / 6]
+    want = "one-class" if len(values) < 2 else ("equal" if values[0] == values[1] else None)
+    if want is None and not bool((YA != y_b).any()):
+        want = "no-mixed-rows"
+    assert want == reason
+    assert official_skip_reason(lam, YA, y_b, 6, s) == reason
+
+
+def test_the_skip_rule_is_inclusive_at_eps():
+    from mixhub_decoupled import official_skip_reason
+
+    assert official_skip_reason(0.25, YA, YB, 6, eps=0.25) == "one-class"
+    assert official_skip_reason(0.75, YA, YB, 6, eps=0.25) == "one-class"
+    assert official_skip_reason(0.3, YA, YB, 6, eps=0.25) is None
+
+
+def test_scale_options_are_checked_with_exact_messages():
+    assert _message(multi_eta_weights, [0.5, 0.5], lam_scale_mode="log") == (
+        "lam_scale_mode must be one of ('pow', 'exp', 'none'), got 'log'"
+    )
+    assert _message(multi_eta_weights, [0.5, 0.5], lam_thr=1.5) == "lam_thr must lie in (0, 1], got 1.5"
+    for base in (0.0, 1.0, -1.0):
+        assert _message(multi_eta_weights, [0.5, 0.5], 0.1, base, lam_scale_mode="exp") == (
+            f"lam_scale_mode='exp' needs lam_pow (the base) other than 0 and 1, got {base!r} "
+            "(the rescaling divides by 1 - lam_pow**(-2 * lam_thr))"
+        )
+    assert _message(decoupled_mixup_loss, Z, YA, YB, torch.full((3,), 0.5)) == "lam must be a scalar or have shape [5], got (3,)"
