@@ -431,6 +431,9 @@ def test_tied_gains_keep_copy_order_by_default():
     want = ref_mndcg(Z, zm, t, m)
     assert torch.allclose(mndcg_per_sample(Z, zm, t, m), want, atol=1e-6)
     assert float(mndcg_loss(Z, zm, t, m)) == pytest.approx(float((1 - want).mean()), abs=1e-6)
+    unstable = mndcg_per_sample(Z, zm, t, m, stable_sort=False)  # torch's order of the ties
+    assert not torch.allclose(unstable, want, atol=1e-6)
+    assert float(mndcg_loss(Z, zm, t, m, stable_sort=False)) == pytest.approx(float((1 - unstable).mean()), abs=1e-6)
 
 
 def test_rankmixup_loss_passes_every_option_on():
