@@ -193,6 +193,8 @@ def test_draw_keeps_its_mode_and_the_plan_its_device(mode: str) -> None:
     plan = to_plan(draw, (H, W), device="meta")
     assert plan.index.device.type == "meta" and plan.lam.device.type == "meta"
     assert plan.lam.dtype == torch.float32 and plan.extras["timm_mixup"] is draw
+    if mode != "batch":  # this seed cuts some pairs / samples: the mask is built on the device too
+        assert plan.mask is not None and plan.mask.device.type == "meta"
     y = torch.randint(0, NUM_CLASSES, (B,))
     t = soft_targets(y.to("meta"), NUM_CLASSES, draw, 0.1)
     assert t.device.type == "meta" and t.shape == (B, NUM_CLASSES)
