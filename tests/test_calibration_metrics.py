@@ -215,6 +215,19 @@ def test_regression_metrics_hand_computed():
     y = torch.tensor([1.5, 2.0, 1.0])
     out = metrics.regression_metrics(pred, y)
     # errors -0.5, 0, 3: mse (0.25 + 9) / 3, mae 3.5 / 3
-    assert out == pytest.approx({"mse": 9.25 / 3, "rmse": math.sqrt(9.25 / 3), "mae": 3.5 / 3})
-    assert set(out) == {"mse", "rmse", "mae"}
+    # Pearson's r from the centred values: pred (1, 2, 4) - 7/3, y (1.5, 2, 1) - 1.5
+    pc, yc = [-4 / 3, -1 / 3, 5 / 3], [0.0, 0.5, -0.5]
+    r = sum(a * b for a, b in zip(pc, yc)) / math.sqrt(sum(a * a for a in pc) * sum(b * b for b in yc))
+    assert out == pytest.approx({"mse": 9.25 / 3, "rmse": math.sqrt(9.25 / 3), "mae": 3.5 / 3, "r": r, "r2": r * r})
+    assert set(out) == {"mse", "rmse", "mae", "r", "r2"}
     assert metrics.regression_metrics(torch.tensor([3, 1]), torch.tensor([1, 1]))["mae"] == pytest.approx(1.0)
+
+
+def test_pearson_r_averages_the_varying_target_dimensions_as_the_official_code():
+    pred = torch.tensor([[1.0, 5.0, 2.0], [2.0, 1.0, 2.0], [4.0, 0.0, 2.0]])
+    y = torch.tensor([[1.5, 2.0, 7.0], [2.0, 1.0, 7.0], [1.0, 3.0, 7.0]])  # the third dimension is constant
+    p, t = pred.double().numpy(), y.double().numpy()
+    per_dim = ((p - p.mean(0)) * (t - t.mean(0)))[:, :2].mean(0) / (p.std(0) * t.std(0))[:2]
+    assert metrics.pearson_r(pred, y) == pytest.approx(float(per_dim.mean()))
+    assert math.isnan(metrics.pearson_r(torch.ones(3), torch.ones(3)))  # no target varies
+    assert math.isnan(metrics.pearson_r(torch.ones(3), torch.tensor([1.0, 2.0, 3.0])))  # constant predictions

@@ -1,7 +1,10 @@
 """The core's layers: every module imports only from its own layer or the ones below, with no
-import cycle (function-level imports included; ``if TYPE_CHECKING:`` imports, which never run,
-excluded), and stays under ~400 lines unless its docstring says why. Every core module imports
-on its own."""
+import cycle, and stays under ~400 lines unless its docstring says why. Every core module imports
+on its own.
+
+An import is any ``import``/``from ... import`` in a module: at module level, inside a function,
+or under ``if TYPE_CHECKING:`` (an annotation's import never runs, but it still ties the two
+modules together: records below the hook specifications must not need the layers above)."""
 
 from __future__ import annotations
 
@@ -15,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1] / "core" / "mixhub"
 
 #: bottom to top (see docs/architecture.md); a module may import its own layer and those below.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("contract", {"errors", "_util", "checks", "batch", "plan", "state", "hookspecs", "spec", "plugins", "defaults", "config", "registry", "norm"}),
-    ("services", {"hostsync", "data", "data.*", "models", "metrics", "checkpoint", "runio", "runlog", "tracking", "console", "distributed", "schedule", "optim", "sampling", "continual", "testtime", "bench.suite"}),
+    ("contract", {"errors", "_util", "records", "checks", "batch", "plan", "state", "hookspecs", "spec", "plugins", "defaults", "config", "registry", "norm"}),
+    ("services", {"hostsync", "data", "data.*", "models", "metrics", "checkpoint", "runio", "runlog", "tracking", "console", "distributed", "schedule", "optim", "sampling", "selection", "continual", "testtime", "bench.suite"}),
     ("engine", {"engine", "taskmodule", "timm_task"}),
     ("run", {"run", "runckpt", "runeval", "runsetup", "rundist", "runguard"}),
     ("protocols", {"protocols", "protocols.*"}),
@@ -45,18 +48,9 @@ def layer_of(mod: str) -> int:
     raise AssertionError(f"core module mixhub.{mod} has no layer in tests/test_layers.py (place it in docs/architecture.md's layers)")
 
 
-def runtime_nodes(tree: ast.AST) -> list[ast.AST]:
-    """Every node except those under ``if TYPE_CHECKING:`` (annotations, never imported at run time)."""
-    skip: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
-            skip.update(id(n) for child in node.body for n in ast.walk(child))
-    return [n for n in ast.walk(tree) if id(n) not in skip]
-
-
 def imports_of(mod: str, path: Path, is_pkg: bool, mods: dict[str, tuple[Path, bool]]) -> set[str]:
     out = set()
-    for node in runtime_nodes(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text())):
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
@@ -98,8 +92,8 @@ def test_every_import_goes_down_or_sideways() -> None:
     assert not bad, "\n".join(sorted(bad))
 
 
-def test_no_import_cycles() -> None:
-    g = graph()
+def find_cycles(g: dict[str, set[str]]) -> list[str]:
+    """Every cycle a depth-first walk of ``g`` closes, each as ``a -> b -> ... -> a``."""
     cycles = []
     state: dict[str, int] = {}
     stack: list[str] = []
@@ -107,7 +101,7 @@ def test_no_import_cycles() -> None:
     def visit(v: str) -> None:
         state[v] = 1
         stack.append(v)
-        for w in sorted(g[v]):
+        for w in sorted(g.get(v, ())):
             if state.get(w) == 1:
                 cycles.append(" -> ".join(stack[stack.index(w) :] + [w]))
             elif w not in state:
@@ -118,17 +112,48 @@ def test_no_import_cycles() -> None:
     for v in sorted(g):
         if v not in state:
             visit(v)
+    return cycles
+
+
+def test_no_import_cycles() -> None:
+    cycles = find_cycles(graph())
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
 def test_the_checker_sees_cycles_and_upward_imports(tmp_path: Path) -> None:
-    """The two checks above can fail: a protocol importing the trainer is both."""
+    """The two checks above can fail: a protocol importing the trainer is both, at module level,
+    in a function, or for annotations only."""
     mods = {"trainer": (tmp_path / "trainer.py", False), "protocols.supervised": (tmp_path / "s.py", False)}
-    (tmp_path / "s.py").write_text("def f():\n    from ..trainer import Trainer\n")
-    deps = imports_of("protocols.supervised", tmp_path / "s.py", False, mods)
-    assert deps == {"trainer"} and layer_of("trainer") > layer_of("protocols.supervised")
-    (tmp_path / "s.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..trainer import Trainer\n")
-    assert imports_of("protocols.supervised", tmp_path / "s.py", False, mods) == set()
+    for body in (
+        "from ..trainer import Trainer\n",
+        "def f():\n    from ..trainer import Trainer\n",
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..trainer import Trainer\n",
+        "import mixhub.trainer\n",
+    ):
+        (tmp_path / "s.py").write_text(body)
+        deps = imports_of("protocols.supervised", tmp_path / "s.py", False, mods)
+        assert deps == {"trainer"} and layer_of("trainer") > layer_of("protocols.supervised"), body
+
+
+def test_the_checker_sees_the_records_circle(tmp_path: Path) -> None:
+    """The circle the records once closed (hookspecs -> runlog -> plugins -> defaults -> hookspecs,
+    through an annotation import, a module import and a function-level import) is reported."""
+    files = {
+        "hookspecs": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .runlog import LogRecord\n",
+        "runlog": "from .plugins import PluginHost\n",
+        "plugins": "def host():\n    from . import defaults\n",
+        "defaults": "from .hookspecs import hookimpl\n",
+        "records": "from .errors import ConfigError\n",
+        "errors": "",
+    }
+    mods = {name: (tmp_path / f"{name}.py", False) for name in files}
+    for name, body in files.items():
+        (tmp_path / f"{name}.py").write_text(body)
+    g = {m: imports_of(m, p, pkg, mods) for m, (p, pkg) in mods.items()}
+    assert find_cycles(g) == ["defaults -> hookspecs -> runlog -> plugins -> defaults"]
+    (tmp_path / "hookspecs.py").write_text(files["hookspecs"].replace(".runlog", ".records"))
+    g = {m: imports_of(m, p, pkg, mods) for m, (p, pkg) in mods.items()}
+    assert find_cycles(g) == []
 
 
 def test_modules_stay_small_or_say_why() -> None:
@@ -145,3 +170,15 @@ def test_modules_stay_small_or_say_why() -> None:
 @pytest.mark.parametrize("mod", sorted(m for m in core_modules() if m not in ("__main__",)))
 def test_every_core_module_imports(mod: str) -> None:
     importlib.import_module("mixhub" + (f".{mod}" if mod else ""))
+
+
+def test_records_are_plain_data_below_the_contract() -> None:
+    """``LogRecord`` and ``TrackInfo`` live in ``records`` (which imports only ``errors`` of the core)
+    and stay importable from ``mixhub`` and ``mixhub.runlog``."""
+    import mixhub
+    from mixhub import records, runlog
+
+    assert graph()["records"] <= {"errors"}
+    assert runlog.LogRecord is records.LogRecord is mixhub.LogRecord
+    assert runlog.TrackInfo is records.TrackInfo is mixhub.TrackInfo
+    assert runlog.RECORD_KINDS is records.RECORD_KINDS

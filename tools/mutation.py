@@ -50,10 +50,12 @@ TARGETS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "replay": ("plugins/replay/mixhub_replay", "functional.py", ["plugins/replay/tests/test_replay_er.py"], ["-k", "not train"]),
     "rankmixup": ("plugins/rankmixup/mixhub_rankmixup", "functional.py", ["plugins/rankmixup/tests/test_rankmixup_functional.py", "plugins/rankmixup/tests/test_rankmixup_options.py"], []),
     "decoupled": ("plugins/decoupled/mixhub_decoupled", "functional.py", ["plugins/decoupled/tests/test_decoupled_functional.py", "plugins/decoupled/tests/test_decoupled_options.py"], []),
-    "adautomix": ("plugins/adautomix/mixhub_adautomix", "functional.py", ["plugins/adautomix/tests/test_adautomix_functional.py", "plugins/adautomix/tests/test_adautomix_no_repeat.py"], []),
+    # test_adautomix_no_repeat.py imports its config from test_adautomix_plugin.py
+    "adautomix": ("plugins/adautomix/mixhub_adautomix", "functional.py", ["plugins/adautomix/tests/test_adautomix_functional.py", "plugins/adautomix/tests/test_adautomix_no_repeat.py", "plugins/adautomix/tests/test_adautomix_plugin.py"], []),
     "cmixup": ("plugins/cmixup/mixhub_cmixup", "functional.py", ["plugins/cmixup/tests/test_cmixup_functional.py"], []),
     "dualmix": ("plugins/dualmix/mixhub_dualmix", "functional.py", ["plugins/dualmix/tests/test_dualmix_functional.py", "plugins/dualmix/tests/test_dualmix_color_jitter.py"], []),
     "adamp": ("plugins/adamp/mixhub_adamp", "functional.py", ["plugins/adamp/tests/test_adamp_vectors.py"], []),
+    "timm_mixup": ("plugins/timm_mixup/mixhub_timm_mixup", "functional.py", ["plugins/timm_mixup/tests/test_timm_mixup_functional.py"], []),
 }
 
 STATUS = re.compile(r"^\s+(\S+__mutmut_\d+): (.+)$")

@@ -24,7 +24,7 @@ from .hookspecs import SLOTS, hookimpl, hookspec
 from .norm import TestTimeNorm
 from .plan import MixPlan
 from .plugins import PluginOptions, PluginSpec
-from .runlog import LogRecord
+from .records import LogRecord
 from .state import ModuleSpec, State
 from .tracking import TrackInfo, track_info
 

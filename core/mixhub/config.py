@@ -131,11 +131,14 @@ class TrainConfig(Section):
     ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
     drop_last: bool = True
     shuffle: Literal["epoch", "once", "none"] = Field("epoch", description="reshuffle every epoch, once at start, or never")
-    select: str = Field("auto", description="validation metric that picks best.pt (auto: accuracy / rmse)")
+    select: str = Field("auto", description="validation metric that picks best.pt, the final test's weights: a name or val/<name>, optionally :max or :min (auto: the first of best_metrics, else accuracy / rmse)")
     select_mode: Literal["auto", "max", "min"] = Field("auto", description="whether higher or lower `select` is better (auto: guessed from its name)")
+    best_metrics: list[str] = Field(default_factory=list, description="further validation metrics that each keep their own best checkpoint, best-<metric>.pt (e.g. [val/rmse, val/r2]); a name or val/<name>, optionally :max or :min")
     nan_policy: Literal["stop", "skip"] = Field("stop", description="non-finite inputs, targets or loss: stop the run or skip the batch")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
-    eval_every: int = Field(1, ge=1)
+    eval_every: int = Field(1, ge=1, description="validate (and keep the best checkpoints) every N epochs, and after the last")
+    eval_every_steps: int | None = Field(None, ge=1, description="also validate inside each epoch, after the training batches n (counted from 1 at the epoch's start) with (n - eval_steps_offset) % N == 0 (official C-Mixup DTI: steps_per_epoch // 30, offset 2)")
+    eval_steps_offset: int = Field(0, ge=0, description="phase of eval_every_steps (see there)")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on the optimizer steps of each epoch (cheap screening runs)")
     final_test: bool = Field(True, description="evaluate the test split (and extra evaluation splits) at the end; `mixhub tune` turns it off, so tuning never looks at test")
     checkpoint: bool = True
@@ -384,7 +387,7 @@ def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str
 
 
 #: Keys a resumed run may change: they do not alter what was already trained.
-RESUMABLE = ("train.epochs", "train.eval_every", "train.plots", "train.device", "data.num_workers")
+RESUMABLE = ("train.epochs", "train.eval_every", "train.eval_every_steps", "train.eval_steps_offset", "train.plots", "train.device", "data.num_workers")
 
 
 def _dotted(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

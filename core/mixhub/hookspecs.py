@@ -97,7 +97,7 @@ if TYPE_CHECKING:
 
     from .batch import Batch
     from .plan import MixPlan
-    from .runlog import LogRecord
+    from .records import LogRecord
     from .state import State
 
 hookspec = pluggy.HookspecMarker("mixhub")

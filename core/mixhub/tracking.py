@@ -1,14 +1,13 @@
-"""What trackers are told about a run: how it is named and filed (``TrackInfo`` from the
-``track`` section) and which part of the config it used (``used_config``)."""
+"""What trackers are told about a run: how it is named and filed (``track_info``: a
+``records.TrackInfo`` from the ``track`` section) and which part of the config it used (``used_config``)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from .records import TrackInfo
 
 if TYPE_CHECKING:
     from .state import State
@@ -24,36 +23,6 @@ def used_config(config: Mapping[str, Any], protocol: str) -> dict[str, Any]:
     ``continual`` or ``testtime``): what a run of that protocol reads, for trackers to log.
     ``config.yaml`` and ``summary.json`` keep the whole resolved config."""
     return {k: v for k, v in config.items() if PROTOCOL_SECTIONS.get(k, protocol) == protocol}
-
-
-@dataclass(frozen=True)
-class TrackInfo:
-    """How a tracker names and files a run (from the ``track`` config section).
-
-    Attributes:
-        experiment: ``track.experiment`` or ``"mixhub"``.
-        name: ``track.name``, else the run folder's name, else ``"run"``.
-        tags: ``track.tags``.
-        root: where the tracker keeps its local files: ``<track.dir>/<tool>`` when ``track.dir``
-            is set (a store shared by several runs, e.g. a bench suite), else ``<run_dir>/<tool>``;
-            ``None`` when the run writes no folder and ``track.dir`` is unset.
-        shared: whether ``root`` is shared with other runs (``track.dir`` set).
-        tool: the tracker this info was made for.
-    """
-
-    experiment: str
-    name: str
-    tags: Mapping[str, str]
-    root: Path | None
-    shared: bool
-    tool: str = ""
-
-    def require_root(self, option: str) -> Path:
-        """``root``, or a ``ConfigError`` naming the tracker's own folder ``option`` when the run
-        writes no folder and ``track.dir`` is unset."""
-        if self.root is None:
-            raise ConfigError(f"{self.tool}: the run writes no folder; set {option} (or track.dir)")
-        return self.root
 
 
 def track_info(state: State, tool: str) -> TrackInfo:

@@ -9,7 +9,8 @@
             every train.log_every steps: run.log_step_record -> RunLog.step
         mixhub_epoch_end(state)
         write_epoch_record(train means + mixhub_metrics("train"))
-        every train.eval_every epochs: validate, keep best.pt
+            every train.eval_every_steps batches (optional): validate, keep the best checkpoints
+        every train.eval_every epochs: validate, keep best.pt (train.select) and best-<m>.pt (train.best_metrics)
         checkpoint last.pt
     final_evaluation(): best weights, temperature on val, test and extra splits
 
@@ -26,10 +27,10 @@ import logging
 from typing import Any
 
 from .. import checkpoint as ckpt
-from ..errors import ConfigError
 from ..metrics import fit_temperature, reliability_bins
 from ..run import Run, RunInterrupted
 from ..runio import plot_reliability
+from ..selection import criteria, improved, step_eval_due
 
 __all__ = ["SupervisedProtocol"]
 
@@ -41,7 +42,9 @@ class SupervisedProtocol:
 
     def __init__(self, run: Run) -> None:
         self.run = run
-        self.select_key, self.select_high = run.select_key, run.select_high
+        cfg = run.config.train
+        self.criteria = criteria(cfg.select, cfg.select_mode, cfg.best_metrics, run.state.task_kind)
+        self.select_key, self.select_high = self.criteria[0].metric, self.criteria[0].high
 
     # ------------------------------------------------------------------ records
     def epoch_means(self) -> dict[str, float]:
@@ -78,11 +81,17 @@ class SupervisedProtocol:
             if run.batch_in_epoch == 0:
                 run.host.collect("mixhub_epoch_start", state=state)
                 run.tally.reset()  # a resumed epoch keeps the sums and time of its first part
+            eval_at_end = (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs
             for batch in run.console.progress(run.epoch_batches(epoch), total=state.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}"):
                 logs = run.train_step(batch)
                 run.batch_in_epoch += 1
                 if logs is not None:
                     run.tally.add(logs)  # type: ignore[arg-type]  # tensors: summed on their device
+                if step_eval_due(run.batch_in_epoch, cfg.train.eval_every_steps, cfg.train.eval_steps_offset) and not (
+                    eval_at_end and run.batch_in_epoch == state.steps_per_epoch
+                ):  # the epoch's end validates these weights anyway
+                    self.validate(epoch + 1)
+                    run.pause_step_clock()
                 if run.stop_requested:
                     run.tally.reduce_ranks()  # the interrupted epoch's sums of every rank go into the checkpoint
                     run.save_checkpoint("last")
@@ -103,10 +112,8 @@ class SupervisedProtocol:
             for extra in run.host.collect("mixhub_metrics", stage="train", state=state):
                 train_rec.update({k: float(v) for k, v in extra.items()})
             self.write_epoch_record(train_rec)
-            if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
-                val = run.evaluate(run.bundle.val, "val")
-                self.write_epoch_record({"epoch": epoch + 1, "split": "val", **val})
-                self.maybe_best(val, epoch + 1)
+            if eval_at_end:
+                val = self.validate(epoch + 1)
                 msg = f"epoch {epoch + 1}/{cfg.train.epochs} train loss {train_rec.get('loss', float('nan')):.4f} " + " ".join(f"val {k} {val[k]:.4f}" for k in ("acc", "nll", "ece", "rmse") if k in val)
                 run.console.message(msg)
             state.epoch = epoch + 1
@@ -117,23 +124,34 @@ class SupervisedProtocol:
         self.run_epochs()
         return self.final_evaluation()
 
-    def maybe_best(self, val: dict[str, float], epoch: int) -> None:
-        """Keep ``best.pt`` when ``val`` (of the 1-based ``epoch``) beats the best so far."""
+    def validate(self, epoch: int) -> dict[str, float]:
+        """Validate the current weights (``epoch``: 1-based, the epoch in progress or just done):
+        one ``val`` record (with the optimizer ``step``), then the kept best checkpoints."""
         run = self.run
-        key = self.select_key
-        if key not in val:
-            raise ConfigError(f"train.select: validation metric {key!r} does not exist (have: {', '.join(sorted(val))})")
-        value = val[key]
-        best = run.best["value"]
-        if best is None or (value > best if self.select_high else value < best):
-            run.best = {"value": value, "epoch": epoch, "metric": key}
+        val = run.evaluate(run.bundle.val, "val")
+        self.write_epoch_record({"epoch": epoch, "split": "val", "step": run.state.step, **val})
+        self.maybe_best(val, epoch)
+        return val
+
+    def maybe_best(self, val: dict[str, float], epoch: int) -> None:
+        """Keep the weights for every criterion (``train.select``: ``best.pt``; each of
+        ``train.best_metrics``: ``best-<metric>.pt``) whose metric improved."""
+        run = self.run
+        if "kept" not in run.best:  # a fresh run, or a checkpoint that kept one best only
+            old = run.best.get("value")
+            run.best["kept"] = {} if old is None else {run.best.get("metric", self.select_key): {"value": old, "epoch": run.best["epoch"]}}
+        kept = run.best["kept"]
+        for c in improved(self.criteria, kept, val):
+            kept[c.metric] = {"value": val[c.metric], "epoch": epoch, "step": run.state.step}
+            if c.name == "best":
+                run.best.update(value=val[c.metric], epoch=epoch, metric=c.metric, step=run.state.step)
             if run._write and run.config.train.checkpoint:
-                done, run.state.epoch = run.state.epoch, epoch  # best.pt, like last.pt, holds the epochs done (== best_epoch)
+                done, run.state.epoch = run.state.epoch, epoch  # best checkpoints, like last.pt, hold the epoch count (== best_epoch)
                 try:
-                    run.save_checkpoint("best")
+                    run.save_checkpoint(c.name)
                 finally:
                     run.state.epoch = done
-            else:  # no run folder: keep the best weights in memory for the final test
+            elif c.name == "best":  # no run folder: keep the best weights in memory for the final test
                 run._best_in_memory = copy.deepcopy({k: v for k, v in run.state_payload().items() if k in ("model", "ema", "modules", "plugins")})
                 if run.sharded:
                     run._best_in_memory["sharded_state"] = copy.deepcopy(run.train_forward.state_dict())
@@ -154,6 +172,9 @@ class SupervisedProtocol:
         summary: dict[str, Any] = {"best_epoch": run.best["epoch"], "select": self.select_key, "steps": run.state.step}
         if run.class_labels() is not None:
             summary["classes"] = run.class_labels()  # the label of each model output
+        if len(self.criteria) > 1 or run.config.train.eval_every_steps:
+            kept = run.best.get("kept", {})
+            summary["best"] = {c.metric: {**kept.get(c.metric, {}), "checkpoint": f"{c.name}.pt"} for c in self.criteria}
         temperature = None
         val_outs, val_t = run.predict(run.bundle.val, "val")
         if run.state.task_kind == "classification":

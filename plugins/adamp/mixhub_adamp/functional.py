@@ -19,7 +19,10 @@ Three implementations of the same step:
 * ``fused_adamp_update_`` / ``fused_sgdp_update_``: one C++ kernel per tensor on CPU
   (``_kernels.cpp``, the torch ops ``mixhub_adamp::adamp_step`` / ``sgdp_step``): the projection
   decided first from g and w (row sums in double), then each row finished in one sweep; equal
-  to the reference to rounding.
+  to the reference to rounding. A layer-view projection, and a cosine within 1% of its
+  threshold, go to the reference step instead: there the official float32 sums over the whole
+  tensor (up to millions of elements) decide and project, and double sums would drift from
+  them (up to ~1e-4 relative after 20 SGDP steps) or take the other side of the threshold.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ __all__ = [
 
 #: Projection kinds by code (the branch-free and fused paths return codes).
 KINDS = ("none", "channel", "layer", "1d")
+#: The fused kernels' code for "nothing written: run the reference step on this tensor" (a
+#: layer-view projection, or a cosine too close to its threshold to call in double precision).
+DEFERRED = 4
 
 
 def _channel_view(x: Tensor) -> Tensor:
@@ -433,6 +439,11 @@ def fused_adamp_update_(
         param, grad, exp_avg, exp_avg_sq, param.dim() > 1, beta1, beta2, lr / bias_correction1,
         math.sqrt(bias_correction2), eps, decay_full, decay_proj, delta, nesterov,
     )  # fmt: skip
+    if code == DEFERRED:
+        return adamp_update_(
+            param, grad, exp_avg, exp_avg_sq, step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+            weight_decay=weight_decay, delta=delta, wd_ratio=wd_ratio, nesterov=nesterov,
+        )  # fmt: skip
     return KINDS[code]
 
 
@@ -461,4 +472,9 @@ def fused_sgdp_update_(
         param, grad, buf, param.dim() > 1, momentum, dampening, lr, eps, decay_full, decay_proj,
         delta, nesterov, buffer_alias,
     )  # fmt: skip
+    if code == DEFERRED:
+        return sgdp_update_(
+            param, grad, buf, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+            nesterov=nesterov, eps=eps, delta=delta, wd_ratio=wd_ratio, buffer_alias=buffer_alias,
+        )  # fmt: skip
     return KINDS[code]

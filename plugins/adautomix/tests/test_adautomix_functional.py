@@ -302,6 +302,18 @@ def test_lam_margin_rules() -> None:
     assert apply_lam_margin(m3, [0.75, 0.2, 0.05], 0.25) is m3
 
 
+def test_lam_margin_lower_side_falls_back_when_margin_equals_lam0() -> None:
+    """Official ``lam_margin >= lam[0]``: a lam_0 equal to the margin falls back to constant
+    masks (N = 2 and N = 3); a lam_0 one step above the margin keeps the learned masks."""
+    g = torch.Generator().manual_seed(0)
+    for n, lams in ((2, [0.25, 0.75]), (3, [0.25, 0.5, 0.25])):
+        masks = torch.rand(2, n, 4, 4, generator=g).softmax(1)
+        out = apply_lam_margin(masks, lams, 0.25)
+        assert torch.equal(out, torch.tensor(lams).reshape(1, n, 1, 1).expand(2, n, 4, 4)), n
+        above = [0.25 + 1e-7, 0.75 - 1e-7] if n == 2 else [0.25 + 1e-7, 0.5, 0.25 - 1e-7]
+        assert apply_lam_margin(masks, above, 0.25) is masks, n
+
+
 def test_mask_statistics() -> None:
     m = torch.zeros(2, 2, 2, 2)
     m[:, 0] = torch.tensor([[1.0, 0.0], [0.0, 1.0]])

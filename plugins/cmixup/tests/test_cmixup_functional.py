@@ -69,6 +69,26 @@ def test_tv_c4_tophat():
     assert np.allclose(p.numpy(), sklearn_rows(Y4.numpy(), 0.75, "tophat"), atol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["gumbel", "sorted"])
+def test_tophat_boundary_is_strict_as_sklearn(method):
+    """A label exactly one bandwidth away is outside the tophat (sklearn: ``d < h``), in the
+    probabilities and in both samplers; a label a hair inside is in."""
+    y = torch.tensor([[0.0], [0.5], [1.0], [1.4999999]], dtype=torch.float64)  # 0.5 apart, exactly
+    p = pair_probabilities(y, y, 0.5, "tophat")
+    want = torch.tensor(
+        [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0.5, 0.5], [0, 0, 0.5, 0.5]], dtype=torch.float64
+    )
+    assert torch.equal(p, want)
+    assert np.array_equal(p.numpy(), sklearn_rows(y.numpy(), 0.5, "tophat"))
+    g = torch.Generator().manual_seed(0)
+    idx = sample_partners(y[:2, 0].repeat(200), y[:, 0], 0.5, g, "tophat", method=method)
+    assert torch.equal(idx, torch.tensor([0, 1]).repeat(200))  # never the neighbour at distance 0.5
+    idx = sample_partners(y[2:3, 0].repeat(400), y[:, 0], 0.5, g, "tophat", method=method)
+    assert set(idx.tolist()) == {2, 3}
+    with pytest.raises(ValueError, match="no admissible partner under the tophat kernel"):
+        sample_partners(y[:1, 0], y[:, 0], 0.5, g, "tophat", exclude_index=torch.tensor([0]), method=method)
+
+
 def test_tv_c5_one_dimensional_labels_equal_tv_c1():
     p = pair_probabilities(Y4[:, 0], Y4[:, 0], 1.0)
     assert torch.allclose(p, TV_C1, atol=1e-6)

@@ -304,3 +304,157 @@ def test_plugin_option_validation():
     trainer = Trainer({**BASE, "decoupled": {"class_weight": [1.0, 2.0]}}, extra_plugins={"threemix": ThreeMix()}, write=False)
     with pytest.raises(Exception, match="decoupled.class_weight: 2 weights for 10 classes"):
         trainer.train_step(next(iter(trainer.loader)))
+
+
+# ----------------------------------------------------------------------------- k-source details
+def _dense64(ys, lams, c):
+    return sum(lam * F.one_hot(ys[:, j], c).double() for j, lam in enumerate(lams))
+
+
+def test_multimix_label_smoothing_smooths_the_soft_ce_only():
+    lams, s = [0.5, 0.3, 0.2], 0.1
+    _, parts = decoupled_multimix_loss(Z, YS3, lams, 0.3, label_smoothing=s, return_parts=True)
+    _, plain = decoupled_multimix_loss(Z, YS3, lams, 0.3, return_parts=True)
+    target = (1 - s) * dense_label(YS3, lams, 6) + s / 6
+    torch.testing.assert_close(parts["ce"], -(target * F.log_softmax(Z, 1)).sum(1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(parts["reg"], plain["reg"])
+    assert parts["ce"].shape == (5,) and parts["skipped"].dtype == torch.bool and not bool(parts["skipped"])
+
+
+def test_multimix_defaults_one_row_and_float64():
+    lams = [0.5, 0.3, 0.2]
+    default = decoupled_multimix_loss(Z, YS3, lams)  # eta 0.1, the official default
+    assert float(default) == pytest.approx(float(official_k_mix(Z, dense_label(YS3, lams, 6), multi_eta_weights(lams, 0.1))), abs=1e-5)
+    one = decoupled_multimix_loss(Z[:1], YS3[:1], lams, 0.3)
+    assert float(one) == pytest.approx(float(official_k_mix(Z[:1], dense_label(YS3[:1], lams, 6), multi_eta_weights(lams, 0.3))), abs=1e-5)
+    lams64 = [0.3, 0.45, 0.25]  # not float32 numbers: a float32 lam or weight would show at 1e-8
+    got = decoupled_multimix_loss(Z.double(), YS3, lams64, 0.3)
+    want = official_k_mix(Z.double(), _dense64(YS3, lams64, 6), multi_eta_weights(lams64, 0.3))
+    assert got.dtype == torch.float64 and float(got) == pytest.approx(float(want), rel=1e-12)
+
+
+def test_multimix_regulariser_on_and_off():
+    lams = [0.5, 0.3, 0.2]
+    _, off = decoupled_multimix_loss(Z, YS3, lams, 0.0, return_parts=True)
+    assert bool(off["skipped"]) and off["skipped"].dtype == torch.bool and float(off["reg"].abs().sum()) == 0.0
+    _, ones = decoupled_multimix_loss(Z, YS3, lams, eta_weights=[1.0, 1.0, 1.0], official_eta_order=False, return_parts=True)
+    assert float(ones["reg"].abs().sum()) > 0 and not bool(ones["skipped"])
+    # lam at the ends of [0, 1] is accepted (the official skip then drops the regulariser)
+    _, ends = decoupled_multimix_loss(Z, YS3[:, :2], [1.0, 0.0], 0.3, return_parts=True)
+    assert bool(ends["skipped"])
+
+
+def _message(func, *args, **kwargs) -> str:
+    with pytest.raises(ValueError) as info:
+        func(*args, **kwargs)
+    return str(info.value)
+
+
+def test_multimix_errors_say_what_is_wrong():
+    assert _message(decoupled_multimix_loss, Z[0], YS3, [0.5, 0.5]) == "logits must have shape [B, C], got (6,)"
+    assert _message(decoupled_multimix_loss, Z, YS3, [0.5, 0.5]) == "ys must have shape [B, k] = [5, 2], got (5, 3)"
+    assert _message(decoupled_multimix_loss, Z, YS3[:, :1], [1.0]) == "decoupled_multimix_loss needs at least two sources, got 1"
+    assert _message(decoupled_multimix_loss, Z, YS3[:, :2], [1.00005, 0.0]) == "lams must lie in [0, 1] and sum to 1, got [1.00005, 0.0]"
+    assert _message(decoupled_multimix_loss, Z, YS3[:, :2], [0.6, 0.6]) == "lams must lie in [0, 1] and sum to 1, got [0.6, 0.6]"
+    assert _message(decoupled_multimix_loss, Z, YS3, [0.5, 0.3, 0.2], eta_weights=[0.1]) == (
+        "eta_weights must hold one weight per source (3), got 1"
+    )
+
+
+# ----------------------------------------------------------------------------- two-source details
+YA, YB = torch.tensor([0, 3, 2, 5, 1]), torch.tensor([4, 1, 2, 0, 3])  # row 2 is not mixed
+
+
+def test_two_source_parts_default_eta_one_row_and_float64():
+    lam = 0.7
+    loss, parts = decoupled_mixup_loss(Z, YA, YB, lam, return_parts=True)
+    assert float(loss) == pytest.approx(float(decoupled_mixup_loss(Z, YA, YB, lam, 0.1)), abs=0)  # eta 0.1 by default
+    assert float(loss) != pytest.approx(float(decoupled_mixup_loss(Z, YA, YB, lam, 1.1)), abs=1e-4)
+    assert parts["skipped"].dtype == torch.bool and not bool(parts["skipped"]) and float(parts["reg"][2]) == 0.0
+    one = decoupled_mixup_loss(Z[:1], YA[:1], YB[:1], lam)  # row 0 is the first mixed row in both batches
+    assert float(one) == pytest.approx(float(parts["ce"][0] + parts["reg"][0]), abs=1e-6)
+    # k = 2 mixes are the two-source loss (documented); in float64 the weights stay float64
+    lam64 = 0.3
+    got = decoupled_mixup_loss(Z.double(), YA, YB, lam64, 0.3)
+    want = decoupled_multimix_loss(Z.double(), torch.stack([YA, YB], 1), [lam64, 1 - lam64], 0.3)
+    assert got.dtype == torch.float64 and float(got) == pytest.approx(float(want), rel=1e-12)
+
+
+def test_two_source_skips_and_the_smoothed_skip_rule():
+    _, off = decoupled_mixup_loss(Z, YA, YB, 0.7, 0.0, return_parts=True)
+    assert bool(off["skipped"]) and off["skipped"].dtype == torch.bool and float(off["reg"].abs().sum()) == 0.0
+    _, one = decoupled_mixup_loss(Z, YA, YB, 0.7, 1.0, return_parts=True)
+    assert not bool(one["skipped"]) and float(one["reg"].abs().sum()) > 0
+    _, same = decoupled_mixup_loss(Z, YA, YA, 0.7, return_parts=True)
+    assert bool(same["skipped"])
+    # lam = 0.00105: above eps alone, but (1 - s) lam <= eps once the official smoothing (s = 0.1) shifts
+    # the label values; the one-hot smoothing target leaves the skip rule alone
+    lam = 0.00105
+    _, official = decoupled_mixup_loss(Z, YA, YB, lam, label_smoothing=0.1, return_parts=True)
+    _, onehot = decoupled_mixup_loss(Z, YA, YB, lam, label_smoothing=0.1, smoothing_target="onehot", return_parts=True)
+    assert bool(official["skipped"]) and not bool(onehot["skipped"])
+
+
+def test_two_source_errors_say_what_is_wrong():
+    assert _message(decoupled_mixup_loss, Z[0], YA, YB, 0.7) == "logits must have shape [B, C], got (6,)"
+    assert _message(decoupled_mixup_loss, Z, YA, YB[:4], 0.7) == "y_a and y_b must have shape [5], got (5,) and (4,)"
+    assert _message(decoupled_mixup_loss, Z, YA[:3], YB, 0.7) == "y_a and y_b must have shape [5], got (3,) and (5,)"
+
+
+# ----------------------------------------------------------------------------- the official skip rule
+@pytest.mark.parametrize(
+    "lam, s, ys, reason",
+    [
+        (0.3, 0.0, "mixed", None),
+        (0.0005, 0.0, "mixed", "one-class"),
+        (0.9995, 0.0, "mixed", "one-class"),
+        (0.5, 0.0, "mixed", "equal"),
+        (0.3, 0.0, "same", "no-mixed-rows"),
+        (0.0005, 0.0, "same", "one-class"),  # the lam reason comes first
+        # smoothing s = 0.1 over 6 classes: label values (1 - s) v + s/6, eps + s/6
+        (0.00105, 0.1, "mixed", "one-class"),  # 0.017612 <= 0.017667
+        (0.00105, 0.0, "mixed", None),
+        (0.03, 0.1, "mixed", None),
+        (0.99895, 0.1, "mixed", "one-class"),
+        (0.97, 0.1, "mixed", None),
+        (0.5, 0.1, "mixed", "equal"),
+        (0.3, 0.1, "same", "no-mixed-rows"),
+    ],
+)
+def test_official_skip_reason_follows_the_float32_label_values(lam, s, ys, reason):
+    from mixhub_decoupled import official_skip_reason
+
+    y_b = YB if ys == "mixed" else YA
+    # independent: the official float32 label values of a two-class row (lam on one class, 1 - lam
+    # on another) and its active values above eps + s/C; then whether any row mixes two classes
+    onehot = lambda y: F.one_hot(torch.tensor([y]), 6).float()[0]  # noqa: E731
+    row = torch.tensor(lam, dtype=torch.float32) * onehot(0) + torch.tensor(1 - lam, dtype=torch.float32) * onehot(1)
+    if s > 0:
+        row = row * (1 - s) + s / 6
+    values = [float(v) for v in row if float(v) > 1e-3 + s / 6]
+    want = "one-class" if len(values) < 2 else ("equal" if values[0] == values[1] else None)
+    if want is None and not bool((YA != y_b).any()):
+        want = "no-mixed-rows"
+    assert want == reason
+    assert official_skip_reason(lam, YA, y_b, 6, s) == reason
+
+
+def test_the_skip_rule_is_inclusive_at_eps():
+    from mixhub_decoupled import official_skip_reason
+
+    assert official_skip_reason(0.25, YA, YB, 6, eps=0.25) == "one-class"
+    assert official_skip_reason(0.75, YA, YB, 6, eps=0.25) == "one-class"
+    assert official_skip_reason(0.3, YA, YB, 6, eps=0.25) is None
+
+
+def test_scale_options_are_checked_with_exact_messages():
+    assert _message(multi_eta_weights, [0.5, 0.5], lam_scale_mode="log") == (
+        "lam_scale_mode must be one of ('pow', 'exp', 'none'), got 'log'"
+    )
+    assert _message(multi_eta_weights, [0.5, 0.5], lam_thr=1.5) == "lam_thr must lie in (0, 1], got 1.5"
+    for base in (0.0, 1.0, -1.0):
+        assert _message(multi_eta_weights, [0.5, 0.5], 0.1, base, lam_scale_mode="exp") == (
+            f"lam_scale_mode='exp' needs lam_pow (the base) other than 0 and 1, got {base!r} "
+            "(the rescaling divides by 1 - lam_pow**(-2 * lam_thr))"
+        )
+    assert _message(decoupled_mixup_loss, Z, YA, YB, torch.full((3,), 0.5)) == "lam must be a scalar or have shape [5], got (3,)"

@@ -62,6 +62,7 @@ __all__ = [
 MrlMask = Literal["official", "per_sample", "none"]
 MrlSpace = Literal["logit", "prob"]
 NdcgRatio = Literal["minmax", "plain"]
+Lam = float | Tensor  # a copy's mixing weight: a Python float or a 0-d tensor (float64 in the plugin)
 
 def _check_2d(name: str, t: Tensor) -> None:
     if t.dim() != 2:
@@ -317,21 +318,34 @@ def sample_lams(num_mixup: int, alpha: float, generator: torch.Generator | None 
     return [float(v) for v in rng.beta(alpha, alpha, size=num_mixup)]
 
 
-def mix_copies(h: Tensor, lams: Sequence[float], perms: Sequence[Tensor]) -> Tensor:
+def _lam(lam: Lam) -> Lam:
+    """A copy's lam as the arithmetic uses it: a Python float, or a 0-d tensor kept in its own
+    dtype and on its own device (no host read)."""
+    return lam.reshape(()) if isinstance(lam, Tensor) else float(lam)
+
+
+def mix_copies(h: Tensor, lams: Sequence[Lam], perms: Sequence[Tensor]) -> Tensor:
     """``cat_k(lam_k h + (1 - lam_k) h[perm_k])`` along dim 0: the copy-major mixed copies ``[m*B, ...]``.
 
     The same arithmetic on inputs (official ``mixup_process`` at ``layer_mix: 0``) and on the
-    features of an intermediate layer (``mix_at_layer``).
+    features of an intermediate layer (``mix_at_layer``). ``1 - lam_k`` is formed in lam's own
+    precision (float64 for a Python float or a float64 tensor, as the official NumPy lam) before
+    it scales ``h``: a float32 lam would round ``1 - lam`` differently and can turn a mixed target
+    entry into exactly 1.0 (a same-class pair that the official code does not see).
     """
     if len(lams) != len(perms):
         raise ValueError(f"mix_copies: {len(lams)} lams but {len(perms)} permutations")
-    return torch.cat([float(lam) * h + (1.0 - float(lam)) * h[p.to(h.device)] for lam, p in zip(lams, perms)], dim=0)
+    out = []
+    for lam, p in zip(lams, perms):
+        lam = _lam(lam)
+        out.append(lam * h + (1.0 - lam) * h[p.to(h.device)])
+    return torch.cat(out, dim=0)
 
 
 def mixed_copy_targets(
     targets: Tensor,
     num_classes: int,
-    lams: Sequence[float],
+    lams: Sequence[Lam],
     perms: Sequence[Tensor],
     ignore_index: int | None = None,
 ) -> Tensor:
@@ -358,10 +372,10 @@ def make_mixed_views(
     alpha: float,
     generator: torch.Generator | None = None,
     *,
-    lams: Sequence[float] | None = None,
+    lams: Sequence[Lam] | None = None,
     perms: Sequence[Tensor] | None = None,
     ignore_index: int | None = None,
-) -> tuple[Tensor, Tensor, list[float], list[Tensor]]:
+) -> tuple[Tensor, Tensor, list[Lam], list[Tensor]]:
     """Build the m mixed copies of a batch, copy-major (official ``mixup_process`` per copy).
 
     Copy k uses its own ``lam_k ~ Beta(alpha, alpha)`` (one scalar for the copy) and its own
@@ -375,7 +389,8 @@ def make_mixed_views(
         num_mixup: m, the number of copies.
         alpha: the Beta parameter (``<= 0``: lam = 1).
         generator: the source of lam and the permutations (a CPU ``torch.Generator``).
-        lams, perms: explicit lam and permutation per copy (tests, replays).
+        lams, perms: explicit lam and permutation per copy (tests, replays); a lam may be a
+            0-d tensor (e.g. float64 on the device), used as it is without a host read.
         ignore_index: targets with this value get all-zero one-hot rows (see ``mixed_copy_targets``).
 
     Returns:
@@ -398,11 +413,11 @@ def _views(
     m: int,
     alpha: float,
     generator: torch.Generator | None,
-    lams: Sequence[float] | None,
+    lams: Sequence[Lam] | None,
     perms: Sequence[Tensor] | None,
     device: torch.device,
-) -> tuple[list[float], list[Tensor]]:
-    lam_list = [float(v) for v in lams] if lams is not None else sample_lams(m, alpha, generator)
+) -> tuple[list[Lam], list[Tensor]]:
+    lam_list = [_lam(v) for v in lams] if lams is not None else list(sample_lams(m, alpha, generator))
     if perms is None:
         perm_list = [torch.randperm(b, generator=generator).to(device) for _ in range(m)]
     else:
@@ -410,8 +425,11 @@ def _views(
     if len(lam_list) != m or len(perm_list) != m:
         raise ValueError(f"make_mixed_views: need {m} lams and perms, got {len(lam_list)} and {len(perm_list)}")
     for lam in lam_list:
-        if not (0.0 <= lam <= 1.0) or math.isnan(lam):
-            raise ValueError(f"make_mixed_views: lam must lie in [0, 1], got {lam}")
+        if isinstance(lam, Tensor) and lam.device.type != "cpu":
+            continue  # checking a device lam would wait for the device; the plugin's lams come from sample_lams
+        value = float(lam)
+        if not (0.0 <= value <= 1.0) or math.isnan(value):
+            raise ValueError(f"make_mixed_views: lam must lie in [0, 1], got {value}")
     for perm in perm_list:
         if perm.shape != (b,):
             raise ValueError(f"make_mixed_views: a permutation must have shape [{b}], got {tuple(perm.shape)}")
@@ -420,7 +438,7 @@ def _views(
 
 @contextmanager
 def mix_at_layer(
-    layer: nn.Module, lams: Sequence[float], perms: Sequence[Tensor], *, keep_raw: bool = False
+    layer: nn.Module, lams: Sequence[Lam], perms: Sequence[Tensor], *, keep_raw: bool = False
 ) -> Iterator[None]:
     """Inside the block, ``layer``'s output ``h [B, ...]`` is replaced by its m mixed copies.
 

@@ -3,7 +3,8 @@
 One training step (official ``calibrate/engine/trainer.py``, ``train_epoch``):
 
 * ``mixhub_sample_pairs``: an identity plan for the raw batch, plus ``plan.extras["views"]``,
-  m independent ``{"index": pi_k [B], "lam": lam_k [B]}`` (one lam per copy).
+  m independent ``{"index": pi_k [B], "lam": lam_k [B]}`` (one lam per copy, float64 on the
+  device, as the official NumPy lam: the exact same-class test depends on it).
 * ``mixhub_mix_batch``: inputs stay raw; ``extras["rank_inputs"]`` [m*B, ...] (input mixing
   only) and ``extras["rank_targets"]`` [m*B, C] hold the copy-major mixed copies.
 * ``mixhub_forward``: ``model(x)`` then ``model(x~)`` in a separate call (BatchNorm sees the
@@ -188,8 +189,8 @@ def mixhub_sample_pairs(batch: Batch, state: State) -> MixPlan:
     plan.extras["views"] = [
         {
             "index": _permutation(b, batch.targets, opts.ignore_index, state.generator, device),
-            "lam": torch.full((b,), lam, device=device),
-            "lam_value": float(np.float32(lam)),  # the tensor's value, on the host: mixing reads no device value
+            "lam": torch.full((b,), lam, dtype=torch.float64, device=device),  # float64, as the official lam
+            "lam_value": float(lam),  # the same float64 value on the host: mixing reads no device value
         }
         for lam in lams
     ]
@@ -220,7 +221,8 @@ def mixhub_mix_batch(batch: Batch, plan: MixPlan, state: State) -> Batch:
             "rankmixup: the plan carries no mixed views (extras['views']); is sample_pairs owned by rankmixup?"
         )
     opts: RankMixupOptions = state.options(NAME)
-    lams = [float(v["lam_value"]) if "lam_value" in v else float(v["lam"].reshape(-1)[0]) for v in views]
+    # float64 host values (or float64 0-d device tensors for plans made elsewhere): no device read
+    lams = [float(v["lam_value"]) if "lam_value" in v else v["lam"].reshape(-1)[0] for v in views]
     perms = [v["index"] for v in views]
     num_classes = _num_classes(state, state.model)
     out = batch.replace()

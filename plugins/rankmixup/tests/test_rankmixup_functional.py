@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -134,6 +135,22 @@ def test_tv_r5_mixing_arithmetic():
     assert torch.allclose(xv, expect_x, atol=1e-5)
     assert torch.allclose(tv, expect_t, atol=1e-6)
     assert lams == [0.696572] and perms[0].tolist() == [2, 0, 3, 1]
+
+
+def test_tensor_lams_mix_as_python_floats_and_are_checked_on_the_cpu():
+    """A lam given as a 0-d (or one-element) tensor is kept as a float64 0-d tensor and mixes
+    exactly as the same Python float; CPU tensor lams are range-checked like floats."""
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    perms = [torch.tensor([2, 0, 3, 1]), torch.tensor([1, 0, 3, 2])]
+    floats = make_mixed_views(x, Y, 3, 2, 0.0, lams=[0.3, 1 - 2.0**-25], perms=perms)
+    lams = [torch.tensor(0.3, dtype=torch.float64), torch.tensor([1 - 2.0**-25], dtype=torch.float64)]
+    tensors = make_mixed_views(x, Y, 3, 2, 0.0, lams=lams, perms=perms)
+    assert torch.equal(floats[0], tensors[0]) and torch.equal(floats[1], tensors[1])
+    assert all(isinstance(v, torch.Tensor) and v.dtype == torch.float64 and v.shape == () for v in tensors[2])
+    assert float(tensors[2][1]) == 1 - 2.0**-25
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="lam must lie in"):
+            make_mixed_views(x, Y, 3, 2, 0.0, lams=[torch.tensor(0.5), torch.tensor(bad)], perms=perms)
 
 
 # ----------------------------------------------------------------------------- independent computation
@@ -322,3 +339,142 @@ def test_autocast_computes_in_float32():
         b = mndcg_loss(Z.bfloat16(), zm.bfloat16(), t, 3)
     assert a.dtype == torch.float32 and b.dtype == torch.float32
     assert float(b) == pytest.approx(float(mndcg_loss(Z, zm, t, 3)), abs=2e-2)
+
+
+# ----------------------------------------------------------------------------- messages, options, edges
+def _message(func, *args, **kwargs) -> str:
+    with pytest.raises(ValueError) as info:
+        func(*args, **kwargs)
+    return str(info.value)
+
+
+def test_error_messages_name_the_argument_and_the_shapes():
+    t1 = targets_for([0.7], [[1, 0, 3, 2]])
+    zm3, t3 = torch.cat([ZM1, ZM2, ZM3]), targets_for([0.7, 0.4, 0.9], [[1, 0, 3, 2]] * 3)
+    two_d = "must be 2-D [rows, classes], got shape (3,)"
+    assert _message(fn.same_class_rows, t1[0]) == "mixed_targets " + two_d
+    assert _message(mrl_loss, Z[0], ZM1, t1) == "logits " + two_d
+    assert _message(mrl_loss, Z, ZM1[0], t1) == "mixed_logits " + two_d
+    assert _message(mrl_loss, Z, zm3, t3) == (
+        "mrl_loss: MRL is defined for exactly one mixed copy; got 12 mixed rows for a batch of 4 "
+        "(use num_mixup=1, or the M-NDCG variant for several copies)"
+    )
+    assert _message(mrl_loss, Z, ZM1, t1[:, :2]) == "mrl_loss: shapes differ: logits (4, 3), mixed_logits (4, 3), mixed_targets (4, 2)"
+    assert _message(mrl_loss, Z[:, :2], ZM1[:, :2], t1) == "mrl_loss: shapes differ: logits (4, 2), mixed_logits (4, 2), mixed_targets (4, 3)"
+    assert _message(mrl_loss, Z[:0], ZM1[:0], t1[:0]) == "mrl_loss: empty batch"
+    assert _message(mrl_loss, Z, ZM1, t1, 2.0, "sum") == "mask must be 'official', 'per_sample' or 'none', got 'sum'"
+    assert _message(mrl_loss, Z, ZM1, t1, space="rank") == "space must be 'logit' or 'prob', got 'rank'"
+    assert _message(mrl_loss, Z, ZM1, t1, valid=torch.ones(4)) == "valid must be a bool tensor of shape [4], got torch.float32 (4,)"
+    assert _message(mrl_loss, Z, ZM1, t1, valid=torch.ones(3, dtype=torch.bool)) == "valid must be a bool tensor of shape [4], got torch.bool (3,)"
+    assert _message(mndcg_per_sample, Z[0], zm3, t3, 3) == "logits " + two_d
+    assert _message(mndcg_per_sample, Z, zm3[0], t3, 3) == "mixed_logits " + two_d
+    assert _message(mndcg_per_sample, Z, zm3, t3, 0) == "mndcg: num_mixup must be >= 1, got 0"
+    assert _message(mndcg_per_sample, Z, zm3, t3[:8], 3) == (
+        "mndcg: expected mixed_logits and mixed_targets of shape [num_mixup*B, C] = [12, 3], got (12, 3) and (8, 3)"
+    )
+    assert _message(mndcg_per_sample, Z[:0], zm3[:0], t3[:0], 3) == "mndcg: empty batch"
+    assert _message(mndcg_per_sample, Z, zm3, t3, 3, ratio="max") == "ratio must be 'minmax' or 'plain', got 'max'"
+    assert _message(rankmixup_loss, Z, Y, ZM1, t1, ignore_index=-100) == (
+        "rankmixup_loss: ignore_index needs the copies' permutations (perms=...)"
+    )
+    x = torch.zeros(4, 1)
+    assert _message(make_mixed_views, x, Y, 3, 0, 1.0) == "make_mixed_views: num_mixup must be >= 1, got 0"
+    assert _message(make_mixed_views, x, Y[:3], 3, 1, 1.0) == "make_mixed_views: targets must have shape [4], got (3,)"
+    assert _message(make_mixed_views, x, Y, 3, 1, 1.0, lams=[0.5], perms=[torch.arange(3)]) == (
+        "make_mixed_views: a permutation must have shape [4], got (3,)"
+    )
+    assert _message(make_mixed_views, x, Y, 3, 2, 1.0, lams=[0.5], perms=[torch.arange(4)] * 2) == (
+        "make_mixed_views: need 2 lams and perms, got 1 and 2"
+    )
+    assert _message(fn.mix_copies, x, [0.5], []) == "mix_copies: 1 lams but 0 permutations"
+
+
+def test_views_accept_the_closed_interval_and_return_long_permutations_on_the_inputs_device():
+    x = torch.zeros(4, 1)
+    _, t, lams, perms = make_mixed_views(x, Y, 3, 2, 1.0, lams=[0.0, 1.0], perms=[torch.tensor([1, 0, 3, 2], dtype=torch.int32)] * 2)
+    assert lams == [0.0, 1.0] and all(p.dtype == torch.long for p in perms)
+    assert torch.equal(t[:4], F.one_hot(Y[[1, 0, 3, 2]], 3).float())  # lam 0: the partner's label
+    # a device lam is not read back; a CPU lam after it is still checked
+    with pytest.raises(ValueError, match="lam must lie in"):
+        make_mixed_views(x, Y, 3, 2, 1.0, lams=[torch.tensor(0.5, device="meta"), 1.5], perms=[torch.arange(4)] * 2)
+
+
+def test_sample_lams_follow_a_numpy_generator_seeded_from_the_torch_generator():
+    seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(3)).item())
+    want = np.random.default_rng(seed).beta(0.5, 0.5, size=3).tolist()
+    assert fn.sample_lams(3, 0.5, torch.Generator().manual_seed(3)) == want
+    assert fn.sample_lams(2, 0.0) == [1.0, 1.0]
+
+
+def test_empty_and_single_valid_rows_of_the_ranking_terms():
+    t1 = targets_for([0.7], [[1, 0, 3, 2]])
+    none = torch.zeros(4, dtype=torch.bool)
+    zm = ZM1.clone().requires_grad_()
+    got = mrl_loss(Z, zm, t1, valid=none)
+    assert float(got) == 0.0
+    got.backward()
+    assert torch.equal(zm.grad, torch.zeros_like(zm))
+    zm3, t3 = torch.cat([ZM1, ZM2, ZM3]), targets_for([0.7, 0.4, 0.9], [[1, 0, 3, 2]] * 3)
+    assert float(mndcg_loss(Z, zm3, t3, 3, valid=none)) == 0.0
+    one = torch.tensor([False, False, True, False])
+    per_sample = mndcg_per_sample(Z, zm3, t3, 3)
+    assert float(mndcg_loss(Z, zm3, t3, 3, valid=one)) == pytest.approx(1.0 - float(per_sample[2]))
+
+
+def test_tied_gains_keep_copy_order_by_default():
+    """24 copies with the same lam (tied gains) and different mixed logits: the default ranks
+    them by copy index, as the reference; an unstable sort would shuffle their confidences."""
+    m = 24
+    gen = torch.Generator().manual_seed(0)
+    zm = torch.randn(m * 4, 3, generator=gen) * 3
+    t = targets_for([0.6] * m, [[1, 0, 3, 2]] * m)
+    want = ref_mndcg(Z, zm, t, m)
+    assert torch.allclose(mndcg_per_sample(Z, zm, t, m), want, atol=1e-6)
+    assert float(mndcg_loss(Z, zm, t, m)) == pytest.approx(float((1 - want).mean()), abs=1e-6)
+    unstable = mndcg_per_sample(Z, zm, t, m, stable_sort=False)  # torch's order of the ties
+    assert not torch.allclose(unstable, want, atol=1e-6)
+    assert float(mndcg_loss(Z, zm, t, m, stable_sort=False)) == pytest.approx(float((1 - unstable).mean()), abs=1e-6)
+
+
+def test_rankmixup_loss_passes_every_option_on():
+    perms = [[3, 2, 1, 0]]  # rows 0 and 3 are both class 0: a same-class pair
+    t = targets_for([0.7], perms)
+    ce = F.cross_entropy(Z, Y)
+    for kw in ({"mask": "per_sample"}, {"mask": "none"}, {"space": "prob", "margin": 0.5}):
+        want = float(ce) + 0.1 * float(mrl_loss(Z, ZM1, t, kw.get("margin", 2.0), kw.get("mask", "official"), space=kw.get("space", "logit")))
+        assert float(rankmixup_loss(Z, Y, ZM1, t, **kw)) == pytest.approx(want, abs=1e-6), kw
+    assert float(mrl_loss(Z, ZM1, t, mask="per_sample")) != pytest.approx(float(mrl_loss(Z, ZM1, t)), abs=1e-4)
+    assert float(mrl_loss(Z, ZM1, t, 0.5, space="prob")) != pytest.approx(float(mrl_loss(Z, ZM1, t, 0.5)), abs=1e-4)
+    # M-NDCG: the plain ratio and ignore_index reach the term
+    zm = ZM3 * 4  # confident copies: DCG > IDCG in some rows, where plain and minmax differ
+    t_nd = targets_for([0.55], [[1, 0, 3, 2]])
+    plain = mndcg_loss(Z, zm, t_nd, 1, ratio="plain")
+    assert float(plain) != pytest.approx(float(mndcg_loss(Z, zm, t_nd, 1)), abs=1e-4)
+    got = rankmixup_loss(Z, Y, zm, t_nd, "mndcg", ratio="plain")
+    assert float(got) == pytest.approx(float(ce) + 0.1 * float(plain), abs=1e-6)
+    y = torch.tensor([0, 1, -100, 0])
+    t_ig = fn.mixed_copy_targets(y, 3, [0.55], [torch.tensor([1, 0, 3, 2])], ignore_index=-100)
+    valid = fn.ranking_rows(y, [torch.tensor([1, 0, 3, 2])], -100)
+    want = fn.masked_cross_entropy(Z, y, -100) + 0.1 * mndcg_loss(Z, zm, t_ig, 1, valid=valid)
+    got = rankmixup_loss(Z, y, zm, t_ig, "mndcg", ignore_index=-100, perms=[torch.tensor([1, 0, 3, 2])])
+    assert float(got) == pytest.approx(float(want), abs=1e-6)
+    assert float(mndcg_loss(Z, zm, t_ig, 1, valid=valid)) != pytest.approx(float(mndcg_loss(Z, zm, t_ig, 1)), abs=1e-4)
+
+
+def test_masked_cross_entropy_smooths_and_averages_over_the_labelled_rows():
+    y = torch.tensor([-1, 2, -1, -1])
+    assert float(fn.masked_cross_entropy(Z, y, -1)) == pytest.approx(float(F.cross_entropy(Z[1:2], y[1:2])), abs=1e-6)
+    y = torch.tensor([0, 2, -1, 1])
+    want = F.cross_entropy(Z[[0, 1, 3]], y[[0, 1, 3]], label_smoothing=0.2)
+    assert float(fn.masked_cross_entropy(Z, y, -1, 0.2)) == pytest.approx(float(want), abs=1e-6)
+
+
+def test_views_and_mndcg_stay_on_the_inputs_device():
+    """On another device (``meta``: shapes only) the permutations, targets and M-NDCG discounts
+    follow the inputs, whether the permutations are drawn or given on the CPU."""
+    x, y = torch.zeros(4, 1, device="meta"), Y.to("meta")
+    for kw in ({"lams": [0.5], "perms": [torch.arange(4)]}, {"generator": torch.Generator().manual_seed(0)}):
+        xv, t, _, perms = make_mixed_views(x, y, 3, 1, 2.0, **kw)
+        assert perms[0].device.type == t.device.type == xv.device.type == "meta", kw
+    zm = torch.zeros(8, 3, device="meta")
+    assert mndcg_per_sample(Z.to("meta"), zm, zm, 2).device.type == "meta"

@@ -70,6 +70,35 @@ def test_same_class_rows_match_the_official_test_on_small_alpha_draws():
     assert near_one > 0  # draws where a tolerance would have changed the answer occur
 
 
+def test_plugin_keeps_lam_in_float64_so_the_same_class_test_matches_the_official_one(monkeypatch):
+    """lam = 2^-25 (1 + 2e-8) with two different classes: the official float64 lam gives
+    ``1 - lam`` = float32(1 - 2^-24) (no entry is 1.0, MRL = mean(hinge) = 1.5); a float32 lam
+    rounds to 2^-25 and ``1 - lam`` to exactly 1.0 (a same-class pair, MRL = 0)."""
+    lam = 2.0**-25 * (1 + 2e-8)
+    trainer = Trainer({**CNN, "rankmixup": {"variant": "mrl"}}, write=False)
+    state = trainer.state
+    monkeypatch.setattr(plugin, "sample_lams", lambda m, alpha, generator: [lam] * m)
+    monkeypatch.setattr(plugin, "_permutation", lambda b, *args: torch.arange(b).flip(0))
+    batch = Batch(inputs=torch.zeros(2, 3, 16, 16), targets=torch.tensor([0, 1]), index=torch.arange(2))
+    plan = trainer.host.slot("sample_pairs", batch=batch, state=state).resolve(batch)
+    assert plan.extras["views"][0]["lam"].dtype == torch.float64
+    mixed = trainer.host.slot("mix_batch", batch=batch, plan=plan, state=state)
+    z = torch.tensor([[2.0, 0.0] + [0.0] * 8, [1.0, 0.5] + [0.0] * 8])
+    zm = z - 0.5  # every hinge is relu(-0.5 + 2) = 1.5
+    aux = plugin.mixhub_aux_losses({"logits": z, "mixed_logits": zm}, mixed, plan, state)["rankmixup_mrl"]
+    # the official computation: NumPy float64 lam times the float32 one-hot targets
+    onehot = F.one_hot(batch.targets, 10).float()
+    lam64 = np.float64(lam)
+    official_t = lam64 * onehot + (1 - lam64) * onehot[[1, 0]]
+    assert not bool((official_t == 1.0).any())
+    assert torch.equal(mixed.extras["rank_targets"], official_t)
+    assert official_mrl(z, zm, official_t, 2.0) == pytest.approx(1.5)
+    assert float(aux) == pytest.approx(1.5)
+    # the float32 lam the plugin used to store would flip the test
+    lam32 = float(torch.tensor(lam, dtype=torch.float32))
+    assert bool(same_class_rows(mixed_copy_targets(batch.targets, 10, [lam32], [torch.tensor([1, 0])])).all())
+
+
 # ----------------------------------------------------------------------------- ignore_index
 Y = torch.tensor([0, 1, -100, 2, 1])
 PERM = torch.tensor([1, 0, 3, 2, 4])  # rows 2 and 3 swap: both lose their ranking term

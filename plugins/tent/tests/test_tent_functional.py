@@ -72,6 +72,21 @@ def test_one_step_returns_pre_step_logits_changes_only_affine_and_restores_bitwi
     assert not m.training and all(not mod.training for mod in m.modules())
 
 
+def test_the_returned_logits_are_detached_from_the_adaptation_graph():
+    """The prediction leaves no graph behind (official ``forward_and_adapt`` returns outputs the
+    caller only reads): even under grad mode it has no ``grad_fn``, and a loss on it cannot reach
+    the adapted parameters."""
+    m = small_model()
+    configure_model(m)
+    opt = torch.optim.SGD(collect_params(m), lr=0.1)
+    with torch.enable_grad():
+        logits = tent_step(m, torch.randn(6, 3, 8, 8), opt)
+    assert logits.grad_fn is None and not logits.requires_grad
+    assert all(p.grad is None for p in collect_params(m))
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        logits.sum().backward()
+
+
 def test_with_unmixtns_collects_exactly_the_unmix_affine_and_backward_works():
     unmix = pytest.importorskip("mixhub_unmixtns")
     replace_batchnorm, unmix_layers = unmix.replace_batchnorm, unmix.unmix_layers

@@ -154,3 +154,113 @@ def test_soft_targets_independent() -> None:
     onehot = F.one_hot(y, 4).float() * (1 - s) + s / 4
     torch.testing.assert_close(t, lam * onehot + (1 - lam) * onehot.flip(0))
     torch.testing.assert_close(t.sum(1), torch.ones(4))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"cutmix_minmax": (0.5, 0.5)}, "cutmix_minmax must be (min, max) with 0 <= min < max <= 1, got (0.5, 0.5)"),
+        ({"cutmix_minmax": (-0.1, 0.5)}, "cutmix_minmax must be (min, max) with 0 <= min < max <= 1, got (-0.1, 0.5)"),
+        ({"cutmix_minmax": (0.2, 1.5)}, "cutmix_minmax must be (min, max) with 0 <= min < max <= 1, got (0.2, 1.5)"),
+        ({"mixup_alpha": -1.0, "cutmix_alpha": 1.0}, "mixup_alpha and cutmix_alpha must be >= 0"),
+        ({"mixup_alpha": 1.0, "cutmix_alpha": -1.0}, "mixup_alpha and cutmix_alpha must be >= 0"),
+        ({"mixup_alpha": 0.0}, "one of mixup_alpha > 0, cutmix_alpha > 0 or cutmix_minmax must be set"),
+        ({"prob": 1.5}, "prob and switch_prob must lie in [0, 1]"),
+        ({"prob": -0.1}, "prob and switch_prob must lie in [0, 1]"),
+        ({"switch_prob": 1.01}, "prob and switch_prob must lie in [0, 1]"),
+        ({"switch_prob": -0.5}, "prob and switch_prob must lie in [0, 1]"),
+        ({"mode": "row"}, "mode must be batch, pair or elem, got 'row'"),
+    ],
+)
+def test_config_errors_say_what_is_wrong(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        MixupConfig(**kwargs)
+    assert str(info.value) == message
+
+
+def test_config_bounds_are_inclusive() -> None:
+    for kw in ({"cutmix_minmax": (0.0, 1.0)}, {"prob": 0.0}, {"prob": 1.0}, {"switch_prob": 0.0}, {"switch_prob": 1.0}):
+        MixupConfig(**kw)
+    with pytest.raises(ValueError) as info:
+        sample(MixupConfig(cutmix_alpha=1.0), 8, None, np.random.RandomState(0))
+    assert str(info.value) == "CutMix needs image inputs [B, C, H, W]"
+
+
+@pytest.mark.parametrize("mode", ["batch", "pair", "elem"])
+def test_draw_keeps_its_mode_and_the_plan_its_device(mode: str) -> None:
+    draw = sample(MixupConfig(mixup_alpha=0.8, cutmix_alpha=1.0, mode=mode), B, (H, W), np.random.RandomState(1))
+    assert draw.mode == mode
+    plan = to_plan(draw, (H, W), device="meta")
+    assert plan.index.device.type == "meta" and plan.lam.device.type == "meta"
+    assert plan.lam.dtype == torch.float32 and plan.extras["timm_mixup"] is draw
+    if mode != "batch":  # this seed cuts some pairs / samples: the mask is built on the device too
+        assert plan.mask is not None and plan.mask.device.type == "meta"
+    y = torch.randint(0, NUM_CLASSES, (B,))
+    t = soft_targets(y.to("meta"), NUM_CLASSES, draw, 0.1)
+    assert t.device.type == "meta" and t.shape == (B, NUM_CLASSES)
+    t64 = soft_targets(y, NUM_CLASSES, draw, 0.1, dtype=torch.float64)
+    assert t64.dtype == (torch.float32 if mode == "batch" else torch.float64)  # a Python-float lam in batch mode
+
+
+def test_unmixed_inputs_and_targets_pass_through_untouched() -> None:
+    """prob = 0: no sample is mixed; an infinite input stays as it is (no ``inf * 0``) and the
+    targets are the plain one-hots (no smoothing by default)."""
+    x, y = _batch(0)
+    x[B - 1, 0, 0, 0] = float("inf")  # sample 0's partner
+    for mode in ("batch", "elem"):
+        draw = sample(MixupConfig(mixup_alpha=1.0, prob=0.0, mode=mode), B, (H, W), np.random.RandomState(0))
+        assert torch.equal(mix_inputs(x, draw), x), mode
+        assert torch.equal(soft_targets(y, NUM_CLASSES, draw), F.one_hot(y, NUM_CLASSES).float()), mode
+    with pytest.raises(ValueError) as info:
+        mix_inputs(x[:6], draw)
+    assert str(info.value) == "draw is for a batch of 8, inputs have 6"
+
+
+def test_without_a_generator_the_draws_come_from_numpys_global_state() -> None:
+    cfg = MixupConfig(mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem")
+    np.random.seed(5)
+    a = sample(cfg, B, (H, W))
+    b = sample(cfg, B, (H, W), np.random.RandomState(5))
+    assert a.boxes == b.boxes and np.array_equal(a.lam_per_sample, b.lam_per_sample)
+
+
+@pytest.mark.parametrize("hw", [(12, 10), (10, 12)])
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_consecutive_draws_equal_timms_with_extreme_lams(mode: str, hw: tuple[int, int]) -> None:
+    """One generator over 150 batches against timm's Mixup over the same global stream: CutMix
+    with alpha 0.05 draws lam at or next to 0 and 1 (boxes of side 0 or 1 at the image's edges,
+    lam exactly 1.0 with CutMix chosen), so the order of draws and every clipped box count."""
+    h, w = hw
+    kw = dict(mixup_alpha=0.05, cutmix_alpha=0.05, switch_prob=0.7)
+    np.random.seed(11)
+    timm_mix = mixup_module.Mixup(**kw, mode=mode, num_classes=NUM_CLASSES)
+    rng = np.random.RandomState(11)
+    cfg = MixupConfig(**kw, mode=mode)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(150):
+        x = torch.randn(B, C, h, w, generator=gen)
+        y = torch.randint(0, NUM_CLASSES, (B,), generator=gen)
+        draw = sample(cfg, B, (h, w), rng)
+        x_t, y_t = timm_mix(x.clone(), y.clone())
+        assert torch.equal(mix_inputs(x, draw), x_t), step
+        assert torch.equal(soft_targets(y, NUM_CLASSES, draw, 0.1, dtype=x.dtype), y_t), step  # timm smooths by 0.1
+
+
+class _Corner:
+    """A generator whose integers are always the lowest allowed: boxes centred on the top-left corner."""
+
+    def randint(self, low: int, high: int | None = None, size=None) -> int:
+        return 0 if high is None else low
+
+
+@pytest.mark.parametrize("hw", [(12, 10), (10, 12)])
+def test_corner_boxes_with_a_side_of_zero_equal_timms(hw: tuple[int, int], monkeypatch) -> None:
+    """lam = 0.992: the box's sides are 1 and 0 pixels (int(side * sqrt(0.008))); centred on the
+    corner, its clipped extent and the corrected lam must be timm's ``cutmix_bbox_and_lam``."""
+    from mixhub_timm_mixup.functional import _box
+
+    monkeypatch.setattr(mixup_module.np.random, "randint", lambda low, high=None, size=None: 0 if high is None else low)
+    for lam in (0.992, 0.9999, 0.5):
+        (y0, y1, x0, x1), got = _box(MixupConfig(cutmix_alpha=1.0), lam, *hw, _Corner())
+        (ty0, ty1, tx0, tx1), want = mixup_module.cutmix_bbox_and_lam((1, 1, *hw), lam)
+        assert (y0, y1, x0, x1) == (ty0, ty1, tx0, tx1) and got == want, lam
