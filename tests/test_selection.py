@@ -94,7 +94,7 @@ def test_step_evaluations_and_kept_checkpoints_follow_an_independent_count(tmp_p
         in_epoch = {idx + 1 for idx in range(spe) if (idx - 1) % 3 == 0} | {spe}  # + the epoch's end
         expected_steps += [epoch * spe + n for n in sorted(in_epoch)]
     assert [r["step"] for r in val] == expected_steps == [2, 5, 8, 10, 13, 16]
-    assert [r["epoch"] for r in val] == [0] * 3 + [1] * 3
+    assert [r["epoch"] for r in val] == [1] * 3 + [2] * 3  # 1-based, as every run file
 
     def first_best(key, high):
         best = None
