@@ -4,12 +4,11 @@ counted by ``mixhub.hostsync.HostSyncCounter``)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers_scripts import load_script
 
 from mixhub.hostsync import HostSyncCounter
 
@@ -17,13 +16,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "host_syncs.py"
 
 
 def _bench():
-    if "host_syncs_bench" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("host_syncs_bench", BENCH)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["host_syncs_bench"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["host_syncs_bench"]
+    return load_script(BENCH, "host_syncs_bench")
 
 
 ARMS = [a[0] for a in _bench().arms()]

@@ -17,14 +17,13 @@ same batch, same plan) is within the mode's tolerance of the fp32 one:
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from helpers_scripts import load_script
 
 from mixhub.config import apply_overrides
 from mixhub.trainer import Trainer
@@ -39,13 +38,7 @@ STEPS = 3
 
 
 def _bench() -> Any:
-    if "host_syncs_bench" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("host_syncs_bench", BENCH)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["host_syncs_bench"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["host_syncs_bench"]
+    return load_script(BENCH, "host_syncs_bench")
 
 
 ARMS = {label: (plugin, overrides) for label, plugin, overrides in _bench().arms()}
