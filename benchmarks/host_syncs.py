@@ -29,6 +29,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +43,8 @@ from mixhub.registry import load_registry
 from mixhub.run import Run
 from mixhub.testing import tiny_config, tiny_regression_config
 
+#: the in-tree plugins' folders
+IN_TREE = Path(__file__).resolve().parents[1] / "plugins"
 #: plugins that never train (trackers) or only adapt at test time
 NOT_TRAINING = {"tent"}
 #: extra arms: (label, plugin, overrides); ``three-sources`` is the in-process sampler below
@@ -69,10 +72,14 @@ class ThreeSources:
 
 
 def training_plugins() -> list[str]:
+    """The in-tree training plugins (``plugins/<name>`` of this checkout) that are installed;
+    plugins installed from elsewhere (a third party's, an author's new one) are not arms."""
     registry = load_registry()
     names = []
     for name, info in sorted(discover().items()):
         if (registry.get(name) or {}).get("kind") == "logger" or name in NOT_TRAINING:
+            continue
+        if not (IN_TREE / name.replace("-", "_")).is_dir():
             continue
         spec = load_plugin(info).spec
         if spec.task_kinds and spec.task_kinds[0] == "test-time":
