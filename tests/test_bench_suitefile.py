@@ -173,7 +173,7 @@ def test_killed_bench_resumes_and_lists_every_cell_once(tmp_path, monkeypatch):
     assert sorted((c["arm"], c["seed"]) for c in cells) == [("erm", 0), ("erm", 1), ("mixup", 0), ("mixup", 1)]
     assert (Path(killed_in / "run"), True) in [(Path(o), r) for o, r in resumed]  # resumed from its checkpoint, not restarted
     records = [json.loads(x) for x in (killed_in / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records if r["split"] == "train"] == [0, 1, 2, 3]  # each epoch once
+    assert [r["epoch"] for r in records if r["split"] == "train"] == [1, 2, 3, 4]  # each epoch once (1-based)
 
 
 def test_suite_file_errors_name_the_key(tmp_path):

@@ -144,9 +144,9 @@ def test_a_pruned_trial_stops_its_run_at_the_epoch_end(tmp_path):
 
     spec = load_suite_file(digits_suite(tmp_path / "t.yaml"))
     trial = Trial()
-    with pytest.raises(optuna.TrialPruned, match="epoch 0"):
+    with pytest.raises(optuna.TrialPruned, match="epoch 1"):
         _run_trial(spec, "mixup", trial, "val.acc", "maximize", tmp_path / "out", quick=True)
-    assert [s for s, _ in trial.reports] == [0]  # reported after the first epoch, then stopped
+    assert [s for s, _ in trial.reports] == [1]  # reported after the first epoch (1-based), then stopped
     run = tmp_path / "out" / "trials" / "mixup" / "trial7"
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["data"]["subset"] == 64 and saved["mixup"]["alpha"] == 0.1 and saved["train"]["final_test"] is False

@@ -164,7 +164,8 @@ def tune_suite(
             load_if_exists=True,
             direction=direction,
             sampler=optuna.samplers.TPESampler(seed=spec.tune.seed),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=spec.tune.n_startup_trials, n_warmup_steps=spec.tune.n_warmup_steps),
+            # trials report 1-based epochs: epoch e may be pruned once e > n_warmup_steps
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=spec.tune.n_startup_trials, n_warmup_steps=spec.tune.n_warmup_steps + 1),
         )
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         study.optimize(
