@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,11 @@ def pip(*args):
 
 
 def test_third_party_plugin_install_list_train_uninstall(tmp_path):
-    p = pip("install", "-q", "--no-deps", "--no-build-isolation", str(ROOT / "examples/third_party_plugin"))
+    # built from a copy: an in-tree build would leave mixhub_manifold.egg-info in the example's folder,
+    # which the example's own tests put on sys.path, so the plugin would still be found after uninstalling
+    src = tmp_path / "third_party_plugin"
+    shutil.copytree(ROOT / "examples/third_party_plugin", src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    p = pip("install", "-q", "--no-deps", "--no-build-isolation", str(src))
     assert p.returncode == 0, p.stderr
     try:
         rows = {r["name"]: r for r in json.loads(mixhub("plugins", "list", "--json").stdout)}

@@ -62,3 +62,26 @@ def test_counter_tells_device_reads_from_host_reads():
     assert c.count == 6, c.sites()
     assert all(site.startswith("tests/test_host_syncs.py:") for site in c.sites())
     assert torch.Tensor.item is item  # patched methods are restored
+
+
+def test_counter_leaves_torch_as_it_found_it():
+    """Leaving the counter restores torch.Tensor's own attributes: a wrapper put back on the Python
+    class (instead of removed) would shadow the C slots, and torch would then treat 0-d tensors as
+    sequences (``torch.tensor([t0, t1])`` raising ``len() of a 0-d tensor``)."""
+    before = dict(vars(torch.Tensor))
+    with HostSyncCounter():
+        pass
+    assert dict(vars(torch.Tensor)) == before
+    e = torch.tensor(1.0)
+    assert torch.tensor([[e, e]]).shape == (1, 2)
+
+
+def test_boolean_mask_indexing_counts_and_plain_indexing_does_not():
+    x = torch.randn(6)  # made outside the counter: a device tensor as far as it knows
+    with HostSyncCounter() as counter:
+        mask = x > 0
+        x[mask]
+        x[mask] = 0.0
+        x[torch.arange(2)]
+    assert counter.count == 2
+    assert sorted(s.split(" (")[1] for s in counter.sites()) == ["bool-mask getitem)", "bool-mask setitem)"]

@@ -90,9 +90,13 @@ def _names_device(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
 class _HostOrigin(TorchFunctionMode):
     """Marks the tensors that live on the host in a GPU run (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_index: Any = None) -> None:
         super().__init__()
         self._host: dict[int, weakref.ref[torch.Tensor]] = {}
+        #: called with (what, tensors) for boolean-mask indexing (seen here, not by patching
+        #: ``Tensor.__getitem__``: a Python ``__getitem__`` on the class, even once removed, leaves
+        #: torch treating tensors as sequences)
+        self.on_index = on_index
 
     def is_host(self, t: torch.Tensor) -> bool:
         ref = self._host.get(id(t))
@@ -113,8 +117,10 @@ class _HostOrigin(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
+        if name in ("__getitem__", "__setitem__") and self.on_index is not None and len(args) > 1 and _is_bool_mask(args[1]):
+            self.on_index(f"bool-mask {name.strip('_')}", [t for t in args[:1] if isinstance(t, torch.Tensor)])
+        out = func(*args, **kwargs)
         inputs = list(_tensors(args)) + list(_tensors(kwargs))
         if name in _MOVES and (name != "to" or _names_device(args, kwargs)):
             src = args[0] if args and isinstance(args[0], torch.Tensor) else None
@@ -153,9 +159,10 @@ class HostSyncCounter:
         self.host_reads = 0
         self.enabled = True
         self._sites: Counter[str] = Counter()
-        self._saved: list[tuple[Any, str, Any]] = []
+        #: (owner, name, original, whether owner itself defined name): what ``__exit__`` restores
+        self._saved: list[tuple[Any, str, Any, bool]] = []
         self._depth = 0
-        self._origin = _HostOrigin()
+        self._origin = _HostOrigin(on_index=self._record_index)
 
     # ------------------------------------------------------------------ results
     def sites(self) -> dict[str, int]:
@@ -168,11 +175,18 @@ class HostSyncCounter:
         self._sites.clear()
 
     # ------------------------------------------------------------------ recording
-    def _record(self, what: str, tensors: list[torch.Tensor]) -> None:
+    def _record_index(self, what: str, tensors: list[torch.Tensor]) -> None:
+        """Boolean-mask indexing, reported by the torch function mode (outside counted calls only)."""
+        if self._depth == 0:
+            self._record(what, tensors, skip_torch=True)
+
+    def _record(self, what: str, tensors: list[torch.Tensor], skip_torch: bool = False) -> None:
         if not self.enabled:
             return
         frame: FrameType | None = sys._getframe(2)
-        while frame is not None and frame.f_code.co_filename == _HERE:
+        while frame is not None and (
+            frame.f_code.co_filename == _HERE or (skip_torch and frame.f_code.co_filename.startswith(_TORCH_DIR))
+        ):
             frame = frame.f_back
         caller = frame.f_code.co_filename if frame is not None else "?"
         line = frame.f_lineno if frame is not None else 0
@@ -196,8 +210,6 @@ class HostSyncCounter:
 
         def what_syncs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
             """What the call reads on the host, or ``None`` when it reads nothing."""
-            if name in ("__getitem__", "__setitem__"):
-                return f"bool-mask {name.strip('_')}" if len(args) > 1 and _is_bool_mask(args[1]) else None
             if name == "repeat_interleave":
                 repeats = args[1] if len(args) > 1 else kwargs.get("repeats")
                 return name if isinstance(repeats, torch.Tensor) and kwargs.get("output_size") is None else None
@@ -219,11 +231,11 @@ class HostSyncCounter:
                 counter._origin.mark(out)
             return out
 
-        self._saved.append((owner, name, original))
+        self._saved.append((owner, name, original, name in vars(owner)))
         setattr(owner, name, wrapper)
 
     def __enter__(self) -> HostSyncCounter:
-        for name in (*SYNC_METHODS, "__getitem__", "__setitem__", "repeat_interleave"):
+        for name in (*SYNC_METHODS, "repeat_interleave"):
             self._wrap(torch.Tensor, name)
         for name in (*SYNC_FUNCTIONS, "repeat_interleave"):
             self._wrap(torch, name)
@@ -235,15 +247,18 @@ class HostSyncCounter:
             origin.mark(out)
             return out
 
-        self._saved.append((torch, "from_numpy", from_numpy))
+        self._saved.append((torch, "from_numpy", from_numpy, True))
         torch.from_numpy = host_from_numpy  # type: ignore[assignment]
         self._origin.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._origin.__exit__(*exc)
-        for owner, name, original in reversed(self._saved):
-            setattr(owner, name, original)
+        for owner, name, original, own in reversed(self._saved):
+            if own:
+                setattr(owner, name, original)
+            else:  # inherited (e.g. torch.Tensor's C methods): setting it back would shadow the C slot,
+                delattr(owner, name)  # which changes how torch treats tensors (a 0-d tensor as a sequence)
         self._saved.clear()
 
     def paused(self) -> _Paused:

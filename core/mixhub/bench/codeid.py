@@ -102,7 +102,8 @@ def _plugin_folders() -> dict[str, Path]:
 
 @functools.lru_cache(maxsize=1)
 def code_identity() -> dict[str, Any]:
-    """The code identity of this process (see the module docstring); computed once per process."""
+    """The code identity of this process (see the module docstring); cached until ``cache_clear()``, which
+    every bench and tune start calls."""
     from importlib import metadata
 
     from ..plugins import discover

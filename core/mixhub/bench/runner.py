@@ -161,6 +161,7 @@ def run_suite(
     ex, n_jobs = make_executor(executor, jobs=jobs, run_fn=suite.run, ray_address=ray_address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell)
     out.mkdir(parents=True, exist_ok=True)
     meta_path.write_text(json.dumps(meta))
+    code_identity.cache_clear()  # the code as it is when this bench starts (a long-lived process may have installed plugins since)
     code = code_identity()
     rerun: list[str] = []
     pending = []
