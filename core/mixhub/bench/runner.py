@@ -22,6 +22,7 @@ from typing import Any
 
 from ..config import apply_overrides
 from ..errors import PluginError
+from . import codeid
 from .cell import cell_paths, flatten_summary, train_cell
 from .codeid import code_identity, key_part
 from .executors import Progress, make_executor
@@ -161,7 +162,7 @@ def run_suite(
     ex, n_jobs = make_executor(executor, jobs=jobs, run_fn=suite.run, ray_address=ray_address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell)
     out.mkdir(parents=True, exist_ok=True)
     meta_path.write_text(json.dumps(meta))
-    code_identity.cache_clear()  # the code as it is when this bench starts (a long-lived process may have installed plugins since)
+    codeid.code_identity.cache_clear()  # the code as it is when this bench starts (a long-lived process may have installed plugins since)
     code = code_identity()
     rerun: list[str] = []
     pending = []
