@@ -4,6 +4,7 @@ and each cell announces itself as it runs."""
 import logging
 
 import pytest
+from helpers_plots import capture_figures
 
 from mixhub.bench.runner import run_suite
 from mixhub.bench.suite import Arm, Suite
@@ -65,16 +66,7 @@ def test_each_cell_says_when_it_starts_and_ends(tmp_path, caplog):
 def test_curves_count_whole_epochs_from_one(tmp_path, monkeypatch):
     import json
 
-    from matplotlib.figure import Figure
-
-    saved = []
-    original = Figure.savefig
-
-    def savefig(self, path, *a, **k):
-        saved.append((str(path), self))
-        return original(self, path, *a, **k)
-
-    monkeypatch.setattr(Figure, "savefig", savefig)
+    saved = capture_figures(monkeypatch)
 
     def run(cfg, out):
         (out / "run").mkdir(parents=True)

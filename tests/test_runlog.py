@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from helpers_plots import capture_figures
 
 from mixhub import LogRecord, PluginSpec, hookimpl
 from mixhub.console import Console, format_duration, format_step
@@ -298,25 +299,8 @@ def test_format_helpers():
 
 
 # ---------------------------------------------------------------------------- plots
-def _capture_figures(monkeypatch):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    saved = []
-    original = Figure.savefig
-
-    def savefig(self, path, *a, **k):
-        saved.append((str(path), self))
-        return original(self, path, *a, **k)
-
-    monkeypatch.setattr(Figure, "savefig", savefig)
-    return saved
-
-
 def test_one_epoch_curves_have_markers_and_lr_curve(tmp_path, monkeypatch):
-    saved = _capture_figures(monkeypatch)
+    saved = capture_figures(monkeypatch)
     records = [{"epoch": 1, "split": "train", "loss": 1.0}, {"epoch": 1, "split": "val", "loss": 1.1, "acc": 0.5}]
     steps = [{"step": s, "lr/model": 0.1 * s, "lr/head": 0.2 * s} for s in (1, 2, 3)]
     written = plot_curves(records, tmp_path, steps)
@@ -336,7 +320,7 @@ def test_lr_plot_draws_every_step_of_the_schedule_and_whole_epochs(tmp_path, mon
     step records sit on the line, and the epoch axes tick whole epochs from 1."""
     from mixhub.schedule import GroupScheduler
 
-    saved = _capture_figures(monkeypatch)
+    saved = capture_figures(monkeypatch)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = GroupScheduler(opt, 12, kind="cosine", warmup_steps=4)
     (curve,) = sched.curve(12)
@@ -368,7 +352,7 @@ def test_binned_ece_independent_value():
 
 
 def test_reliability_diagram_shows_ece_and_bin_counts(tmp_path, monkeypatch):
-    saved = _capture_figures(monkeypatch)
+    saved = capture_figures(monkeypatch)
     conf, acc, counts = torch.tensor([0.2, 0.6, 0.9]), torch.tensor([0.0, 0.5, 1.0]), torch.tensor([2.0, 0.0, 6.0])
     plot_reliability(conf, acc, counts, tmp_path / "r.png", "test reliability")
     fig = saved[-1][1]
