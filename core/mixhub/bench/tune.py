@@ -247,7 +247,7 @@ def _write_report(spec: SuiteFile, results: dict[str, Any], metric: str, directi
     from .codeid import code_identity
     from .report import cpu_model, thread_info
 
-    code_identity.cache_clear()  # the code as it is when this bench starts (a long-lived process may have installed plugins since)
+    code_identity.cache_clear()  # the code as it is now (a long-lived process may have installed plugins since)
     code = code_identity()
     lines = [f"# Tune `{spec.suite.name}`", "", f"Command: `{command or 'mixhub tune ' + str(spec.path)}`", ""]
     lines += [
