@@ -56,15 +56,19 @@ def seeded(seed: int) -> Iterator[None]:
     the block (timm's transforms draw from all three), restored afterwards."""
     py_state = random.getstate()
     np_state = np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(seed)
-        np.random.seed(seed % (2**32))
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+    torch_state = torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    # the CPU generator only: torch.manual_seed also queues a seed for every lazy device module
+    # (CUDA, XPU, MTIA), formatting a stack trace each time, which cost a third of a small
+    # image's loading time in the DataLoader workers
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
 
 
 @dataclass(frozen=True)
