@@ -14,6 +14,13 @@ with ``cmixup`` (partners drawn from the whole training set by label, decoded in
 workers with the anchors), alternating; prints the C-Mixup / mixup step-time ratio (target
 <= 1.1). The last line is ``ratio R`` (mixhub / timm images/s; target >= 0.95).
 
+Each mixhub round also prints the main process's CPU time per step (the step with all its
+intra-op threads), and the run starts by timing the loading of one training sample (decode and
+augmentation, one core): the loader workers spend that per anchor, and C-Mixup as much again per
+partner. On a GPU the workers have the host's cores to themselves; here they share the cores
+with the step, so their extra time shows in the step ratio (``--threads 1 --workers 1`` on a
+2-core machine gives each its own core).
+
     python benchmarks/data_throughput.py [--steps 30] [--rounds 3] [--threads 2] [--device cpu]
 """
 
@@ -44,6 +51,7 @@ class StepClock:
 
     def __init__(self, device: torch.device) -> None:
         self.times: list[float] = []
+        self.cpu: list[float] = []  # this process's CPU time (all its threads)
         self.device = device
 
     @hookimpl
@@ -51,11 +59,16 @@ class StepClock:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.times.append(time.perf_counter())
+        self.cpu.append(time.process_time())
 
 
 def rate(times: list[float], warmup: int, batch: int) -> float:
     timed = times[warmup:]
     return (len(timed) - 1) * batch / (timed[-1] - timed[0])
+
+
+#: the main process's CPU milliseconds per timed step in the last ``mixhub_run``
+LAST_CPU: dict[str, float] = {}
 
 
 def mixhub_run(data: dict[str, Any], plugins: list[str], args: argparse.Namespace, extra: dict[str, Any] | None = None) -> float:
@@ -75,7 +88,33 @@ def mixhub_run(data: dict[str, Any], plugins: list[str], args: argparse.Namespac
     trainer.fit()
     del trainer
     gc.collect()
+    timed = clock.cpu[args.warmup:]
+    LAST_CPU["main"] = (timed[-1] - timed[0]) / (len(timed) - 1) * 1e3
     return rate(clock.times, args.warmup, args.batch)
+
+
+def cpu_line() -> str:
+    return f"(main process CPU {LAST_CPU['main']:.0f} ms/step)"
+
+
+def sample_ms(data: dict[str, Any], args: argparse.Namespace, n: int = 200) -> float:
+    """Milliseconds of one core to load one training sample (read, decode, timm's training
+    transform, per-sample seeding), as a loader worker does."""
+    from mixhub.config import DataConfig
+    from mixhub.data import IndexedDataset, build_data
+
+    with torch.random.fork_rng(devices=[]):
+        torch.set_num_threads(1)
+        try:
+            ds = IndexedDataset(build_data(DataConfig(image_size=args.size, **data), 0).train)
+            n = min(n, len(ds))
+            ds[0]
+            t = time.perf_counter()
+            for i in range(n):
+                ds[i]
+            return (time.perf_counter() - t) / n * 1e3
+        finally:
+            torch.set_num_threads(args.threads)
 
 
 def timm_run(train_dir: Path, args: argparse.Namespace) -> float:
@@ -139,14 +178,21 @@ def main() -> None:
         mix, timm_rates = [], []
         for r in range(args.rounds):
             mix.append(mixhub_run({"name": f"imagefolder:{root}"}, [], args))
+            cpu = cpu_line()
             timm_rates.append(timm_run(root / "train", args))
-            print(f"round {r + 1}: mixhub {mix[-1]:.1f} images/s   timm create_dataset+create_loader {timm_rates[-1]:.1f} images/s")
+            print(f"round {r + 1}: mixhub {mix[-1]:.1f} images/s {cpu}   timm create_dataset+create_loader {timm_rates[-1]:.1f} images/s")
         reg = {"name": f"csv:{table}", "image_column": "file", "target": "y"}
+        ms = sample_ms(reg, args)
+        print(
+            f"loading one training sample: {ms:.2f} ms of one core; per step the workers load {args.batch} "
+            f"samples for mixup ({ms * args.batch:.0f} ms) and {2 * args.batch} for cmixup ({2 * ms * args.batch:.0f} ms)"
+        )
         mixup, cmixup = [], []
         for r in range(args.rounds):
             mixup.append(mixhub_run(reg, ["mixup"], args))
+            cpu_mixup = cpu_line()
             cmixup.append(mixhub_run(reg, ["cmixup"], args))
-            print(f"round {r + 1}: image regression, mixup {mixup[-1]:.1f} images/s   cmixup {cmixup[-1]:.1f} images/s")
+            print(f"round {r + 1}: image regression, mixup {mixup[-1]:.1f} images/s {cpu_mixup}   cmixup {cmixup[-1]:.1f} images/s {cpu_line()}")
     m, t = statistics.median(mix), statistics.median(timm_rates)
     step_ratio = statistics.median(mixup) / statistics.median(cmixup)
     print(f"mixhub {m:.1f} images/s, timm {t:.1f} images/s (medians)")
