@@ -265,7 +265,7 @@ def test_resume_mid_stream_is_exact(tmp_path: Path) -> None:
     def stop_after(batch: Batch) -> Any:
         out = step(batch)
         if t.state.step == 35:  # in the middle of the second task
-            t._stop_signal = 15
+            t.guards.stop_signal = 15
         return out
 
     t.train_step = stop_after  # type: ignore[method-assign]
@@ -301,4 +301,4 @@ def test_continual_state_travels_in_checkpoints_with_fallback(tmp_path: Path) ->
     last.write_bytes(last.read_bytes()[:64])
     t = Trainer(cfg, out=tmp_path / "run")
     t.resume()  # falls back to last.prev.pt
-    assert t._pending_extra["continual"]["buffer"]["index"].tolist() == prev["extra"]["continual"]["buffer"]["index"].tolist()
+    assert t.checkpoints._pending_extra["continual"]["buffer"]["index"].tolist() == prev["extra"]["continual"]["buffer"]["index"].tolist()

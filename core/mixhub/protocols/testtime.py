@@ -39,7 +39,7 @@ def run_episode(trainer: Run, episode: Episode, domains: dict[str, Dataset], cfg
     plugins' ``mixhub_metrics("test-time")`` taken before the wrappers restore the model.
     """
     state, host = trainer.state, trainer.host
-    model = trainer.eval_model()
+    model = trainer.evaluation.eval_model()
     saved = (state.phase, state.stage, state.domain, state.batch_size, model.training)
     state.phase, state.stage, state.domain, state.batch_size = "test-time", "test-time", episode.name, cfg.batch_size
     logits: list[Tensor] = []
@@ -186,7 +186,7 @@ def evaluate_checkpoint_streams(checkpoint_path: str | Path, overrides: dict[str
     trainer = load_for_testtime(checkpoint_path, overrides, extra_plugins=extra_plugins)
     if out_dir is None:
         return evaluate_streams(trainer, None)
-    from ..runlog import RunLog
+    from ..run.recorder import RunLog
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
