@@ -242,7 +242,7 @@ def step_batches(trainer: Any, n: int, slots: Any = nullcontext) -> Iterator[Any
     raw stream batch goes through the replay slots (``replay_update`` after the previous step,
     ``replay_retrieve`` before this one), so the batch carries a memory batch. The slots run
     inside ``slots()`` (the counted region); loading the batch does not."""
-    from mixhub.continual import ReplayBuffer
+    from mixhub import ReplayBuffer
 
     continual = trainer.state.task_kind == "continual"
     buffer = ReplayBuffer(trainer.config.continual.memory_size if continual else 0, trainer.device)

@@ -11,17 +11,12 @@ import torch
 
 from mixhub import Batch, PluginSpec, hookimpl
 from mixhub.config import DataConfig, load_config
-from mixhub.continual import (
-    ReplayBuffer,
-    average_accuracy,
-    average_forgetting,
-    error_shares,
-    plot_accuracy_matrix,
-    replay_loss,
-)
+from mixhub.continual_metrics import average_accuracy, average_forgetting, error_shares
 from mixhub.data import build_data
 from mixhub.errors import DataError
 from mixhub.plan import MixPlan
+from mixhub.replay_memory import ReplayBuffer, replay_loss
+from mixhub.run.plots import plot_accuracy_matrix
 
 TINY: dict[str, Any] = {
     "seed": 0,

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1] / "core" / "mixhub"
 #: bottom to top (see docs/architecture.md); a module may import its own layer and those below.
 LAYERS: list[tuple[str, set[str]]] = [
     ("contract", {"errors", "_util", "records", "checks", "batch", "plan", "state", "hookspecs", "spec", "plugins", "defaults", "config", "registry", "norm"}),
-    ("services", {"hostsync", "data", "data.*", "models", "metrics", "checkpoint", "tracking", "console", "distributed", "schedule", "optim", "sampling", "selection", "continual", "testtime", "bench.suite"}),
+    ("services", {"hostsync", "data", "data.*", "models", "metrics", "checkpoint", "tracking", "console", "distributed", "schedule", "optim", "sampling", "selection", "protocol_sections", "replay_memory", "continual_metrics", "testtime_streams", "bench.suite"}),
     ("engine", {"engine", "taskmodule", "timm_task"}),
     ("run", {"run", "run.*"}),
     ("protocols", {"protocols", "protocols.*"}),
@@ -183,3 +183,14 @@ def test_records_are_plain_data_below_the_contract() -> None:
     assert recorder.LogRecord is records.LogRecord is mixhub.LogRecord
     assert recorder.TrackInfo is records.TrackInfo is mixhub.TrackInfo
     assert recorder.RECORD_KINDS is records.RECORD_KINDS
+
+
+def test_no_module_name_twice_in_the_core() -> None:
+    """One name per concept: no two core modules share a file name across layers or packages
+    (protocol loops are ``protocols.continual``/``protocols.testtime``; what they use is named apart)."""
+    seen: dict[str, list[str]] = {}
+    for mod, (_, is_pkg) in core_modules().items():
+        if not is_pkg and mod:
+            seen.setdefault(mod.rsplit(".", 1)[-1], []).append(f"mixhub.{mod}")
+    twice = {name: mods for name, mods in seen.items() if len(mods) > 1}
+    assert not twice, twice

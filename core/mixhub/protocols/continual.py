@@ -1,7 +1,11 @@
-"""The online class-incremental protocol: the task loop over a ``Run`` (see ``mixhub.continual``
-for the buffer, the ER helpers, the metrics and the protocol's description).
+"""The online class-incremental (OCI) protocol: the task loop over a ``Run``.
 
-::
+``Trainer.fit()`` hands it a run whose data is a task stream (``DataBundle.task == "continual"``,
+e.g. ``split-digits``). The protocol follows Mai et al.'s online continual-learning code
+(``RaptorMai/online-continual-learning``: ``agents/exp_replay.py``, ``experiment/metrics.py``);
+the buffer and the ER helpers are ``mixhub.replay_memory``, the metrics
+``mixhub.continual_metrics``, the ``continual`` config section
+``mixhub.protocol_sections.ContinualConfig``::
 
     for task t:
         mixhub_task_start(state)
@@ -13,6 +17,13 @@ for the buffer, the ER helpers, the metrics and the protocol's description).
         mixhub_task_end(state)
         evaluate every task's test set -> row t of the accuracy matrix; write the task record
         checkpoint (the buffer and the matrix travel in it, ``CheckpointKeeper.register``)
+
+Tasks have disjoint classes and known boundaries; each is one pass (``continual.passes``) of
+``continual.batch_size`` batches, shuffled within the task, ``drop_last``. One head over all classes
+from the start, no masking, no task identity at test time. The core's default forward and loss
+ignore the memory: without a replay plugin (``replay``, ``dualmix``) a run is the *fine-tune*
+lower bound. ``continual.protocol: iid`` trains offline on the union of the tasks (shuffled,
+``continual.iid_epochs`` passes): the *i.i.d.* upper bound.
 """
 
 from __future__ import annotations
@@ -26,21 +37,19 @@ import torch
 from torch import Tensor
 
 from ..batch import Batch
-from ..continual import (
-    ContinualConfig,
-    ReplayBuffer,
-    average_accuracy,
-    average_forgetting,
-    error_shares,
-    plot_accuracy_matrix,
-)
+from ..continual_metrics import average_accuracy, average_forgetting, error_shares
 from ..errors import DataError
+from ..protocol_sections import ContinualConfig
+from ..replay_memory import ReplayBuffer
 from ..run import Run, RunInterrupted
+from ..run.plots import plot_accuracy_matrix
 from .meter import LogMeter
 
 __all__ = ["ContinualProtocol"]
 
 log = logging.getLogger("mixhub.continual")
+
+
 def _task_batches(
     dataset: Any, task: int, offset: int, cfg: ContinualConfig, seed: int, n_pass: int, skip: int
 ) -> list[tuple[int, Tensor]]:

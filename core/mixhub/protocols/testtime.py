@@ -1,5 +1,6 @@
 """The test-time protocol: a trained ``Run`` evaluated on streams, batch by batch, with online
-adaptation through plugins (streams, episodes and the config section: ``mixhub.testtime``).
+adaptation through plugins (streams and episodes: ``mixhub.testtime_streams``; the config section:
+``mixhub.protocol_sections.TestTimeConfig``).
 
 ::
 
@@ -26,8 +27,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
+from ..protocol_sections import TestTimeConfig
 from ..run import Run
-from ..testtime import Episode, TestTimeConfig, build_episodes, load_batch, plot_trace, scores
+from ..run.plots import plot_trace
+from ..testtime_streams import Episode, build_episodes, load_batch, scores
 
 __all__ = ["run_episode", "stream_domains", "evaluate_streams", "load_for_testtime", "with_training_plugins", "evaluate_checkpoint_streams"]
 
