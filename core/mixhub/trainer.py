@@ -58,8 +58,8 @@ class Trainer(Run):
             self.folder.write_summary(summary)
             self.folder.write_csv()
             if self.config.train.plots and self.folder.enabled:
-                plot_curves(self.folder.records(), self.folder.path, self.records.log.steps(), self.lr_schedule(), self.state.steps_per_epoch)
-            self.records.log.summary(summary)
+                plot_curves(self.folder.records(), self.folder.path, runlog.steps(), self.lr_schedule(), self.state.steps_per_epoch)
+            runlog.summary(summary)
             self._log_artifacts()
         self.folder.release()  # the run is over: the folder may be resumed (extended) by another process
         return summary
@@ -73,10 +73,11 @@ class Trainer(Run):
         """Artifact records: the run's plots, ``summary.json`` and ``export.pt``."""
         if not self.folder.enabled:
             return
+        runlog = self.records.log
         for path in sorted(self.folder.path.glob("*.png")):
-            self.records.log.artifact(path)
-        self.records.log.artifact(self.folder.path / "summary.json")
-        self.records.log.artifact(self.folder.checkpoints / "export.pt")
+            runlog.artifact(path)
+        runlog.artifact(self.folder.path / "summary.json")
+        runlog.artifact(self.folder.checkpoints / "export.pt")
 
 
 def _agreed(trainer: Trainer, check: Any) -> None:
