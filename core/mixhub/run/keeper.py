@@ -3,7 +3,7 @@ resuming, exporting, and the kept best validation values.
 
 A checkpoint holds the config, the model, the optimizer, schedule, scaler and EMA, the
 ``Session``'s plugin modules and plugin state, the RNG states, the counters, the best
-validation value and core-owned extras (``register_state``): tensors and plain types only,
+validation value and core-owned extras (``register``): tensors and plain types only,
 loaded with ``weights_only=True``.
 """
 
