@@ -177,7 +177,7 @@ def measure(cfg: dict[str, Any], steps: int, log_every: int, device: str, extra_
     def train_step(self: Run, batch: Any) -> Any:
         with counts.counting():
             out = original_step(self, batch)
-        counts.end_step(self.meter.is_log_step(self.state.step))
+        counts.end_step(self.records.meter.is_log_step(self.state.step))
         return out
 
     def slot(self: PluginHost, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -242,7 +242,7 @@ def step_batches(trainer: Any, n: int, slots: Any = nullcontext) -> Iterator[Any
     raw stream batch goes through the replay slots (``replay_update`` after the previous step,
     ``replay_retrieve`` before this one), so the batch carries a memory batch. The slots run
     inside ``slots()`` (the counted region); loading the batch does not."""
-    from mixhub.continual import ReplayBuffer
+    from mixhub import ReplayBuffer
 
     continual = trainer.state.task_kind == "continual"
     buffer = ReplayBuffer(trainer.config.continual.memory_size if continual else 0, trainer.device)
@@ -275,11 +275,11 @@ def quick_counts(label: str, steps: int = 4, log_every: int = 3) -> StepCounts:
     counts = StepCounts("cpu")
     with counts.run():
         trainer = Trainer(cfg, extra_plugins={"three-sources": ThreeSources()}, write=False)
-        trainer.meter.max_steps = trainer.state.max_steps = steps
+        trainer.records.meter.max_steps = trainer.state.max_steps = steps
         for batch in step_batches(trainer, steps, counts.counting):
             with counts.counting():
                 trainer.train_step(batch)
-            counts.end_step(trainer.meter.is_log_step(trainer.state.step))
+            counts.end_step(trainer.records.meter.is_log_step(trainer.state.step))
         trainer.close()
     return counts
 

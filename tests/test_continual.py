@@ -11,17 +11,12 @@ import torch
 
 from mixhub import Batch, PluginSpec, hookimpl
 from mixhub.config import DataConfig, load_config
-from mixhub.continual import (
-    ReplayBuffer,
-    average_accuracy,
-    average_forgetting,
-    error_shares,
-    plot_accuracy_matrix,
-    replay_loss,
-)
+from mixhub.continual_metrics import average_accuracy, average_forgetting, error_shares
 from mixhub.data import build_data
 from mixhub.errors import DataError
 from mixhub.plan import MixPlan
+from mixhub.replay_memory import ReplayBuffer, replay_loss
+from mixhub.run.plots import plot_accuracy_matrix
 
 TINY: dict[str, Any] = {
     "seed": 0,
@@ -265,7 +260,7 @@ def test_resume_mid_stream_is_exact(tmp_path: Path) -> None:
     def stop_after(batch: Batch) -> Any:
         out = step(batch)
         if t.state.step == 35:  # in the middle of the second task
-            t._stop_signal = 15
+            t.guards.stop_signal = 15
         return out
 
     t.train_step = stop_after  # type: ignore[method-assign]
@@ -301,4 +296,4 @@ def test_continual_state_travels_in_checkpoints_with_fallback(tmp_path: Path) ->
     last.write_bytes(last.read_bytes()[:64])
     t = Trainer(cfg, out=tmp_path / "run")
     t.resume()  # falls back to last.prev.pt
-    assert t._pending_extra["continual"]["buffer"]["index"].tolist() == prev["extra"]["continual"]["buffer"]["index"].tolist()
+    assert t.checkpoints._pending_extra["continual"]["buffer"]["index"].tolist() == prev["extra"]["continual"]["buffer"]["index"].tolist()

@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[1] / "core" / "mixhub"
 #: bottom to top (see docs/architecture.md); a module may import its own layer and those below.
 LAYERS: list[tuple[str, set[str]]] = [
     ("contract", {"errors", "_util", "records", "checks", "batch", "plan", "state", "hookspecs", "spec", "plugins", "defaults", "config", "registry", "norm"}),
-    ("services", {"hostsync", "data", "data.*", "models", "metrics", "checkpoint", "runio", "runlog", "tracking", "console", "distributed", "schedule", "optim", "sampling", "selection", "continual", "testtime", "bench.suite"}),
+    ("services", {"hostsync", "data", "data.*", "models", "metrics", "checkpoint", "tracking", "console", "distributed", "schedule", "optim", "sampling", "selection", "protocol_sections", "replay_memory", "continual_metrics", "testtime_streams", "bench.suite"}),
     ("engine", {"engine", "taskmodule", "timm_task"}),
-    ("run", {"run", "runckpt", "runeval", "runsetup", "rundist", "runguard"}),
+    ("run", {"run", "run.*"}),
     ("protocols", {"protocols", "protocols.*"}),
     ("trainer", {"trainer"}),
     ("commands", {"", "__main__", "cli", "doctor", "listing", "scaffold", "testing", "bench", "bench.runner", "bench.report", "bench.core_suites", "bench.cell", "bench.codeid", "bench.executors", "bench.suitefile", "bench.tune"}),
@@ -174,11 +174,23 @@ def test_every_core_module_imports(mod: str) -> None:
 
 def test_records_are_plain_data_below_the_contract() -> None:
     """``LogRecord`` and ``TrackInfo`` live in ``records`` (which imports only ``errors`` of the core)
-    and stay importable from ``mixhub`` and ``mixhub.runlog``."""
+    and stay importable from ``mixhub`` and ``mixhub.run.recorder``."""
     import mixhub
-    from mixhub import records, runlog
+    from mixhub import records
+    from mixhub.run import recorder
 
     assert graph()["records"] <= {"errors"}
-    assert runlog.LogRecord is records.LogRecord is mixhub.LogRecord
-    assert runlog.TrackInfo is records.TrackInfo is mixhub.TrackInfo
-    assert runlog.RECORD_KINDS is records.RECORD_KINDS
+    assert recorder.LogRecord is records.LogRecord is mixhub.LogRecord
+    assert recorder.TrackInfo is records.TrackInfo is mixhub.TrackInfo
+    assert recorder.RECORD_KINDS is records.RECORD_KINDS
+
+
+def test_no_module_name_twice_in_the_core() -> None:
+    """One name per concept: no two core modules share a file name across layers or packages
+    (protocol loops are ``protocols.continual``/``protocols.testtime``; what they use is named apart)."""
+    seen: dict[str, list[str]] = {}
+    for mod, (_, is_pkg) in core_modules().items():
+        if not is_pkg and mod:
+            seen.setdefault(mod.rsplit(".", 1)[-1], []).append(f"mixhub.{mod}")
+    twice = {name: mods for name, mods in seen.items() if len(mods) > 1}
+    assert not twice, twice

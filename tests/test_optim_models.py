@@ -155,7 +155,7 @@ def test_small_input_auto_adapts_the_stem_only_for_small_images(side: int, adapt
 
 
 def test_the_stem_decision_is_a_start_line() -> None:
-    from mixhub.runsetup import start_lines
+    from mixhub.run.startup import start_lines
     from mixhub.trainer import Trainer
 
     raw = {"data": {"name": "digits", "image_size": 32}, "model": {"name": "resnet18"}, "train": {"device": "cpu", "epochs": 1}}

@@ -62,7 +62,7 @@ def test_hooks_in_order_and_plain_state(name, tmp_path):
         assert calls.count("task_start") == calls.count("task_end") == 2, calls
     result = c.train(cfg)
     c.state_dict_is_plain(result.trainer)
-    assert is_plain(result.trainer.state_payload()["plugins"])
+    assert is_plain(result.trainer.checkpoints.payload()["plugins"])
     # the plugin takes part: the same run without it ends with other weights (test-time methods
     # act only in the test-time phase, so there they must be inert, their own contract is below;
     # loggers must never change the run)

@@ -7,7 +7,7 @@ import mixhub
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_DIRS = sorted(p for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").exists())
-PUBLIC_SUBMODULES = {"mixhub", "mixhub.metrics", "mixhub.models", "mixhub.data", "mixhub.bench", "mixhub.bench.suite", "mixhub.bench.runner", "mixhub.config", "mixhub.testing", "mixhub.trainer", "mixhub.testtime", "mixhub.protocols.testtime", "mixhub.engine", "mixhub.timm_task", "mixhub.continual", "mixhub.checkpoint"}
+PUBLIC_SUBMODULES = {"mixhub", "mixhub.metrics", "mixhub.models", "mixhub.data", "mixhub.bench", "mixhub.bench.suite", "mixhub.bench.runner", "mixhub.config", "mixhub.testing", "mixhub.trainer", "mixhub.protocols.testtime", "mixhub.engine", "mixhub.timm_task", "mixhub.checkpoint"}
 
 
 def imports_of(path: Path) -> list[tuple[str, list[str]]]:

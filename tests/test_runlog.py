@@ -9,8 +9,10 @@ from helpers_plots import capture_figures
 
 from mixhub import LogRecord, PluginSpec, hookimpl
 from mixhub.console import Console, format_duration, format_step
-from mixhub.runio import RunFolder, binned_ece, plot_curves, plot_reliability
-from mixhub.runlog import StepMeter, flatten_numbers, grad_norm, group_lrs, name_clash, read_jsonl
+from mixhub.run.folder import RunFolder, read_jsonl
+from mixhub.run.plots import binned_ece, plot_curves, plot_reliability
+from mixhub.run.recorder import flatten_numbers, name_clash
+from mixhub.run.step_meter import StepMeter, grad_norm, group_lrs
 from mixhub.testing import logging_run
 
 
@@ -365,7 +367,7 @@ def test_reliability_diagram_shows_ece_and_bin_counts(tmp_path, monkeypatch):
 
 
 def test_trackers_get_only_the_sections_of_the_protocol_the_run_uses():
-    from mixhub.runlog import used_config
+    from mixhub.run.recorder import used_config
 
     config = {"seed": 0, "train": {"lr": 0.1}, "continual": {"memory_size": 5}, "testtime": {"order": "iid"}}
     assert used_config(config, "supervised") == {"seed": 0, "train": {"lr": 0.1}}

@@ -20,7 +20,7 @@ from mixhub.checkpoint import load_checkpoint
 from mixhub.config import DataConfig, load_config, parse_overrides, read_yaml, resume_overrides
 from mixhub.data import build_data
 from mixhub.errors import CheckpointError, ConfigError, DataError, PluginLoadError
-from mixhub.runio import RunFolder, RunFolderBusy
+from mixhub.run.folder import RunFolder, RunFolderBusy
 from mixhub.testing import tiny_config
 from mixhub.trainer import train
 
@@ -63,7 +63,7 @@ def test_two_processes_on_one_folder_one_is_refused(tmp_path):
 def test_live_lock_refuses_a_second_owner_and_is_released(tmp_path):
     held = RunFolder(tmp_path / "r")
     probe = subprocess.run(
-        [sys.executable, "-c", f"from mixhub.runio import RunFolder; RunFolder({str(tmp_path / 'r')!r})"],
+        [sys.executable, "-c", f"from mixhub.run.folder import RunFolder; RunFolder({str(tmp_path / 'r')!r})"],
         capture_output=True, text=True, env=ENV,
     )
     assert probe.returncode != 0 and "in use by another run (process" in probe.stderr and str(os.getpid()) in probe.stderr
@@ -512,7 +512,7 @@ def test_readme_testtime_command_on_a_mixup_run(tmp_path, capsys):
 def _tally_worker(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    from mixhub.runio import EpochTally
+    from mixhub.run.folder import EpochTally
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:

@@ -113,7 +113,7 @@ def test_step_evaluations_and_kept_checkpoints_follow_an_independent_count(tmp_p
         data = load_checkpoint(ckpts / name)
         assert data["step"] == record["step"], name
         run = Trainer(cfg, write=False)
-        run.load_weights(data)
+        run.checkpoints.load_weights(data)
         again = run.evaluate(run.bundle.val, "val")
         assert again["rmse"] == pytest.approx(record["rmse"], rel=1e-6) and again["r2"] == pytest.approx(record["r2"], rel=1e-6)
     assert not (ckpts / "best-r2.pt").exists()  # r2 is train.select: best.pt
@@ -139,7 +139,7 @@ def test_without_a_run_folder_the_final_test_uses_the_best_weights_in_memory():
     cfg = tiny_regression_config(train={"epochs": 1, "max_steps_per_epoch": 6, "eval_every_steps": 1, "lr": 0.05})
     res = train(cfg, write=False)
     trainer = res.trainer
-    best = trainer.best
+    best = trainer.checkpoints.best
     assert best["metric"] == "rmse" and best["kept"]["rmse"]["value"] == best["value"]
     weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     again = trainer.evaluate(trainer.bundle.val, "val")
@@ -148,14 +148,14 @@ def test_without_a_run_folder_the_final_test_uses_the_best_weights_in_memory():
 
 
 def test_a_checkpoint_that_kept_one_best_keeps_it_on_resume():
-    """``run.best`` as checkpoints without ``kept`` hold it: a worse validation does not replace it."""
+    """``run.checkpoints.best`` as checkpoints without ``kept`` hold it: a worse validation does not replace it."""
     from mixhub.protocols.supervised import SupervisedProtocol
 
     trainer = Trainer(tiny_regression_config(train={"select": "rmse", "best_metrics": ["val/r2"]}), write=False)
     protocol = SupervisedProtocol(trainer)
-    trainer.best = {"value": 0.5, "epoch": 3, "metric": "rmse"}
+    trainer.checkpoints.best = {"value": 0.5, "epoch": 3, "metric": "rmse"}
     protocol.maybe_best({"rmse": 0.7, "r2": 0.2}, epoch=4)
-    assert trainer.best["value"] == 0.5 and trainer.best["epoch"] == 3
-    assert trainer.best["kept"] == {"rmse": {"value": 0.5, "epoch": 3}, "r2": {"value": 0.2, "epoch": 4, "step": 0}}
+    assert trainer.checkpoints.best["value"] == 0.5 and trainer.checkpoints.best["epoch"] == 3
+    assert trainer.checkpoints.best["kept"] == {"rmse": {"value": 0.5, "epoch": 3}, "r2": {"value": 0.2, "epoch": 4, "step": 0}}
     protocol.maybe_best({"rmse": 0.4, "r2": 0.1}, epoch=5)
-    assert trainer.best["value"] == 0.4 and trainer.best["kept"]["r2"]["epoch"] == 4
+    assert trainer.checkpoints.best["value"] == 0.4 and trainer.checkpoints.best["kept"]["r2"]["epoch"] == 4

@@ -12,15 +12,10 @@ from torch.utils.data import TensorDataset
 
 from mixhub import PluginSpec, hookimpl
 from mixhub.data.digits_c import CORRUPTIONS, corrupt_images
+from mixhub.protocol_sections import TestTimeConfig
 from mixhub.protocols.testtime import evaluate_checkpoint_streams, evaluate_streams, load_for_testtime
 from mixhub.testing import tiny_testtime_config, train_checkpoint
-from mixhub.testtime import (
-    TestTimeConfig,
-    build_episodes,
-    dirichlet_order,
-    iid_order,
-    stream_stats,
-)
+from mixhub.testtime_streams import build_episodes, dirichlet_order, iid_order, stream_stats
 
 SOURCE = tiny_testtime_config()
 

@@ -13,7 +13,7 @@ import torch
 from mixhub import PluginSpec, hookimpl
 from mixhub.bench.runner import run_suite
 from mixhub.bench.suite import Arm, Suite
-from mixhub.runlog import read_jsonl
+from mixhub.run.folder import read_jsonl
 from mixhub.testing import tiny_config
 from mixhub.trainer import train
 

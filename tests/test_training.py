@@ -285,7 +285,7 @@ def test_export_file_is_not_a_training_checkpoint(tmp_path):
 
 def test_best_weights_kept_in_memory_without_a_run_folder(tmp_path):
     r = train(tiny_config(train={"epochs": 2}), out=tmp_path / "r", write=False)
-    assert r.trainer._best_in_memory is not None and r.summary["best_epoch"] in (1, 2)
+    assert r.trainer.checkpoints.best_in_memory is not None and r.summary["best_epoch"] in (1, 2)
 
 
 def test_select_mode_overrides_the_guess(tmp_path):

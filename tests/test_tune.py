@@ -42,16 +42,16 @@ def digits_suite(path, trials=4):
 
 
 def test_tune_four_trials_writes_best_yaml_that_trains_and_never_sees_test(tmp_path, monkeypatch):
-    from mixhub.run import Run
+    from mixhub.run.evaluation import Evaluation
 
     seen = []
-    real_predict = Run.predict
+    real_predict = Evaluation.predict
 
     def spy(self, dataset, stage, *a, **kw):
         seen.append(stage)
         return real_predict(self, dataset, stage, *a, **kw)
 
-    monkeypatch.setattr(Run, "predict", spy)
+    monkeypatch.setattr(Evaluation, "predict", spy)
     suite = digits_suite(tmp_path / "tune.yaml")
     out = tmp_path / "tune-out"
     assert main(["tune", str(suite), "--trials", "4", "--out", str(out), "--quiet"]) == 0

@@ -24,7 +24,9 @@ from .hookspecs import SLOTS, hookimpl, hookspec
 from .norm import TestTimeNorm
 from .plan import MixPlan
 from .plugins import PluginOptions, PluginSpec
+from .protocol_sections import ContinualConfig, TestTimeConfig
 from .records import LogRecord
+from .replay_memory import ReplayBuffer, memory_of, replay_forward, replay_loss
 from .state import ModuleSpec, State
 from .tracking import TrackInfo, track_info
 
@@ -35,6 +37,7 @@ __all__ = [
     "Batch",
     "CheckpointError",
     "ConfigError",
+    "ContinualConfig",
     "DataError",
     "LogRecord",
     "MixPlan",
@@ -45,16 +48,21 @@ __all__ = [
     "PluginLoadError",
     "PluginOptions",
     "PluginSpec",
+    "ReplayBuffer",
     "SLOTS",
     "Session",
     "SlotConflictError",
     "State",
     "Suite",
+    "TestTimeConfig",
     "TestTimeNorm",
     "TrackInfo",
     "hookimpl",
     "hookspec",
+    "memory_of",
     "mix_inputs",
     "mixed_cross_entropy",
+    "replay_forward",
+    "replay_loss",
     "track_info",
 ]

@@ -86,8 +86,9 @@ def _eval(args: argparse.Namespace) -> int:
     metrics = trainer.evaluate(splits[args.split], args.split)
     print(json.dumps({args.split: metrics}, indent=1))
     if args.predictions:
-        outs, targets = trainer.last_outputs
-        path = trainer.write_predictions(args.predictions, splits[args.split], outs, targets)
+        assert trainer.evaluation.last_outputs is not None  # set by evaluate
+        outs, targets = trainer.evaluation.last_outputs
+        path = trainer.evaluation.write_predictions(args.predictions, splits[args.split], outs, targets)
         print(f"predictions: {path}")
     return 0
 

@@ -200,7 +200,7 @@ def register_section(name: str, model: type[Section]) -> None:
 
 
 #: Core modules that register their own config sections on import.
-SECTION_MODULES = ("mixhub.continual", "mixhub.testtime")
+SECTION_MODULES = ("mixhub.protocol_sections",)
 
 
 def core_sections() -> dict[str, type[Section]]:

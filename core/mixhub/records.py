@@ -1,7 +1,7 @@
 """The records a run emits, as plain data: what ``mixhub_log`` receives and how a tracker names a run.
 
 These types sit below the hook specifications (``hookspecs`` may import them) and import nothing
-of the core but ``errors``; ``runlog.RunLog`` makes the records and dispatches them.
+of the core but ``errors``; ``mixhub.run.recorder.RunLog`` makes the records and dispatches them.
 """
 
 from __future__ import annotations

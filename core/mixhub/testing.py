@@ -115,8 +115,8 @@ def logging_run(
     """
     from .config import load_config
     from .plugins import PluginHost, resolve_plugins
-    from .runio import RunFolder
-    from .runlog import RunLog
+    from .run.folder import RunFolder
+    from .run.recorder import RunLog
     from .state import State
 
     raw = _merge({"plugins": list(plugins)}, config or {})
@@ -292,7 +292,7 @@ class Contract:
         def stop_after(batch: Any) -> Any:
             result = step(batch)
             if t.state.step == at_step:
-                t._stop_signal = 15
+                t.guards.stop_signal = 15
             return result
 
         t.train_step = stop_after  # type: ignore[method-assign]

@@ -1,6 +1,6 @@
 """``Trainer`` and ``train()``: one run, dispatched to its protocol.
 
-``Trainer`` is a ``mixhub.run.Run`` (data, model, ``Session``, optimizer, checkpoints) whose
+``Trainer`` is a ``mixhub.run.Run`` (data, model, ``Session``, optimizer and the parts it holds) whose
 ``fit()`` picks the protocol from the data: a task stream goes to
 ``mixhub.protocols.continual``, everything else to ``mixhub.protocols.supervised``; test-time
 streams (``mixhub eval --stream``) are ``mixhub.protocols.testtime``. ``train(raw_config)`` is
@@ -17,9 +17,9 @@ from typing import Any
 
 from .errors import ConfigError
 from .run import EpochSampler, NonFiniteError, Run, RunInterrupted, collate, seed_everything
-from .runio import plot_curves
-from .runlog import group_lrs
-from .runsetup import start_lines
+from .run.plots import plot_curves
+from .run.startup import start_lines
+from .run.step_meter import group_lrs
 
 __all__ = ["Trainer", "train", "RunResult", "RunInterrupted", "NonFiniteError", "seed_everything", "collate", "EpochSampler"]
 
@@ -38,12 +38,12 @@ class Trainer(Run):
         self.folder.write_config(self.config.to_dict())
         t0 = time.time()
         plugins = {n: p.version for n, p in self.host.plugins.items()}
-        with self._signals(), self.host.wrap("mixhub_fit", state=self.state):
-            self.runlog.config(self.config.to_dict(), plugins, resumed=self._resumed, protocol="continual" if self.bundle.task == "continual" else "supervised")
+        runlog = self.records.log
+        with self.guards.signals(), self.host.wrap("mixhub_fit", state=self.state):
+            runlog.config(self.config.to_dict(), plugins, resumed=self.checkpoints.resumed, protocol="continual" if self.bundle.task == "continual" else "supervised")
             for line in start_lines(self):
                 self.console.message(line)
-            self.meter.reset()
-            self._step_end = None
+            self.records.restart()
             if self.bundle.task == "continual":
                 from .protocols.continual import ContinualProtocol
 
@@ -58,8 +58,8 @@ class Trainer(Run):
             self.folder.write_summary(summary)
             self.folder.write_csv()
             if self.config.train.plots and self.folder.enabled:
-                plot_curves(self.folder.records(), self.folder.path, self.runlog.steps(), self.lr_schedule(), self.state.steps_per_epoch)
-            self.runlog.summary(summary)
+                plot_curves(self.folder.records(), self.folder.path, runlog.steps(), self.lr_schedule(), self.state.steps_per_epoch)
+            runlog.summary(summary)
             self._log_artifacts()
         self.folder.release()  # the run is over: the folder may be resumed (extended) by another process
         return summary
@@ -73,10 +73,11 @@ class Trainer(Run):
         """Artifact records: the run's plots, ``summary.json`` and ``export.pt``."""
         if not self.folder.enabled:
             return
+        runlog = self.records.log
         for path in sorted(self.folder.path.glob("*.png")):
-            self.runlog.artifact(path)
-        self.runlog.artifact(self.folder.path / "summary.json")
-        self.runlog.artifact(self.folder.checkpoints / "export.pt")
+            runlog.artifact(path)
+        runlog.artifact(self.folder.path / "summary.json")
+        runlog.artifact(self.folder.checkpoints / "export.pt")
 
 
 def _agreed(trainer: Trainer, check: Any) -> None:
@@ -111,7 +112,7 @@ def train(
         if resume:
             _agreed(trainer, trainer.folder.check_resume)
             trainer.resume()
-            _agreed(trainer, trainer.check_unfinished)
+            _agreed(trainer, trainer.checkpoints.check_unfinished)
         else:
             _agreed(trainer, trainer.folder.check_new)
         summary = trainer.fit()

@@ -1,7 +1,11 @@
-"""The online class-incremental protocol: the task loop over a ``Run`` (see ``mixhub.continual``
-for the buffer, the ER helpers, the metrics and the protocol's description).
+"""The online class-incremental (OCI) protocol: the task loop over a ``Run``.
 
-::
+``Trainer.fit()`` hands it a run whose data is a task stream (``DataBundle.task == "continual"``,
+e.g. ``split-digits``). The protocol follows Mai et al.'s online continual-learning code
+(``RaptorMai/online-continual-learning``: ``agents/exp_replay.py``, ``experiment/metrics.py``);
+the buffer and the ER helpers are ``mixhub.replay_memory``, the metrics
+``mixhub.continual_metrics``, the ``continual`` config section
+``mixhub.protocol_sections.ContinualConfig``::
 
     for task t:
         mixhub_task_start(state)
@@ -12,7 +16,14 @@ for the buffer, the ER helpers, the metrics and the protocol's description).
             mixhub_replay_update(buffer, raw batch, state)          # slot; after the step
         mixhub_task_end(state)
         evaluate every task's test set -> row t of the accuracy matrix; write the task record
-        checkpoint (the buffer and the matrix travel in it, ``Run.register_state``)
+        checkpoint (the buffer and the matrix travel in it, ``CheckpointKeeper.register``)
+
+Tasks have disjoint classes and known boundaries; each is one pass (``continual.passes``) of
+``continual.batch_size`` batches, shuffled within the task, ``drop_last``. One head over all classes
+from the start, no masking, no task identity at test time. The core's default forward and loss
+ignore the memory: without a replay plugin (``replay``, ``dualmix``) a run is the *fine-tune*
+lower bound. ``continual.protocol: iid`` trains offline on the union of the tasks (shuffled,
+``continual.iid_epochs`` passes): the *i.i.d.* upper bound.
 """
 
 from __future__ import annotations
@@ -26,21 +37,19 @@ import torch
 from torch import Tensor
 
 from ..batch import Batch
-from ..continual import (
-    ContinualConfig,
-    ReplayBuffer,
-    average_accuracy,
-    average_forgetting,
-    error_shares,
-    plot_accuracy_matrix,
-)
+from ..continual_metrics import average_accuracy, average_forgetting, error_shares
 from ..errors import DataError
+from ..protocol_sections import ContinualConfig
+from ..replay_memory import ReplayBuffer
 from ..run import Run, RunInterrupted
+from ..run.plots import plot_accuracy_matrix
 from .meter import LogMeter
 
 __all__ = ["ContinualProtocol"]
 
 log = logging.getLogger("mixhub.continual")
+
+
 def _task_batches(
     dataset: Any, task: int, offset: int, cfg: ContinualConfig, seed: int, n_pass: int, skip: int
 ) -> list[tuple[int, Tensor]]:
@@ -109,7 +118,7 @@ def _register_state(run: Run, buffer: ReplayBuffer, progress: _Progress) -> None
         buffer.load_state_dict(sd["buffer"])
         progress.load_state_dict(sd["progress"])
 
-    run.register_state("continual", get, load)
+    run.checkpoints.register("continual", get, load)
 
 
 def _evaluate_tasks(
@@ -118,7 +127,7 @@ def _evaluate_tasks(
     """Accuracy on each task's split, and the error shares over the seen tasks' samples."""
     accs, preds, targets = [], [], []
     for j, ds in enumerate(datasets):
-        outs, t = run.predict(ds, f"{stage}_task{j + 1}")
+        outs, t = run.evaluation.predict(ds, f"{stage}_task{j + 1}")
         p = outs["logits"].argmax(1)
         accs.append(float((p == t).float().mean()) if len(t) else 0.0)
         if j <= task:
@@ -137,8 +146,8 @@ class ContinualProtocol:
 
     def write_task_record(self, record: dict[str, Any]) -> None:
         """The one place per-task records are written: ``RunLog.epoch`` (``metrics.jsonl`` and ``mixhub_log``)."""
-        self.run.runlog.epoch(record)
-        self.run.pause_step_clock()
+        self.run.records.log.epoch(record)
+        self.run.records.pause_clock()
 
     def run_all(self) -> dict[str, Any]:
         return _fit_continual(self.run, self.write_task_record)
@@ -169,7 +178,7 @@ def _fit_continual(run: Run, write_record: Any) -> dict[str, Any]:
     buffer = ReplayBuffer(0 if iid else cfg.memory_size, state.device)
     progress = _Progress()
     start_task, skip = 0, 0
-    resumed = state.step > 0 or state.task > 0  # resumed by Run.resume()
+    resumed = state.step > 0 or state.task > 0  # resumed by CheckpointKeeper.resume()
     _register_state(run, buffer, progress)  # restores them now when resuming
     if resumed:
         start_task, skip = state.task, int(run.batch_in_epoch)
@@ -194,8 +203,8 @@ def _fit_continual(run: Run, write_record: Any) -> dict[str, Any]:
             run.batch_in_epoch = k + 1
             if out is not None:
                 meter.add(out)
-            if run.stop_requested:
-                run.save_checkpoint("last")
+            if run.guards.stop_requested:
+                run.checkpoints.save("last")
                 raise RunInterrupted(
                     f"stopped at step {state.step} (task {t + 1}, batch {k + 1}); resume with `mixhub train --resume {run.folder.path}`"
                 )
@@ -238,7 +247,7 @@ def _fit_continual(run: Run, write_record: Any) -> dict[str, Any]:
         )
         state.task = state.epoch = t + 1
         run.batch_in_epoch = 0
-        run.save_checkpoint("last")
+        run.checkpoints.save("last")
     state.task = len(phases) - 1
     return _summary(run, cfg, progress, buffer, time.time() - t_start)
 
@@ -297,5 +306,5 @@ def _summary(
         )
     for split in ("test", "val"):
         if split in summary:
-            run.runlog.epoch({"epoch": len(matrix), "split": f"final_{split}", **summary[split]})
+            run.records.log.epoch({"epoch": len(matrix), "split": f"final_{split}", **summary[split]})
     return summary

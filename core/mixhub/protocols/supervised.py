@@ -6,7 +6,7 @@
         mixhub_epoch_start(state)
         for batch in run.epoch_batches(epoch):
             logs = run.train_step(batch)          # Session.step + optimizer step + after_step
-            every train.log_every steps: run.log_step_record -> RunLog.step
+            every train.log_every steps: run.records.step_done -> RunLog.step
         mixhub_epoch_end(state)
         write_epoch_record(train means + mixhub_metrics("train"))
             every train.eval_every_steps batches (optional): validate, keep the best checkpoints
@@ -14,7 +14,7 @@
         checkpoint last.pt
     final_evaluation(): best weights, temperature on val, test and extra splits
 
-The step logs stay on the device; ``Run.log_step_record`` reads them on the host every
+The step logs stay on the device; the run's records part (``RunRecords.step_done``) reads them on the host every
 ``train.log_every`` steps (one step record) and ``epoch_means`` once per epoch
 (``write_epoch_record``).
 """
@@ -29,7 +29,7 @@ from typing import Any
 from .. import checkpoint as ckpt
 from ..metrics import fit_temperature, reliability_bins
 from ..run import Run, RunInterrupted
-from ..runio import plot_reliability
+from ..run.plots import plot_reliability
 from ..selection import criteria, improved, step_eval_due
 
 __all__ = ["SupervisedProtocol"]
@@ -51,7 +51,7 @@ class SupervisedProtocol:
         """The epoch's mean of every step log (one host read; averaged over processes under DDP)."""
         import torch
 
-        run, tally = self.run, self.run.tally
+        run, tally = self.run, self.run.records.tally
         keys = sorted(tally.sums)
         if not keys:
             return {}
@@ -68,7 +68,7 @@ class SupervisedProtocol:
     def write_epoch_record(self, record: dict[str, Any]) -> None:
         """The one place epoch records (train, val, final) are written: ``RunLog.epoch``
         (``metrics.jsonl`` and ``mixhub_log``)."""
-        self.run.runlog.epoch(record)
+        self.run.records.log.epoch(record)
 
     # ------------------------------------------------------------------ the loop
     def run_epochs(self) -> None:
@@ -80,25 +80,25 @@ class SupervisedProtocol:
             state.epoch = epoch
             if run.batch_in_epoch == 0:
                 run.host.collect("mixhub_epoch_start", state=state)
-                run.tally.reset()  # a resumed epoch keeps the sums and time of its first part
+                run.records.tally.reset()  # a resumed epoch keeps the sums and time of its first part
             eval_at_end = (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs
             for batch in run.console.progress(run.epoch_batches(epoch), total=state.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}"):
                 logs = run.train_step(batch)
                 run.batch_in_epoch += 1
                 if logs is not None:
-                    run.tally.add(logs)  # type: ignore[arg-type]  # tensors: summed on their device
+                    run.records.tally.add(logs)  # type: ignore[arg-type]  # tensors: summed on their device
                 if step_eval_due(run.batch_in_epoch, cfg.train.eval_every_steps, cfg.train.eval_steps_offset) and not (
                     eval_at_end and run.batch_in_epoch == state.steps_per_epoch
                 ):  # the epoch's end validates these weights anyway
                     self.validate(epoch + 1)
-                    run.pause_step_clock()
-                if run.stop_requested:
-                    run.tally.reduce_ranks()  # the interrupted epoch's sums of every rank go into the checkpoint
-                    run.save_checkpoint("last")
-                    raise RunInterrupted(f"stopped by signal {run._stop_signal} at step {state.step}; resume with `mixhub train --resume {run.folder.path}`")
+                    run.records.pause_clock()
+                if run.guards.stop_requested:
+                    run.records.tally.reduce_ranks()  # the interrupted epoch's sums of every rank go into the checkpoint
+                    run.checkpoints.save("last")
+                    raise RunInterrupted(f"stopped by signal {run.guards.stop_signal} at step {state.step}; resume with `mixhub train --resume {run.folder.path}`")
             run.batch_in_epoch = 0
             run.host.collect("mixhub_epoch_end", state=state)
-            train_rec = {"epoch": epoch + 1, "split": "train", "step": state.step, **self.epoch_means(), "time_s": run.tally.seconds()}
+            train_rec = {"epoch": epoch + 1, "split": "train", "step": state.step, **self.epoch_means(), "time_s": run.records.tally.seconds()}
             skipped = run.bad_samples.report(f"epoch {epoch + 1}" + (f" (rank {run.rank})" if run.world_size > 1 else ""))
             if run.world_size > 1:  # every rank's skipped files count
                 import torch
@@ -117,8 +117,8 @@ class SupervisedProtocol:
                 msg = f"epoch {epoch + 1}/{cfg.train.epochs} train loss {train_rec.get('loss', float('nan')):.4f} " + " ".join(f"val {k} {val[k]:.4f}" for k in ("acc", "nll", "ece", "rmse") if k in val)
                 run.console.message(msg)
             state.epoch = epoch + 1
-            run.save_checkpoint("last")
-            run.pause_step_clock()
+            run.checkpoints.save("last")
+            run.records.pause_clock()
 
     def run_all(self) -> dict[str, Any]:
         self.run_epochs()
@@ -128,7 +128,7 @@ class SupervisedProtocol:
         """Validate the current weights (``epoch``: 1-based, the epoch in progress or just done):
         one ``val`` record (with the optimizer ``step``), then the kept best checkpoints."""
         run = self.run
-        val = run.evaluate(run.bundle.val, "val")
+        val = run.evaluation.evaluate(run.bundle.val, "val")
         self.write_epoch_record({"epoch": epoch, "split": "val", "step": run.state.step, **val})
         self.maybe_best(val, epoch)
         return val
@@ -136,59 +136,61 @@ class SupervisedProtocol:
     def maybe_best(self, val: dict[str, float], epoch: int) -> None:
         """Keep the weights for every criterion (``train.select``: ``best.pt``; each of
         ``train.best_metrics``: ``best-<metric>.pt``) whose metric improved."""
-        run = self.run
-        if "kept" not in run.best:  # a fresh run, or a checkpoint that kept one best only
-            old = run.best.get("value")
-            run.best["kept"] = {} if old is None else {run.best.get("metric", self.select_key): {"value": old, "epoch": run.best["epoch"]}}
-        kept = run.best["kept"]
+        run, keeper = self.run, self.run.checkpoints
+        best = keeper.best
+        if "kept" not in best:  # a fresh run, or a checkpoint that kept one best only
+            old = best.get("value")
+            best["kept"] = {} if old is None else {best.get("metric", self.select_key): {"value": old, "epoch": best["epoch"]}}
+        kept = best["kept"]
         for c in improved(self.criteria, kept, val):
             kept[c.metric] = {"value": val[c.metric], "epoch": epoch, "step": run.state.step}
             if c.name == "best":
-                run.best.update(value=val[c.metric], epoch=epoch, metric=c.metric, step=run.state.step)
-            if run._write and run.config.train.checkpoint:
+                best.update(value=val[c.metric], epoch=epoch, metric=c.metric, step=run.state.step)
+            if keeper.writes:
                 done, run.state.epoch = run.state.epoch, epoch  # best checkpoints, like last.pt, hold the epoch count (== best_epoch)
                 try:
-                    run.save_checkpoint(c.name)
+                    keeper.save(c.name)
                 finally:
                     run.state.epoch = done
             elif c.name == "best":  # no run folder: keep the best weights in memory for the final test
-                run._best_in_memory = copy.deepcopy({k: v for k, v in run.state_payload().items() if k in ("model", "ema", "modules", "plugins")})
-                if run.sharded:
-                    run._best_in_memory["sharded_state"] = copy.deepcopy(run.train_forward.state_dict())
+                keeper.best_in_memory = copy.deepcopy({k: v for k, v in keeper.payload().items() if k in ("model", "ema", "modules", "plugins")})
+                if run.parallel.sharded:
+                    keeper.best_in_memory["sharded_state"] = copy.deepcopy(run.train_forward.state_dict())
 
     def final_evaluation(self) -> dict[str, Any]:
         """Test metrics of the best-validation checkpoint (temperature fitted on validation)."""
-        run = self.run
+        run, keeper, evaluation = self.run, self.run.checkpoints, self.run.evaluation
         best_path = run.folder.checkpoints / "best.pt"
-        if run.dist.enabled and run._write:
+        if run.dist.enabled and keeper.write:
             import torch.distributed as dist
 
             dist.barrier()  # rank 0 has finished writing best.pt before anyone reads it
-        if run._write and best_path.exists() and run.config.train.checkpoint:
-            run.load_weights(ckpt.load_checkpoint(best_path))
-        elif run._best_in_memory is not None:
-            run.load_weights(run._best_in_memory)
-        run.write_export()
-        summary: dict[str, Any] = {"best_epoch": run.best["epoch"], "select": self.select_key, "steps": run.state.step}
-        if run.class_labels() is not None:
-            summary["classes"] = run.class_labels()  # the label of each model output
+        if keeper.writes and best_path.exists():
+            keeper.load_weights(ckpt.load_checkpoint(best_path))
+        elif keeper.best_in_memory is not None:
+            keeper.load_weights(keeper.best_in_memory)
+        keeper.write_export()
+        summary: dict[str, Any] = {"best_epoch": keeper.best["epoch"], "select": self.select_key, "steps": run.state.step}
+        labels = evaluation.class_labels()
+        if labels is not None:
+            summary["classes"] = labels  # the label of each model output
         if len(self.criteria) > 1 or run.config.train.eval_every_steps:
-            kept = run.best.get("kept", {})
+            kept = keeper.best.get("kept", {})
             summary["best"] = {c.metric: {**kept.get(c.metric, {}), "checkpoint": f"{c.name}.pt"} for c in self.criteria}
         temperature = None
-        val_outs, val_t = run.predict(run.bundle.val, "val")
+        val_outs, val_t = evaluation.predict(run.bundle.val, "val")
         if run.state.task_kind == "classification":
             temperature = fit_temperature(val_outs["logits"], val_t)
-        summary["val"] = run.metrics_from(val_outs, val_t, temperature)
+        summary["val"] = evaluation.metrics_from(val_outs, val_t, temperature)
         if not run.config.train.final_test:  # tuning: the test split stays unseen
             self.write_epoch_record({"epoch": run.config.train.epochs, "split": "final_val", **summary["val"]})
             return summary
-        summary["test"] = run.evaluate(run.bundle.test, "test", temperature)
-        run.last_outputs_test = run.last_outputs
+        summary["test"] = evaluation.evaluate(run.bundle.test, "test", temperature)
+        evaluation.last_outputs_test = evaluation.last_outputs
         for name, ds in run.bundle.extra_splits.items():
-            summary[name] = run.evaluate(ds, name, temperature)
-        if run.state.task_kind == "classification" and run.folder.enabled and run.config.train.plots:
-            outs, t = run.last_outputs_test
+            summary[name] = evaluation.evaluate(ds, name, temperature)
+        if run.state.task_kind == "classification" and run.folder.enabled and run.config.train.plots and evaluation.last_outputs_test is not None:
+            outs, t = evaluation.last_outputs_test
             conf, acc, counts = reliability_bins(outs["logits"], t)
             plot_reliability(conf, acc, counts, run.folder.path / "reliability.png", "test reliability", ece=summary["test"].get("ece"))
             (run.folder.path / "reliability.json").write_text(json.dumps({"conf": conf.tolist(), "acc": acc.tolist(), "counts": counts.tolist()}))

@@ -1,5 +1,6 @@
 """The test-time protocol: a trained ``Run`` evaluated on streams, batch by batch, with online
-adaptation through plugins (streams, episodes and the config section: ``mixhub.testtime``).
+adaptation through plugins (streams and episodes: ``mixhub.testtime_streams``; the config section:
+``mixhub.protocol_sections.TestTimeConfig``).
 
 ::
 
@@ -26,8 +27,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
+from ..protocol_sections import TestTimeConfig
 from ..run import Run
-from ..testtime import Episode, TestTimeConfig, build_episodes, load_batch, plot_trace, scores
+from ..run.plots import plot_trace
+from ..testtime_streams import Episode, build_episodes, load_batch, scores
 
 __all__ = ["run_episode", "stream_domains", "evaluate_streams", "load_for_testtime", "with_training_plugins", "evaluate_checkpoint_streams"]
 
@@ -39,7 +42,7 @@ def run_episode(trainer: Run, episode: Episode, domains: dict[str, Dataset], cfg
     plugins' ``mixhub_metrics("test-time")`` taken before the wrappers restore the model.
     """
     state, host = trainer.state, trainer.host
-    model = trainer.eval_model()
+    model = trainer.evaluation.eval_model()
     saved = (state.phase, state.stage, state.domain, state.batch_size, model.training)
     state.phase, state.stage, state.domain, state.batch_size = "test-time", "test-time", episode.name, cfg.batch_size
     logits: list[Tensor] = []
@@ -186,7 +189,7 @@ def evaluate_checkpoint_streams(checkpoint_path: str | Path, overrides: dict[str
     trainer = load_for_testtime(checkpoint_path, overrides, extra_plugins=extra_plugins)
     if out_dir is None:
         return evaluate_streams(trainer, None)
-    from ..runlog import RunLog
+    from ..run.recorder import RunLog
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

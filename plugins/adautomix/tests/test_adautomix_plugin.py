@@ -145,7 +145,7 @@ def test_resume_continues_identically(tmp_path: Path) -> None:
     def counting(batch: Any) -> Any:
         out = step(batch)
         if interrupted.state.step == 4:
-            interrupted._stop_signal = 15
+            interrupted.guards.stop_signal = 15
         return out
 
     interrupted.train_step = counting  # type: ignore[method-assign]

@@ -23,8 +23,18 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from mixhub import Batch, MixPlan, PluginOptions, PluginSpec, State, Suite, hookimpl
-from mixhub.continual import memory_of, replay_forward, replay_loss
+from mixhub import (
+    Batch,
+    MixPlan,
+    PluginOptions,
+    PluginSpec,
+    State,
+    Suite,
+    hookimpl,
+    memory_of,
+    replay_forward,
+    replay_loss,
+)
 
 from .functional import adpmix, augment, beta_sample, enmix, one_hot, pair_old_with_stream, soft_cross_entropy
 

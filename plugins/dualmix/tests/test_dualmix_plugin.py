@@ -197,7 +197,7 @@ def test_resume_mid_stream_is_exact(tmp_path: Path) -> None:
     def stop_after(batch: Batch) -> Any:
         out = step(batch)
         if t.state.step == 60:  # inside the third task: AdpMix pairs are being drawn
-            t._stop_signal = 15
+            t.guards.stop_signal = 15
         return out
 
     t.train_step = stop_after  # type: ignore[method-assign]

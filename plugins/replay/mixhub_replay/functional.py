@@ -5,7 +5,7 @@ ER runs the stream batch and the retrieved memory batch through the model in two
 forward passes, takes a cross-entropy on each and makes one optimizer step with both
 gradients (Mai calls ``backward`` twice before one ``opt.step()``; the gradient of the sum is
 the same). The buffer itself (reservoir update, random retrieval) is the core's
-``mixhub.continual.ReplayBuffer``.
+``mixhub.ReplayBuffer``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def er_loss(
     Example, in a plain loop::
 
         logits = model(x_s)
-        mem = buffer.random_retrieve(10, g)            # mixhub.continual.ReplayBuffer
+        mem = buffer.random_retrieve(10, g)            # mixhub.ReplayBuffer
         mem_logits = model(mem.inputs) if mem is not None else None
         loss = er_loss(logits, y_s, mem_logits, None if mem is None else mem.targets)
         opt.zero_grad(); loss.backward(); opt.step()

@@ -17,8 +17,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from mixhub import Batch, MixPlan, PluginOptions, PluginSpec, State, hookimpl
-from mixhub.continual import replay_forward, replay_loss
+from mixhub import Batch, MixPlan, PluginOptions, PluginSpec, State, hookimpl, replay_forward, replay_loss
 
 
 class ReplayOptions(PluginOptions):

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from mixhub_replay import er_loss
 from mixhub_replay import plugin as er_plugin
 
-from mixhub import Batch, MixPlan
-from mixhub.continual import replay_forward, replay_loss
+from mixhub import Batch, MixPlan, replay_forward, replay_loss
 
 
 def _data() -> tuple[torch.Tensor, ...]:

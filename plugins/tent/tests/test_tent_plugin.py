@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mixhub import PluginSpec, SlotConflictError, hookimpl
+from mixhub import PluginSpec, SlotConflictError, TestTimeConfig, hookimpl
 from mixhub.protocols.testtime import evaluate_streams, load_for_testtime
 from mixhub.testing import tiny_testtime_config, train_checkpoint
-from mixhub.testtime import TestTimeConfig
 
 SOURCE = tiny_testtime_config(("contrast",))
 

@@ -2,7 +2,7 @@
 
 A small BatchNorm CNN is trained once per seed on clean digits and cached in the bench
 folder (``OUT/source-models/seed<k>``); every arm then streams the ``digits-c`` corruptions
-(severity 5) through the core's test-time loop (``mixhub.testtime``) over a grid of stream
+(severity 5) through the core's test-time loop (``mixhub.protocols.testtime``) over a grid of stream
 settings, orders and batch sizes. A cell's metrics are ``<setting>.<order>.b<B>.error`` (online
 error, a fraction; the report shows %), plus stream statistics and plugin metrics.
 """
@@ -54,8 +54,8 @@ def source_model(config: dict[str, Any], cache: Path) -> Path:
 
 def run_cell(config: dict[str, Any], out: Path) -> dict[str, float]:
     """One (arm, seed): evaluate the cached source model under the arm's plugins on every stream."""
+    from mixhub import TestTimeConfig
     from mixhub.protocols.testtime import evaluate_streams, load_for_testtime
-    from mixhub.testtime import TestTimeConfig
 
     config = copy.deepcopy(config)
     streams = config.pop("_streams")

@@ -9,10 +9,9 @@ import torch
 from mixhub_unmixtns import UnMixTNS2d, unmix_layers
 from torch import nn
 
-from mixhub import PluginSpec, hookimpl
+from mixhub import PluginSpec, TestTimeConfig, hookimpl
 from mixhub.protocols.testtime import evaluate_streams, load_for_testtime
 from mixhub.testing import tiny_testtime_config, train_checkpoint
-from mixhub.testtime import TestTimeConfig
 
 SOURCE = tiny_testtime_config()
 

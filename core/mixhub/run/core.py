@@ -1,62 +1,61 @@
-"""``Run``: what every protocol shares: data, model, a ``Session``, optimizer, schedule, the
-guarded optimizer step, evaluation and checkpoints (``runckpt.CheckpointMixin``).
+"""``Run``: what every protocol shares: data, model, a ``Session``, optimizer, schedule and the
+guarded optimizer step, with the parts it holds.
 
 The protocols (``mixhub.protocols``: supervised epochs, continual task streams, test-time
 streams) drive a ``Run``; ``mixhub.trainer.Trainer`` picks the protocol. The training forward
 itself is ``Session.step`` (``mixhub.engine``): the same code a user's own loop or timm's
 ``train.py`` runs. What ``Run.train_step`` adds around it is the loop's own part: batch checks,
-the non-finite guard, the learning rate, backward (with the AMP scaler), the gradient
-all-reduce, clipping, the optimizer step and the weight EMA.
+the non-finite guard, the learning rate, backward (with the AMP scaler), clipping, the optimizer
+step and the weight EMA.
+
+The parts a ``Run`` holds are listed in ``Run``'s docstring and in ``mixhub.run``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from . import distributed as D
-from .batch import Batch
-from .config import RunConfig, load_config
-from .console import Console
-from .data import DataBundle, IndexedDataset, build_data
-from .data.loader import BadSampleLog, train_loader
-from .engine import Session
-from .errors import CheckpointError, DataError
-from .models import build_model
-from .runckpt import CheckpointMixin
-from .rundist import DistributedMixin
-from .runeval import EvaluationMixin
-from .runguard import GuardMixin, NonFiniteError, RunInterrupted
-from .runio import EpochTally, RunFolder, open_run_folder
-from .runlog import RunLog, StepMeter, grad_norm
-from .runsetup import check_bundle, selection
-from .sampling import EpochSampler, collate
-from .schedule import GroupScheduler
+from .. import checkpoint as ckpt
+from .. import distributed as D
+from ..batch import Batch
+from ..config import RunConfig, load_config
+from ..console import Console
+from ..data import DataBundle, IndexedDataset, build_data
+from ..data.loader import BadSampleLog, train_loader
+from ..engine import Session
+from ..errors import CheckpointError, DataError
+from ..models import build_model
+from ..sampling import EpochSampler, collate
+from ..schedule import GroupScheduler
+from .evaluation import Evaluation
+from .folder import RunFolder, open_run_folder
+from .guards import Guards, NonFiniteError
+from .keeper import CheckpointKeeper
+from .parallel import Parallel
+from .recorder import RunLog, RunRecords
+from .startup import check_bundle, class_labels, default_out, seed_everything, selection
+from .step_meter import StepMeter, grad_norm
 
-__all__ = ["Run", "RunInterrupted", "NonFiniteError", "seed_everything", "collate", "EpochSampler"]
+__all__ = ["Run"]
 
 log = logging.getLogger("mixhub")
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-class Run(CheckpointMixin, EvaluationMixin, DistributedMixin, GuardMixin):
-    """One run's shared parts (see the module docstring); ``Trainer`` adds ``fit()``."""
+class Run:
+    """One run (see the module docstring); ``Trainer`` adds ``fit()``. The parts it holds, each an
+    object with its own small interface: ``parallel`` (processes), ``records`` (step and epoch
+    records), ``guards`` (bad batches, stop signals), ``evaluation`` and ``checkpoints``. It keeps
+    one-line delegations for what users and plugins call on a run: ``save_checkpoint``,
+    ``resume``, ``register_state``, ``eval_model``, ``predict``, ``evaluate``."""
 
     def __init__(
         self,
@@ -69,12 +68,9 @@ class Run(CheckpointMixin, EvaluationMixin, DistributedMixin, GuardMixin):
     ) -> None:
         self.raw = raw
         self.quiet = quiet
-        self._stop_signal: int | None = None
-        self._stop_checked_at = 0
         pre = load_config({k: v for k, v in raw.items() if k in ("seed", "data", "train", "model", "optimizer", "out")})
         self.dist = D.init_distributed(pre.train.device)
         self.world_size, self.rank = self.dist.world_size, self.dist.rank
-        self._write = write
         seed = pre.seed
         seed_everything(seed)
         self.bundle: DataBundle = build_data(pre.data, pre.data.split_seed if pre.data.split_seed is not None else seed, model=pre.model)
@@ -101,12 +97,11 @@ class Run(CheckpointMixin, EvaluationMixin, DistributedMixin, GuardMixin):
             rank=self.rank,
         )
         self.config: RunConfig = self.session.config
-        self.session.verify_in_after_step = False  # log_step_record reads the checks with the step record
+        self.session.verify_in_after_step = False  # the records part reads the checks with the step record
         self.host = self.session.host
         self.state = self.session.state
-        self.model: nn.Module = self.session.model
         cfg = self.config
-        self.folder = open_run_folder(out or cfg.out, _default_out(cfg), enabled=write and self.rank == 0)
+        self.folder = open_run_folder(out or cfg.out, default_out(cfg), enabled=write and self.rank == 0)
         if self.dist.enabled:  # every process uses rank 0's folder (a fresh numbered one is picked there)
             path = [str(self.folder.path)]
             dist.broadcast_object_list(path, 0)
@@ -114,9 +109,10 @@ class Run(CheckpointMixin, EvaluationMixin, DistributedMixin, GuardMixin):
                 self.folder = RunFolder(path[0], enabled=False)
         self.console = Console(quiet=quiet, enabled=self.rank == 0)
         self.state.run_dir = self.folder.path if self.folder.enabled else None
-        #: every record of the run (metric files, console, the plugins' ``mixhub_log``) goes through it
-        self.runlog = RunLog(self.folder, self.host, self.state, self.console)
-        self.sharded = self._prepare_distributed()
+        #: processes: SyncBatchNorm and FSDP2 before the optimizer, DDP after it
+        self.parallel = Parallel(self.dist, cfg.train)
+        self.parallel.prepare(self.session)
+        self.model: nn.Module = self.session.model
         self.optimizer = self.session.create_optimizer()
         self.amp_dtype = self.session.amp_dtype
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
@@ -129,12 +125,8 @@ class Run(CheckpointMixin, EvaluationMixin, DistributedMixin, GuardMixin):
             self.session.compile()
         # The whole training forward runs in the Session's task module; under DDP it is wrapped,
         # so DDP sees one forward per backward whatever the plugins compute (see ``hookspecs``).
-        self.train_forward = self.session.task_module
-        if self.dist.enabled and not self.sharded:
-            find_unused = cfg.train.find_unused_parameters
-            if find_unused == "auto":
-                find_unused = D.needs_unused_parameter_detection(self.host, self.state.modules)
-            self.session.train_module = D.wrap_ddp(self.train_forward, self.dist, find_unused_parameters=bool(find_unused))
+        self.train_forward: nn.Module = self.session.task_module
+        self.parallel.wrap(self.session, self.host, self.state)
         per_rank = D.per_rank_batch(cfg.train.batch_size, self.world_size)
         self.sampler, self.loader = self.build_loader(per_rank)
         self.bad_samples = BadSampleLog()
@@ -157,21 +149,97 @@ class Run(CheckpointMixin, EvaluationMixin, DistributedMixin, GuardMixin):
             milestones=[m * steps for m in cfg.train.milestones],
         )
         self.state.scheduler = self.scheduler
-        self.meter = StepMeter(cfg.train.log_every, self.state.max_steps, reduce=self._mean_over_ranks if self.dist.enabled else None, log_seconds=cfg.train.log_seconds)
-        self._step_end: float | None = None  # when the last step ended (data-wait time of the next)
-        self._resumed = False
         self.start_epoch = 0
         self.batch_in_epoch = 0
-        self.best: dict[str, Any] = {"value": None, "epoch": 0}  # epoch: 1-based; 0: none validated yet
-        self._best_in_memory: dict[str, Any] | None = None
-        self._extra_state: dict[str, tuple[Any, Any]] = {}
-        self._pending_extra: dict[str, Any] = {}
-        self.register_state("data", *self._data_state)  # the sampler position and the data's identity
-        #: the epoch's step-log sums (device tensors), count and time: in every checkpoint, so a
-        #: resumed epoch logs its means over all its steps, bitwise the uninterrupted run's
-        self.tally = EpochTally()
-        self.register_state("epoch_tally", self.tally.state_dict, self.tally.load_state_dict)
+        #: every record of the run (metric files, console, the plugins' ``mixhub_log``) goes through it
+        meter = StepMeter(cfg.train.log_every, self.state.max_steps, reduce=self.parallel.mean if self.dist.enabled else None, log_seconds=cfg.train.log_seconds)
+        runlog = RunLog(self.folder, self.host, self.state, self.console)
+        self.records = RunRecords(runlog, meter, self.session.checks, self.optimizer, self.state, self.console, self.world_size)
+        self.guards = Guards(cfg, self.bundle, self.state, self.dist, self.folder.checkpoints / "last.pt")
+        self.evaluation = Evaluation(self.session, cfg, self.parallel, self.ema, class_labels=lambda: class_labels(self.bundle))
+        self.checkpoints = CheckpointKeeper(self, self.parallel, write=write, verify_checks=self.session.checks.verify)
+        self.checkpoints.register("data", *self._data_state)  # the sampler position and the data's identity
+        tally = self.records.tally
+        self.checkpoints.register("epoch_tally", tally.state_dict, tally.load_state_dict)
         self.select_key, self.select_high = selection(cfg.train.select, cfg.train.select_mode, task_kind)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        overrides: dict[str, Any] | None = None,
+        *,
+        extra_plugins: dict[str, Any] | None = None,
+        write: bool = False,
+        out: str | Path | None = None,
+        allow_new_plugins: bool = False,
+    ) -> Any:
+        """Rebuild a trained run from a checkpoint (its saved config plus ``overrides``).
+
+        ``allow_new_plugins`` lets ``overrides`` activate plugins the training run did not
+        have (test-time methods); plugins active in both runs get their saved state back.
+        """
+        from ..config import apply_overrides
+
+        data = ckpt.load_checkpoint(path)
+        raw = apply_overrides(data["config"], overrides or {})
+        saved_classes = data.get("classes")
+        if saved_classes and (raw.get("data") or {}).get("classes") is None:
+            # the model's outputs are the training run's labels: the data (another CSV, a test folder)
+            # are mapped to them, not to their own sorted labels
+            raw = apply_overrides(raw, {"data": {"classes": list(saved_classes)}})
+        run = cls(raw, extra_plugins=extra_plugins, write=write, out=out or Path(path).parent.parent)
+        try:
+            run.checkpoints.load(data, weights_only=True, allow_new_plugins=allow_new_plugins)
+        except CheckpointError as exc:
+            raise CheckpointError(f"checkpoint {str(path)!r}: {exc}") from exc
+        return run
+
+    # ------------------------------------------------------------------ what users call on a run
+    def save_checkpoint(self, name: str = "last") -> Path | None:
+        """``checkpoints/<name>.pt`` (``CheckpointKeeper.save``)."""
+        return self.checkpoints.save(name)
+
+    def resume(self) -> None:
+        """Continue from the run folder's ``last.pt`` (``CheckpointKeeper.resume``)."""
+        self.checkpoints.resume()
+
+    def register_state(self, name: str, get: Any, load: Any) -> None:
+        """Core-owned state in every checkpoint (``CheckpointKeeper.register``)."""
+        self.checkpoints.register(name, get, load)
+
+    def eval_model(self) -> nn.Module:
+        """The network evaluated and saved as the model (``Evaluation.eval_model``)."""
+        return self.evaluation.eval_model()
+
+    def predict(self, dataset: Dataset, stage: str, batch_size: int | None = None) -> tuple[dict[str, Tensor], Tensor]:
+        """Outputs and targets over ``dataset`` (``Evaluation.predict``)."""
+        return self.evaluation.predict(dataset, stage, batch_size)
+
+    def evaluate(self, dataset: Dataset, stage: str, temperature: float | None = None, batch_size: int | None = None) -> dict[str, float]:
+        """Metrics of the eval model on ``dataset`` (``Evaluation.evaluate``)."""
+        return self.evaluation.evaluate(dataset, stage, temperature, batch_size)
+
+    def close(self) -> None:
+        """The run is over (or stopped): stop the training loader's worker processes, release the folder.
+
+        Persistent workers are forked while the run folder is locked and share the lock file's
+        descriptor; they live as long as the loader's iterator, which the run (often kept alive by
+        a traceback after ``RunInterrupted``) holds. Shutting them down here lets a resumed run
+        take the folder at once instead of when the garbage collector frees this run.
+        """
+        it = getattr(self.loader, "_iterator", None)
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if callable(shutdown):
+            shutdown()
+        if it is not None:
+            self.loader._iterator = None
+        self.folder.release()
+
+    @property
+    def sharded(self) -> bool:
+        """The model's weights are FSDP2 shards (``Parallel.sharded``)."""
+        return self.parallel.sharded
 
     @property
     def train_module(self) -> nn.Module:
@@ -232,8 +300,6 @@ class Run(CheckpointMixin, EvaluationMixin, DistributedMixin, GuardMixin):
             self.bad_samples.add(batch)
             yield batch
 
-    _epoch_batches = epoch_batches
-
     def fetch(self, index: Tensor) -> Batch:
         """Samples of the training set by dataset index (same transforms), on the device."""
         items = [self.train_set[int(i)] for i in index.tolist()]
@@ -254,8 +320,7 @@ class Run(CheckpointMixin, EvaluationMixin, DistributedMixin, GuardMixin):
         non-finite still runs forward and backward, with a NaN loss, so the averaged gradient is
         non-finite on every process and all of them skip (or stop at) the same step.
         """
-        if self._step_end is not None:
-            self.meter.data_wait(time.perf_counter() - self._step_end)
+        self.records.step_starts()
         state = self.state
         batch = batch.to(self.device, non_blocking=True)
         multi = self.dist.enabled
@@ -265,10 +330,10 @@ class Run(CheckpointMixin, EvaluationMixin, DistributedMixin, GuardMixin):
         deferred = not multi and self.config.train.nan_policy == "stop"
         good_batch = True
         if deferred:
-            batch = self.guard_batch(batch, checks)
+            batch = self.guards.guard_batch(batch, checks)
         else:
             try:
-                good_batch = self.check_batch(batch)
+                good_batch = self.guards.check_batch(batch)
             except NonFiniteError:
                 if not multi:
                     raise
@@ -282,25 +347,25 @@ class Run(CheckpointMixin, EvaluationMixin, DistributedMixin, GuardMixin):
         if deferred:
             loss = total.detach()
             index, step, epoch = batch.index, state.step, state.epoch
-            checks.fail_if(~torch.isfinite(loss), lambda: NonFiniteError(self._step_message(f"non-finite loss ({float(loss)})", index, step, epoch)), step)
+            checks.fail_if(~torch.isfinite(loss), lambda: NonFiniteError(self.guards.step_message(f"non-finite loss ({float(loss)})", index, step, epoch)), step)
         else:
             finite = bool(torch.isfinite(total))
             if not finite and not multi:
-                msg = self._non_finite_message(f"non-finite loss ({float(total.detach())})", batch)
+                msg = self.guards.non_finite_message(f"non-finite loss ({float(total.detach())})", batch)
                 log.warning("%s; skipping the batch", msg)
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
             if multi and not (finite and good_batch):
                 if finite:  # a skipped batch: poison this rank's loss so every rank skips the step
                     total = total * float("nan")
-                log.warning("%s", self._non_finite_message("non-finite loss" if good_batch else "skipped batch", batch))
+                log.warning("%s", self.guards.non_finite_message("non-finite loss" if good_batch else "skipped batch", batch))
         self.scheduler.step(state.step)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(total).backward()
         else:
             total.backward()
-        if multi and self.scaler is None and not self._gradients_finite():
+        if multi and self.scaler is None and not self.parallel.gradients_finite(self.optimizer):
             msg = f"non-finite averaged gradient at step {state.step} (epoch {state.epoch}): a process had a non-finite loss or a skipped batch"
             if self.config.train.nan_policy == "skip":
                 log.warning("%s; every process skips the step", msg)
@@ -310,14 +375,15 @@ class Run(CheckpointMixin, EvaluationMixin, DistributedMixin, GuardMixin):
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         norm = None
-        self.meter.max_steps = state.max_steps  # the continual protocol sets it after construction
-        log_step = self.meter.is_log_step(state.step + 1)  # the gradient norm is read at log steps only
+        meter = self.records.meter
+        meter.max_steps = state.max_steps  # the continual protocol sets it after construction
+        log_step = meter.is_log_step(state.step + 1)  # the gradient norm is read at log steps only
         if self.config.train.clip_grad_norm is not None:
             params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
             norm = torch.nn.utils.clip_grad_norm_(params, self.config.train.clip_grad_norm)  # the norm before clipping
         elif log_step:
             norm = grad_norm(p for g in self.optimizer.param_groups for p in g["params"])
-        if log_step and norm is not None and self.sharded:
+        if log_step and norm is not None and self.parallel.sharded:
             from torch.distributed.tensor import DTensor
 
             if isinstance(norm, DTensor):  # FSDP2: the norm of sharded gradients (every process takes part)
@@ -330,50 +396,5 @@ class Run(CheckpointMixin, EvaluationMixin, DistributedMixin, GuardMixin):
         if self.ema is not None:
             self.ema.update(self.model, step=state.step + 1)
         logs.update(self.session.after_step())
-        self.log_step_record(logs, batch.size, norm if log_step else None)
+        self.records.step_done(logs, batch.size, norm if log_step else None)
         return logs
-
-    def log_step_record(self, logs: dict[str, Tensor], images: int, norm: Tensor | None) -> None:
-        """The per-step record: the step's logs (device tensors) join the window, and every
-        ``train.log_every`` steps (and at the last) the window's means, lr per group, images/s,
-        data wait and the gradient norm go out as one step record (``RunLog.step``).
-
-        The step's device-side checks (``Session.checks``) are read every ``train.check_every``
-        steps and at the last; at a log step in the record's own transfer (one read per log step).
-        """
-        step = self.state.step
-        self.meter.add(logs, images=images * self.world_size)
-        checks = self.session.checks
-        check_due = checks.due(step) or (len(checks) > 0 and step >= self.meter.max_steps)
-        if self.meter.due(step):
-            failed = checks.any_failed() if check_due else None
-            record = self.meter.flush(step, self.optimizer, norm, also=failed)
-            if failed is not None:
-                checks.verify(failed=bool(self.meter.also_value))
-            self.runlog.step(record)
-            if "loss" in record:
-                self.console.postfix(loss=f"{record['loss']:.4f}")
-        elif check_due:
-            checks.verify()
-        self._step_end = time.perf_counter()
-
-    def verify_checks(self) -> None:
-        """Read the step's pending device-side checks now (before a checkpoint: never save a state
-        that a failed check has already condemned)."""
-        self.session.checks.verify()
-
-    def _mean_over_ranks(self, values: Tensor) -> Tensor:
-        """The mean over processes of a 1-D tensor (the step records' window sums, at log steps)."""
-        t = values.to(self.device)
-        dist.all_reduce(t)
-        return t / self.world_size
-
-    def pause_step_clock(self) -> None:
-        """After work outside the step loop (evaluation): the next step's wait is not data wait."""
-        self._step_end = None
-
-
-def _default_out(cfg: RunConfig) -> str:
-    """``runs/<data>-<model>-<plugins>-s<seed>``; ``open_run_folder`` numbers it (``-1``, ``-2``, ...) when taken."""
-    plugins = "-".join(cfg.plugins) or "erm"
-    return str(Path("runs") / f"{cfg.data.name.replace(':', '_').replace('/', '_')}-{cfg.model.name}-{plugins}-s{cfg.seed}")

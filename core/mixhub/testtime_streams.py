@@ -1,5 +1,5 @@
-"""Test-time streams: the `testtime` config section, stream orders and episodes (the loop that
-runs them is `mixhub.protocols.testtime`).
+"""Test-time streams: stream orders and episodes (the loop that runs them is
+``mixhub.protocols.testtime``; the ``testtime`` config section is ``protocol_sections.TestTimeConfig``).
 
 A trained model is evaluated batch by batch, in stream order. Each batch is predicted on
 arrival and never re-scored (the **online** error). The stream is cut into **episodes**; an
@@ -25,28 +25,24 @@ Streams (``testtime`` config section):
 
 Domains are the dataset's extra evaluation splits (e.g. ``digits-c``'s
 ``gaussian_noise-5``), else its test split. Metrics per domain and overall: error %, NLL, ECE;
-the wall time per batch; a per-batch accuracy trace (``testtime_trace.png``).
+the wall time per batch; a per-batch accuracy trace (``testtime_trace.png``, ``mixhub.run.plots.plot_trace``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from .batch import Batch
-from .config import Section, register_section
 from .errors import ConfigError, DataError
 from .metrics import ece, nll
+from .protocol_sections import TestTimeConfig
 
 __all__ = [
-    "TestTimeConfig",
     "Episode",
     "iid_order",
     "dirichlet_order",
@@ -54,27 +50,7 @@ __all__ = [
     "build_episodes",
     "load_batch",
     "scores",
-    "plot_trace",
 ]
-
-
-class TestTimeConfig(Section):
-    """The ``testtime`` section: how ``mixhub eval --stream`` builds and runs the streams."""
-
-    __test__ = False  # not a pytest class
-
-    setting: Literal["single", "continual", "mixed"] = Field("continual", description="single: reset per domain; continual: no reset; mixed: one shuffled stream of all domains")
-    order: Literal["iid", "dirichlet"] = Field("iid", description="iid: plain shuffle; dirichlet: label-correlated (class-blocked) order")
-    delta: float = Field(0.1, gt=0.0, description="Dirichlet concentration of the label-correlated order (smaller: longer class runs)")
-    batch_size: int = Field(64, ge=1, description="stream batch size")
-    domains: list[str] = Field(default_factory=list, description="domains (extra splits) in stream order; empty: every extra split, else the test split")
-    seed: int | None = Field(None, description="seed of the stream order (default: the run seed)")
-    max_tries: int = Field(1000, ge=1, description="dirichlet: seeded tries before giving up")
-    min_chunk: int = Field(10, ge=1, description="dirichlet: the least samples a chunk must hold")
-    plot: bool = Field(True, description="write the per-batch accuracy trace PNG")
-
-
-register_section("testtime", TestTimeConfig)
 
 
 # =============================================================================== streams
@@ -206,24 +182,3 @@ def load_batch(domains: dict[str, Dataset], items: list[tuple[str, int]]) -> Bat
 def scores(logits: Tensor, targets: Tensor) -> dict[str, float]:
     acc = float((logits.argmax(1) == targets).float().mean())
     return {"err": 100.0 * (1.0 - acc), "nll": nll(logits, targets), "ece": ece(logits, targets), "n": int(len(targets))}
-
-
-def plot_trace(batch_acc: list[float], batch_domain: list[str], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 3))
-    ax.plot(range(len(batch_acc)), [100 * a for a in batch_acc], lw=0.8)
-    for i in range(1, len(batch_domain)):
-        if batch_domain[i] != batch_domain[i - 1]:
-            ax.axvline(i - 0.5, color="0.7", lw=0.5)
-    ax.set_xlabel("batch (stream order)")
-    ax.set_ylabel("batch accuracy %")
-    ax.set_ylim(-2, 102)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -1,50 +1,82 @@
-"""Evaluation of a ``Run``: predictions through the eval hooks, metrics."""
+"""The evaluation part of a ``Run`` (``run.evaluation``): predictions through the eval hooks, metrics."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from . import distributed as D
-from .data.loader import BadSampleLog, eval_loader
-from .errors import DataError
-from .metrics import classification_metrics, regression_metrics
+from .. import distributed as D
+from ..config import RunConfig
+from ..data.loader import BadSampleLog, eval_loader
+from ..engine import Session
+from ..errors import DataError
+from ..metrics import classification_metrics, regression_metrics
+from .parallel import Parallel
 
-__all__ = ["EvaluationMixin"]
+__all__ = ["Evaluation"]
 
 
-class EvaluationMixin:
-    """Evaluation methods of ``mixhub.run.Run`` (attributes are the run's)."""
+class Evaluation:
+    """The run's evaluation (``run.evaluation``).
 
-    config: Any
-    model: nn.Module
-    ema: Any
-    session: Any
-    host: Any
-    state: Any
-    device: torch.device
-    world_size: int
-    dist: Any
-    sharded: bool
-    last_outputs: tuple[dict[str, Tensor], Tensor]
-    last_outputs_test: tuple[dict[str, Tensor], Tensor]
-    last_index: Tensor
+    Interface:
 
-    if TYPE_CHECKING:  # defined by Run
+    * ``eval_model() -> nn.Module``: the network evaluated and saved as the model;
+    * ``predict(dataset, stage) -> (outputs, targets)``: every ``logits*`` output over a dataset,
+      through ``mixhub_evaluate`` and the ``eval_forward`` slot, sharded over processes;
+    * ``evaluate(dataset, stage) -> metrics``: ``predict``, ``metrics_from`` and the plugins'
+      ``mixhub_metrics(stage)``; the outputs stay in ``last_outputs``;
+    * ``metrics_from(outputs, targets)``: classification or regression metrics;
+    * ``write_predictions(path, dataset, outputs, targets)``: a CSV of the last ``predict``.
 
-        def _sync_buffers(self) -> None: ...
+    It uses the ``session`` (its host, state, eval network and ``eval_batch``), the ``config``
+    (``train.batch_size``, ``data``), the distribution part (``parallel``: shards, BatchNorm
+    statistics), the weight ``ema`` (or ``None``) and ``class_labels()`` (the data's labels).
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        config: RunConfig,
+        parallel: Parallel,
+        ema: Any = None,
+        class_labels: Callable[[], list[Any] | None] = lambda: None,
+    ) -> None:
+        self.session = session
+        self.host = session.host
+        self.state = session.state
+        self.config = config
+        self.parallel = parallel
+        self.ema = ema
+        self.class_labels = class_labels
+        self.device = session.device
+        #: outputs and targets of the last ``evaluate`` (``last_outputs_test``: of the final test)
+        self.last_outputs: tuple[dict[str, Tensor], Tensor] | None = None
+        self.last_outputs_test: tuple[dict[str, Tensor], Tensor] | None = None
+        #: the dataset index of each row of the last ``predict``
+        self.last_index = torch.empty(0, dtype=torch.long)
 
     def eval_model(self) -> nn.Module:
         """The network evaluated (and saved as such): a plugin module registered with
         ``export=True`` (``Session.eval_network``), else the EMA, else the model."""
+        model = self.session.model
         net = self.session.eval_network()
-        if net is not self.model:
-            return net  # type: ignore[no-any-return]
-        return self.ema.module if self.ema is not None else self.model
+        if net is not model:
+            return net
+        return self.ema.module if self.ema is not None else model  # type: ignore[no-any-return]
+
+    def modules(self) -> list[nn.Module]:
+        """The modules whose BatchNorm statistics an evaluation reads: the model, the plugin
+        modules and the EMA copy."""
+        out = [self.session.model, *(spec.module for spec in self.state.modules.values())]
+        if self.ema is not None:
+            out.append(self.ema.module)
+        return out
 
     @torch.no_grad()
     def predict(self, dataset: Dataset, stage: str, batch_size: int | None = None) -> tuple[dict[str, Tensor], Tensor]:
@@ -55,14 +87,14 @@ class EvaluationMixin:
         BatchNorm statistics are first agreed as ``train.dist_bn`` says.
         """
         state, host = self.state, self.host
-        self._sync_buffers()
+        self.parallel.sync_buffers(self.modules())
         model = self.eval_model()
         state.phase, state.stage = "eval", stage
         n = len(dataset)  # type: ignore[arg-type]
         if n == 0:
             raise DataError(f"the {stage} split is empty")
-        shard = D.ShardedEval(n, batch_size or max(self.config.train.batch_size, 128), self.dist)
-        loader = eval_loader(dataset, shard.batch_size, self.config.data, device=self.device, world_size=self.world_size, indices=shard.indices())
+        shard = D.ShardedEval(n, batch_size or max(self.config.train.batch_size, 128), self.parallel.ctx)
+        loader = eval_loader(dataset, shard.batch_size, self.config.data, device=self.device, world_size=self.parallel.ctx.world_size, indices=shard.indices())
         skipped = BadSampleLog()
         outs: dict[str, list[Tensor]] = {}
         targets = []
@@ -85,7 +117,7 @@ class EvaluationMixin:
                             outs.setdefault(k, []).append(v.float().cpu())
                     targets.append(batch.targets.cpu())
                     rows.append(batch.index.cpu())
-                if self.sharded:  # every FSDP forward is a collective: match rank 0's number of calls
+                if self.parallel.sharded:  # every FSDP forward is a collective: match rank 0's number of calls
                     for _ in range(shard.missing_batches()):
                         forward(next(iter(eval_loader(dataset, shard.batch_size, self.config.data, indices=list(shard.batch_rows(0))))))
         finally:
@@ -123,7 +155,7 @@ class EvaluationMixin:
         logits = outs["logits"]
         index = self.last_index.tolist()
         name = getattr(dataset, "name", None)
-        labels = self.class_labels()  # type: ignore[attr-defined]
+        labels = self.class_labels()
         head = ["index"] + (["name"] if callable(name) else [])
         with open(path, "w", newline="") as fh:
             w = csv.writer(fh)

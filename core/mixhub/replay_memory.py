@@ -1,94 +1,27 @@
-"""Online class-incremental (OCI) learning: config, replay buffer, ER helpers and metrics.
+"""The replay memory of online continual learning: ``ReplayBuffer`` and the experience-replay (ER)
+helpers the replay plugins share.
 
-The protocol itself (the task loop) is ``mixhub.protocols.continual``: ``Trainer.fit()`` hands
-it a run whose data is a task stream (``DataBundle.task == "continual"``, e.g. ``split-digits``).
-This module holds what the loop and the replay plugins share: the config section, the buffer,
-the ER helpers and the metrics. The protocol follows Mai et al.'s online
-continual-learning code (``RaptorMai/online-continual-learning``: ``agents/exp_replay.py``,
+The continual protocol (``mixhub.protocols.continual``) holds one buffer per run, fills it through
+the ``mixhub_replay_update`` slot after each step and draws from it through
+``mixhub_replay_retrieve`` before the next; the buffer travels in every checkpoint. The defaults
+follow Mai et al.'s online continual-learning code (``RaptorMai/online-continual-learning``:
 ``utils/buffer/reservoir_update.py``, ``utils/buffer/random_retrieve.py``,
-``experiment/metrics.py``)::
-
-    for task t:                                           # disjoint classes, known boundaries
-        mixhub_task_start(state)                          # state.task, state.old_classes
-        for stream batch (continual.batch_size, shuffled within the task, drop_last, one pass):
-            memory = mixhub_replay_retrieve(buffer, batch, state)   # slot; skipped while empty
-            batch.extras["memory"] = memory               # a Batch, for the forward/loss owners
-            trainer.train_step(batch)                     # sample_pairs ... step, after_step
-            mixhub_replay_update(buffer, raw batch, state)          # slot; after the step
-        mixhub_task_end(state)
-        evaluate every task's test set -> row t of the accuracy matrix, error shares
-        checkpoint (model, optimizer, ... and the buffer)
-
-One head over all classes from the start, no masking, no task identity at test time. The core's
-default forward and loss ignore the memory: without a replay plugin (``replay``, ``dualmix``) a
-run is the *fine-tune* lower bound. ``continual.protocol: iid`` trains offline on the union of
-the tasks (shuffled, ``continual.iid_epochs`` passes): the *i.i.d.* upper bound.
-
-Metrics (``a[i, j]``: accuracy on task j's test set after training task i, T tasks):
-
-* average accuracy ``A_T = mean_j a[T-1, j]`` over all tasks (unseen ones count);
-* average forgetting, ``forgetting: paper`` (DualMix Eq. 15, the default):
-  ``F_T = 1/(T-1) sum_{j<T-1} (max_{l<T-1} a[l, j] - a[T-1, j])``; ``forgetting: mai``
-  (``experiment/metrics.py``) averages over all T tasks with the max over all rows;
-* error shares after task i (``agents/base.py``): er(n,o), the share of misclassified test
-  samples of the current task's classes that were predicted as an old class; er(o,n), the share
-  of misclassified old-class test samples that were predicted as a current-task class.
+``agents/exp_replay.py``).
 """
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import Tensor
 
 from .batch import Batch
-from .config import Section, register_section
 
-__all__ = [
-    "ContinualConfig",
-    "ReplayBuffer",
-    "average_accuracy",
-    "average_forgetting",
-    "error_shares",
-    "plot_accuracy_matrix",
-    "memory_of",
-    "replay_forward",
-    "replay_loss",
-    "soft_cross_entropy",
-]
-
-log = logging.getLogger("mixhub.continual")
+__all__ = ["ReplayBuffer", "memory_of", "replay_forward", "replay_loss", "soft_cross_entropy"]
 
 
-class ContinualConfig(Section):
-    """The ``continual`` config section (used only when the data is a task stream)."""
-
-    protocol: Literal["online", "iid"] = Field(
-        "online", description="online: the task stream; iid: offline on the union of tasks (upper bound)"
-    )
-    batch_size: int = Field(10, ge=1, description="stream batch size (Mai's ER: 10)")
-    memory_size: int = Field(100, ge=0, description="replay buffer capacity M (0: no buffer)")
-    retrieve_size: int = Field(
-        10, ge=1, description="memory samples retrieved per step (Mai's eps_mem_batch: 10)"
-    )
-    passes: int = Field(1, ge=1, description="passes over each task (online learning: 1)")
-    iid_epochs: int = Field(1, ge=1, description="protocol=iid: epochs over the union of the tasks")
-    forgetting: Literal["paper", "mai"] = Field(
-        "paper", description="paper: over T-1 tasks (DualMix Eq. 15); mai: over all T tasks"
-    )
-    shuffle: bool = Field(True, description="shuffle within each task (seeded)")
-    eval_val: bool = Field(True, description="also evaluate every task's validation set after each task")
-
-
-register_section("continual", ContinualConfig)
-
-
-# =============================================================================== the buffer
 class ReplayBuffer:
     """A fixed-capacity memory of raw stream samples (inputs, targets, dataset index, task id).
 
@@ -293,96 +226,3 @@ def replay_loss(
     if memory_targets.is_floating_point():
         return loss + soft_cross_entropy(mem_logits, memory_targets)
     return loss + F.cross_entropy(mem_logits.float(), memory_targets, label_smoothing=label_smoothing)
-
-
-# =============================================================================== metrics
-def _rows(matrix: list[list[float]] | Tensor) -> Tensor:
-    return torch.as_tensor(matrix, dtype=torch.float64)
-
-
-def average_accuracy(matrix: list[list[float]] | Tensor, after: int | None = None) -> float:
-    """``mean_j a[i, j]`` over all tasks j, after task ``i = after`` (default: the last row)."""
-    a = _rows(matrix)
-    i = a.shape[0] - 1 if after is None else after
-    return float(a[i].mean())
-
-
-def average_forgetting(
-    matrix: list[list[float]] | Tensor, mode: str = "paper", after: int | None = None
-) -> float:
-    """Average forgetting after task ``i`` (default: the last row; 0-based; needs ``i >= 1``).
-
-    ``paper`` (DualMix Eq. 15): ``1/i sum_{j<i} (max_{l<i} a[l, j] - a[i, j])``.
-    ``mai`` (as Mai's ``experiment/metrics.py`` reports it per run): the max runs over all rows so
-    far, the current one included, and the mean over all ``i + 1`` seen tasks (the current
-    task's term is then usually 0): ``1/(i+1) sum_{j<=i} (max_{l<=i} a[l, j] - a[i, j])``.
-    """
-    a = _rows(matrix)
-    i = a.shape[0] - 1 if after is None else after
-    if i < 1:
-        return 0.0
-    if mode == "paper":
-        best = a[:i, :i].max(0).values
-        return float((best - a[i, :i]).mean())
-    if mode == "mai":
-        best = a[: i + 1, : i + 1].max(0).values
-        return float((best - a[i, : i + 1]).mean())
-    raise ValueError(f"forgetting mode must be 'paper' or 'mai', got {mode!r}")
-
-
-def error_shares(
-    pred: Tensor, targets: Tensor, new_classes: list[int], old_classes: list[int]
-) -> dict[str, float | None]:
-    """er(n,o) and er(o,n) over test samples of the seen classes (Mai's ``agents/base.py``).
-
-    er(n,o): among misclassified samples of ``new_classes``, the share predicted as an old
-    class. er(o,n): among misclassified samples of ``old_classes``, the share predicted as a new
-    class. ``None`` where there is no such misclassified sample (e.g. no old classes yet).
-    """
-    pred, targets = pred.cpu(), targets.cpu()
-    new = torch.as_tensor(new_classes, dtype=torch.long)
-    old = torch.as_tensor(old_classes, dtype=torch.long)
-    wrong = pred != targets
-    is_new_y, is_old_y = torch.isin(targets, new), torch.isin(targets, old)
-    wn, wo = wrong & is_new_y, wrong & is_old_y
-    out: dict[str, float | None] = {"er_no": None, "er_on": None}
-    if int(wn.sum()) > 0 and old.numel():
-        out["er_no"] = float(torch.isin(pred[wn], old).float().mean())
-    if int(wo.sum()) > 0:
-        out["er_on"] = float(torch.isin(pred[wo], new).float().mean())
-    return out
-
-
-def plot_accuracy_matrix(
-    matrix: list[list[float]], path: Path, title: str = "accuracy after each task"
-) -> Path:
-    """Heat map of ``a[i, j]`` (rows: after task i; columns: test set of task j), in percent."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    a = _rows(matrix).numpy() * 100
-    n_rows, n_cols = a.shape
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * n_cols, 0.9 + 0.6 * n_rows))
-    im = ax.imshow(a, vmin=0, vmax=100, cmap="viridis")
-    for i in range(n_rows):
-        for j in range(n_cols):
-            ax.text(
-                j,
-                i,
-                f"{a[i, j]:.0f}",
-                ha="center",
-                va="center",
-                color="w" if a[i, j] < 60 else "k",
-                fontsize=8,
-            )
-    ax.set_xticks(range(n_cols), [f"T{j + 1}" for j in range(n_cols)])
-    ax.set_yticks(range(n_rows), [f"after T{i + 1}" for i in range(n_rows)])
-    ax.set_xlabel("test set of task")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

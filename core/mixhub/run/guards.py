@@ -1,4 +1,4 @@
-"""The guards of a ``Run``: batch checks, non-finite messages, stop signals and the run's end."""
+"""The guards part of a ``Run`` (``run.guards``): batch checks, non-finite messages, stop signals."""
 
 from __future__ import annotations
 
@@ -6,18 +6,23 @@ import logging
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from . import distributed as D
-from .batch import Batch
-from .checks import DeviceChecks
-from .errors import DataError, MixhubError
-from .runsetup import main_thread
+from .. import distributed as D
+from ..batch import Batch
+from ..checks import DeviceChecks
+from ..config import RunConfig
+from ..data import DataBundle
+from ..distributed import DistContext
+from ..errors import DataError, MixhubError
+from ..state import State
+from .startup import main_thread
 
-__all__ = ["GuardMixin", "NonFiniteError", "RunInterrupted"]
+__all__ = ["Guards", "NonFiniteError", "RunInterrupted"]
 
 log = logging.getLogger("mixhub")
 
@@ -36,22 +41,39 @@ def _raise_later(kind: type[Exception], message: Callable[..., str], *args: Any,
     return lambda: kind(message(*args) + suffix)
 
 
-class GuardMixin:
-    """Guard methods of ``mixhub.run.Run`` (attributes are the run's)."""
+class Guards:
+    """What stops a bad batch or a signalled run (``run.guards``).
 
-    config: Any
-    bundle: Any
-    state: Any
-    dist: Any
-    folder: Any
-    loader: Any
-    _stop_signal: int | None
-    _stop_checked_at: int
+    Interface:
+
+    * ``check_batch(batch) -> bool``: shape, range and finiteness read on the host now; ``False``:
+      skip the batch (``train.nan_policy=skip``), else a ``NonFiniteError``/``DataError``;
+    * ``guard_batch(batch, checks) -> Batch``: the same checks as failure flags in ``checks`` (no
+      host read), out-of-range labels clamped meanwhile;
+    * ``non_finite_message(what, batch)``, ``step_message(what, index, step, epoch)``: the text of a
+      non-finite error (step, epoch, dataset indices, the last good checkpoint);
+    * ``signals()``: a context in which SIGTERM/SIGINT set ``stop_signal`` instead of killing the
+      process; ``stop_requested``: whether the run should checkpoint and stop after this step.
+
+    It reads ``config`` (``train.nan_policy``, ``train.sync_every``, ``data.name``), the data's
+    ``bundle`` (classes, input shape), the ``state`` (step, epoch), the process group (``dist``)
+    and ``last_checkpoint`` (named in the messages).
+    """
+
+    def __init__(self, config: RunConfig, bundle: DataBundle, state: State, dist: DistContext, last_checkpoint: Path) -> None:
+        self.config = config
+        self.bundle = bundle
+        self.state = state
+        self.dist = dist
+        self.last_checkpoint = last_checkpoint
+        #: the signal that asked the run to stop (``None``: none yet)
+        self.stop_signal: int | None = None
+        self._stop_checked_at = 0
 
     def check_batch(self, batch: Batch) -> bool:
         """Shape, range and finiteness checks read on the host now; returns False when the batch
         must be skipped. (``guard_batch`` is the step's version, without a host read.)"""
-        self._check_shape(batch)
+        self.check_shape(batch)
         bad = None
         if not torch.isfinite(batch.inputs).all():
             bad = "inputs"
@@ -75,7 +97,7 @@ class GuardMixin:
         values as failure flags in ``checks`` (read every ``train.check_every`` steps; the error then
         names the step and the dataset indices, as ``check_batch``'s). Out-of-range labels are
         clamped on the device until then, so no kernel indexes out of bounds meanwhile."""
-        self._check_shape(batch)
+        self.check_shape(batch)
         step, index = self.state.step, batch.index
         for bad, values in (("inputs", batch.inputs), ("targets", batch.targets if batch.targets.is_floating_point() else None)):
             if values is None:
@@ -91,7 +113,7 @@ class GuardMixin:
             batch = batch.replace(targets=t.clamp(0, classes - 1))
         return batch
 
-    def _check_shape(self, batch: Batch) -> None:
+    def check_shape(self, batch: Batch) -> None:
         shape = tuple(batch.inputs.shape[1:])
         expected = tuple(self.bundle.input_shape)
         if shape != expected:
@@ -103,31 +125,15 @@ class GuardMixin:
     def _label_message(self, index: Tensor, rows: Tensor) -> str:
         return f"labels out of range [0, {self.bundle.num_classes}) at dataset indices {index[rows].tolist()[:10]}"
 
-    def _non_finite_message(self, what: str, batch: Batch, step: int | None = None, epoch: int | None = None) -> str:
-        return self._step_message(what, batch.index, self.state.step if step is None else step, self.state.epoch if epoch is None else epoch)
+    def non_finite_message(self, what: str, batch: Batch, step: int | None = None, epoch: int | None = None) -> str:
+        return self.step_message(what, batch.index, self.state.step if step is None else step, self.state.epoch if epoch is None else epoch)
 
-    def _step_message(self, what: str, index: Tensor, step: int, epoch: int) -> str:
-        last = self.folder.checkpoints / "last.pt"
+    def step_message(self, what: str, index: Tensor, step: int, epoch: int) -> str:
+        last = self.last_checkpoint
         return (
             f"{what} at step {step} (epoch {epoch}), batch dataset indices "
             f"{index.tolist()[:16]}; last good checkpoint: {str(last) if last.exists() else 'none yet'}"
         )
-
-    def close(self) -> None:
-        """The run is over (or stopped): stop the training loader's worker processes, release the folder.
-
-        Persistent workers are forked while the run folder is locked and share the lock file's
-        descriptor; they live as long as the loader's iterator, which the run (often kept alive by
-        a traceback after ``RunInterrupted``) holds. Shutting them down here lets a resumed run
-        take the folder at once instead of when the garbage collector frees this run.
-        """
-        it = getattr(self.loader, "_iterator", None)
-        shutdown = getattr(it, "_shutdown_workers", None)
-        if callable(shutdown):
-            shutdown()
-        if it is not None:
-            self.loader._iterator = None
-        self.folder.release()
 
     @property
     def stop_requested(self) -> bool:
@@ -137,20 +143,20 @@ class GuardMixin:
         all-reduce then, none in between), so all of them stop after the same step.
         """
         if not self.dist.enabled:
-            return self._stop_signal is not None
+            return self.stop_signal is not None
         if self.state.step - self._stop_checked_at < self.config.train.sync_every:
             return False
         self._stop_checked_at = self.state.step
-        return D.any_rank(self._stop_signal is not None, self.dist)
+        return D.any_rank(self.stop_signal is not None, self.dist)
 
     @contextmanager
-    def _signals(self) -> Iterator[None]:
+    def signals(self) -> Iterator[None]:
         if not main_thread():
             yield
             return
 
         def handler(signum: int, frame: Any) -> None:
-            self._stop_signal = signum
+            self.stop_signal = signum
 
         old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
         try:

@@ -1,15 +1,32 @@
-"""Setting a run up: the data checks, the selection metric, the lines a run prints at its start."""
+"""Starting a run: seeds, the data checks, the default folder, the selection metric, the labels of
+the model's outputs and the lines a run prints at its start."""
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from .data import DataBundle
-from .errors import DataError
+from ..config import RunConfig
+from ..data import DataBundle
+from ..errors import DataError
 
-__all__ = ["selection", "check_bundle", "main_thread", "start_lines", "format_count"]
+__all__ = ["seed_everything", "default_out", "selection", "check_bundle", "class_labels", "main_thread", "start_lines", "format_count"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def default_out(cfg: RunConfig) -> str:
+    """``runs/<data>-<model>-<plugins>-s<seed>``; ``open_run_folder`` numbers it (``-1``, ``-2``, ...) when taken."""
+    plugins = "-".join(cfg.plugins) or "erm"
+    return str(Path("runs") / f"{cfg.data.name.replace(':', '_').replace('/', '_')}-{cfg.model.name}-{plugins}-s{cfg.seed}")
 
 
 def selection(select: str, select_mode: str, task_kind: str) -> tuple[str, bool]:
@@ -37,6 +54,15 @@ def check_bundle(bundle: DataBundle) -> None:
             raise DataError(f"non-finite training targets at dataset indices {bad}")
     elif bundle.num_classes is not None and t.numel() and (int(t.min()) < 0 or int(t.max()) >= bundle.num_classes):
         raise DataError(f"training labels out of range [0, {bundle.num_classes})")
+
+
+def class_labels(bundle: DataBundle) -> list[Any] | None:
+    """The label of each model output (``data.classes``, or the labels the data were remapped
+    from, e.g. ``[-1, 7]``), as ints and strings; ``None`` without named classes."""
+    found = bundle.info.get("classes") if bundle.task == "classification" else None
+    if not found:
+        return None
+    return [c if isinstance(c, (int, str)) and not isinstance(c, bool) else str(c) for c in found]
 
 
 def main_thread() -> bool:
@@ -72,7 +98,7 @@ def start_lines(run: Any) -> list[str]:
     folder = str(run.folder.path) if run.folder.enabled else "none (the run writes no files)"
     lines = [
         f"run folder: {folder}"
-        + (f" (resumed at step {state.step}, epoch {state.epoch + 1})" if run._resumed else "")
+        + (f" (resumed at step {state.step}, epoch {state.epoch + 1})" if run.checkpoints.resumed else "")
     ]
     kind = bundle.task
     if kind == "continual":
@@ -115,6 +141,6 @@ def start_lines(run: Any) -> list[str]:
         lines.append(
             f"steps: {state.steps_per_epoch} per epoch x {cfg.train.epochs} epoch{'s' if cfg.train.epochs != 1 else ''} = {state.max_steps} (batch {cfg.train.batch_size}); "
             f"a step line every {cfg.train.log_every} steps"
-            + (f", at the first and at least about every {run.meter.log_seconds:g} s" if run.meter.log_seconds > 0 else "")
+            + (f", at the first and at least about every {run.records.meter.log_seconds:g} s" if run.records.meter.log_seconds > 0 else "")
         )
     return lines
