@@ -1,0 +1,223 @@
+"""C-Mixup functional API, exactly: seeded draws replayed by hand, dtypes, devices, messages.
+
+The sorted sampler's tophat and uniform kernels draw one float64 uniform per query and take
+that quantile of the admissible partners (in sorted label order for the tophat, in bank order
+for the uniform kernel). The tests replay the generator and compute the admissible set with
+the brute-force kernel (``pair_probabilities``), on labels placed within an ulp of the tophat's
+edges, where ``q +- bandwidth`` and the kernel's ``|y - q| / bandwidth < 1`` disagree.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from mixhub_cmixup import (
+    SortedLabelBank,
+    cmixup_batch,
+    effective_bandwidth,
+    pair_probabilities,
+    pool_partners,
+    sample_lam,
+    sample_partners,
+)
+
+BW = 0.7
+# (query, label) with the label within an ulp of the query's tophat edge (bandwidth 0.7):
+LO_IN = (3.802, 3.1020000000000003)  # label <= query - bw in floating point, yet inside
+LO_OUT = (0.577, -0.12299999999999998)  # label > query - bw, yet outside
+HI_IN = (2.047, 2.747)  # label >= query + bw, yet inside
+HI_OUT = (0.3, 0.9999999999999999)  # label < query + bw, yet outside
+
+
+def _edge_cases() -> tuple[torch.Tensor, torch.Tensor]:
+    """A shuffled bank holding the four edge labels among regular ones, and their queries."""
+    edges = [LO_IN, LO_OUT, HI_IN, HI_OUT]
+    bank = torch.tensor([v for _, v in edges] + [0.1, 0.5, 1.2, 1.5, 2.0, 2.5, 3.0, 3.3, 3.9, 4.4], dtype=torch.float64)
+    bank = bank[torch.randperm(len(bank), generator=torch.Generator().manual_seed(0))]
+    queries = torch.tensor([q for q, _ in edges] + [0.1, 1.35, 4.4], dtype=torch.float64)
+    return bank, queries
+
+
+def _replay(bank, queries, kernel, seed, exclude=None, sorted_order=True):
+    """The quantile ``u`` of the admissible partners, ``u`` replayed from the generator."""
+    u = torch.rand(len(queries), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    p = pair_probabilities(queries, bank, BW, kernel, exclude_index=exclude)
+    order = torch.sort(bank, stable=True).indices if sorted_order else torch.arange(len(bank))
+    out = []
+    for i in range(len(queries)):
+        admissible = [int(j) for j in order if p[i, j] > 0]
+        out.append(admissible[min(int(u[i] * len(admissible)), len(admissible) - 1)])
+    return torch.tensor(out)
+
+
+def _sorted_draw(bank, queries, kernel, seed, exclude=None):
+    g = torch.Generator().manual_seed(seed)
+    return sample_partners(queries, bank, BW, g, kernel, exclude_index=exclude, method="sorted")
+
+
+# ----------------------------------------------------------------------------- sorted sampler
+def test_edge_labels_are_where_the_shifted_query_and_the_kernel_disagree():
+    for (q, v), inside in ((LO_IN, True), (LO_OUT, False), (HI_IN, True), (HI_OUT, False)):
+        assert (abs((v - q) / BW) < 1.0) is inside
+        assert (q - BW < v < q + BW) is not inside
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sorted_tophat_draws_equal_the_replayed_quantile(seed):
+    bank, queries = _edge_cases()
+    want = _replay(bank, queries, "tophat", seed)
+    assert torch.equal(_sorted_draw(bank, queries, "tophat", seed), want)
+    # one excluded partner per row: inside the range, just right of it, or far outside it
+    order = torch.sort(bank).indices
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(bank))
+    p = pair_probabilities(queries, bank, BW, "tophat")
+    last_in = [int(order[max(int(rank[j]) for j in torch.nonzero(row).flatten())]) for row in p]
+    right_of = [int(order[min(int(rank[j]) + 1, len(bank) - 1)]) for j in last_in]
+    far = [int(torch.argmax((bank - q).abs())) for q in queries]
+    for ex in (torch.tensor(last_in), torch.tensor(right_of), torch.tensor(far)):
+        if any(p[i, j] > 0 and p[i].count_nonzero() == 1 for i, j in enumerate(ex.tolist())):
+            continue  # excluding a row's only partner raises (tested below)
+        want = _replay(bank, queries, "tophat", seed, exclude=ex)
+        assert torch.equal(_sorted_draw(bank, queries, "tophat", seed, exclude=ex), want), ex
+
+
+def test_sorted_tophat_edge_label_at_either_end_of_the_bank():
+    # the smallest label is inside although it lies at or below query - bw
+    bank = torch.tensor([LO_IN[1], 3.5, 4.0], dtype=torch.float64)
+    q = torch.full((50,), LO_IN[0], dtype=torch.float64)
+    assert torch.equal(_sorted_draw(bank, q, "tophat", 3), _replay(bank, q, "tophat", 3))
+    assert 0 in _sorted_draw(bank, q, "tophat", 3).tolist()
+    # the largest label is the only one inside, although it lies at or above query + bw
+    bank = torch.tensor([1.0, HI_IN[1]], dtype=torch.float64)
+    q = torch.full((5,), HI_IN[0], dtype=torch.float64)
+    assert torch.equal(_sorted_draw(bank, q, "tophat", 4), torch.ones(5, dtype=torch.long))
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_sorted_uniform_draws_equal_the_replayed_quantile(seed):
+    bank, queries = _edge_cases()
+    want = _replay(bank, queries, "uniform", seed, sorted_order=False)
+    assert torch.equal(_sorted_draw(bank, queries, "uniform", seed), want)
+    ex = torch.arange(len(queries)) * 2 % len(bank)
+    want = _replay(bank, queries, "uniform", seed, exclude=ex, sorted_order=False)
+    assert torch.equal(_sorted_draw(bank, queries, "uniform", seed, exclude=ex), want)
+
+
+def test_sorted_uniform_two_and_one_labels_with_exclusion():
+    bank = torch.tensor([0.0, 5.0], dtype=torch.float64)
+    got = _sorted_draw(bank, bank.repeat(10), "uniform", 0, exclude=torch.tensor([0, 1]).repeat(10))
+    assert torch.equal(got, torch.tensor([1, 0]).repeat(10))
+    msg = r"^row 0 has no admissible partner under the uniform kernel \(bandwidth too small\?\)$"
+    with pytest.raises(ValueError, match=msg):
+        _sorted_draw(bank[:1], bank[:1].repeat(2), "uniform", 0, exclude=torch.zeros(2, dtype=torch.long))
+
+
+def test_sorted_bank_to_another_device_copies_every_tensor():
+    bank = torch.tensor([0.3, 0.1, 0.2, 0.9, 0.5], dtype=torch.float64)
+    sb = SortedLabelBank(bank, block_size=2)
+    meta = sb.to("meta")
+    assert isinstance(meta, SortedLabelBank) and meta is not sb and meta.device.type == "meta"
+    assert vars(meta).keys() == vars(sb).keys()
+    for key, val in vars(sb).items():
+        other = getattr(meta, key)
+        if isinstance(val, torch.Tensor):
+            assert other.device.type == "meta" and other.shape == val.shape and other.dtype == val.dtype, key
+        else:
+            assert other == val, key
+    assert sb.device.type == "cpu"  # the original is untouched
+    cpu = sb.to("cpu")
+    for key, val in vars(sb).items():
+        assert torch.equal(getattr(cpu, key), val) if isinstance(val, torch.Tensor) else getattr(cpu, key) == val
+    q = torch.tensor([0.25, 0.6], dtype=torch.float64)
+    assert torch.equal(
+        sample_partners(q, cpu, 0.1, torch.Generator().manual_seed(1), method="sorted"),
+        sample_partners(q, sb, 0.1, torch.Generator().manual_seed(1), method="sorted"),
+    )
+
+
+# ----------------------------------------------------------------------------- bandwidth units
+def test_effective_bandwidth_defaults_and_errors():
+    bank = torch.tensor([0.0, 1.0])  # 1-D labels, population std 0.5
+    assert effective_bandwidth(0.5, bank) == 0.5  # raw units by default
+    assert effective_bandwidth(0.5, bank, "std") == pytest.approx(0.25)
+    with pytest.raises(ValueError, match=r"^bandwidth units must be 'raw' or 'std', got 'var'$"):
+        effective_bandwidth(0.5, bank, "var")
+    with pytest.raises(ValueError, match=r"^bandwidth_units='std' needs at least two bank labels$"):
+        effective_bandwidth(0.5, torch.tensor([1.0]), "std")
+    with pytest.raises(ValueError, match=r"^bandwidth_units='std': the bank labels have zero spread$"):
+        effective_bandwidth(0.5, torch.tensor([2.0, 2.0]), "std")
+    with pytest.raises(ValueError, match=r"^bank_labels contain NaN or inf \(first at row 1\)$"):
+        effective_bandwidth(0.5, torch.tensor([0.0, float("nan")]), "std")
+
+
+# ----------------------------------------------------------------------------- lam
+def test_sample_lam_is_the_numpy_beta_seeded_from_the_generator():
+    for alpha, per_sample in ((0.5, False), (0.5, True), (3.0, True)):
+        lam = sample_lam(alpha, 5, per_sample=per_sample, generator=torch.Generator().manual_seed(9))
+        seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(9)))
+        draws = np.random.default_rng(seed).beta(alpha, alpha, size=5 if per_sample else 1)
+        want = torch.tensor(draws, dtype=torch.float32).expand(5)
+        assert lam.dtype == torch.float32 and torch.equal(lam, want)
+    free = sample_lam(2.0, 5)  # without a generator: NumPy's fresh entropy
+    assert free.shape == (5,) and free.dtype == torch.float32 and bool((free == free[0]).all())
+    assert 0 < float(free[0]) < 1
+
+
+def test_sample_lam_device_and_errors():
+    assert sample_lam(2.0, 3, device="meta").device.type == "meta"
+    with torch.device("meta"):  # a default device does not move the CPU generator's seed draw
+        assert sample_lam(2.0, 3, generator=torch.Generator().manual_seed(0)).shape == (3,)
+    for alpha, shown in ((0.0, "0.0"), (-1.0, "-1.0"), (float("nan"), "nan"), (float("inf"), "inf")):
+        with pytest.raises(ValueError, match=rf"^alpha must be > 0, got {shown}$"):
+            sample_lam(alpha, 4)
+
+
+# ----------------------------------------------------------------------------- mixing
+def test_cmixup_batch_shape_errors_name_both_shapes():
+    x, y = torch.zeros(3, 2), torch.zeros(3)
+    with pytest.raises(ValueError, match=r"^anchor and partner shapes differ: x \(3, 2\) vs \(3, 3\), y \(3,\) vs \(3,\)$"):
+        cmixup_batch(x, y, torch.zeros(3, 3), y, 0.5)
+    with pytest.raises(ValueError, match=r"^anchor and partner shapes differ: x \(3, 2\) vs \(3, 2\), y \(3,\) vs \(3, 1\)$"):
+        cmixup_batch(x, y, x, torch.zeros(3, 1), 0.5)
+
+
+def test_cmixup_batch_dtypes():
+    g = torch.Generator().manual_seed(0)
+    x, xj = torch.randn(3, 2, generator=g, dtype=torch.float64), torch.randn(3, 2, generator=g, dtype=torch.float64)
+    y, yj = torch.randn(3, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
+    lam = torch.tensor([0.1, 0.3, 0.7], dtype=torch.float64)
+    xm, ym = cmixup_batch(x, y, xj, yj, lam)  # float64 throughout: lam is not rounded to float32
+    assert xm.dtype == ym.dtype == torch.float64
+    assert torch.equal(xm, lam[:, None] * x + (1 - lam[:, None]) * xj)
+    assert torch.equal(ym, lam * y + (1 - lam) * yj)
+    xm, _ = cmixup_batch(x.float(), y, xj.float(), yj, lam)  # lam follows the inputs' dtype
+    assert xm.dtype == torch.float32
+    xi, xij = torch.tensor([[1, 2]]), torch.tensor([[3, 4]])  # integer inputs mix as float32
+    xm, ym = cmixup_batch(xi, torch.tensor([1]), xij, torch.tensor([3]), 0.25)
+    assert xm.dtype == ym.dtype == torch.float32
+    assert torch.equal(xm, torch.tensor([[2.5, 3.5]])) and torch.equal(ym, torch.tensor([2.5]))
+
+
+def test_cmixup_batch_moves_lam_to_the_inputs_device():
+    x, y = torch.zeros(3, 2, device="meta"), torch.zeros(3, device="meta")
+    xm, ym = cmixup_batch(x, y, x, y, torch.tensor([0.1, 0.5, 0.9]))
+    assert xm.device.type == ym.device.type == "meta" and xm.shape == (3, 2)
+
+
+# ----------------------------------------------------------------------------- 2B pool
+def test_pool_partners_pool_takes_the_anchors_dtype_and_names_bad_labels():
+    g = torch.Generator().manual_seed(0)
+    anchors = torch.rand(6, generator=g)  # float32
+    randoms = torch.rand(6, generator=g, dtype=torch.float64)
+    a_idx, r_idx = torch.arange(6), torch.arange(100, 106)
+    got = pool_partners(anchors, a_idx, randoms, r_idx, 0.05, torch.Generator().manual_seed(3))
+    pool = torch.cat([anchors, randoms.float()])  # float32 pool: the draws use float32 noise
+    pick = sample_partners(anchors, pool, 0.05, torch.Generator().manual_seed(3), method="gumbel")
+    assert torch.equal(got, torch.cat([a_idx, r_idx])[pick])
+    nan = torch.tensor([0.0, float("nan")])
+    with pytest.raises(ValueError, match=r"^anchor_labels contain NaN"):
+        pool_partners(nan, a_idx[:2], anchors[:2], r_idx[:2], 0.05)
+    with pytest.raises(ValueError, match=r"^random_labels contain NaN"):
+        pool_partners(anchors[:2], a_idx[:2], nan, r_idx[:2], 0.05)
