@@ -9,6 +9,9 @@ edges, where ``q +- bandwidth`` and the kernel's ``|y - q| / bandwidth < 1`` dis
 
 from __future__ import annotations
 
+import bisect
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -221,3 +224,81 @@ def test_pool_partners_pool_takes_the_anchors_dtype_and_names_bad_labels():
         pool_partners(nan, a_idx[:2], anchors[:2], r_idx[:2], 0.05)
     with pytest.raises(ValueError, match=r"^random_labels contain NaN"):
         pool_partners(anchors[:2], a_idx[:2], nan, r_idx[:2], 0.05)
+
+
+# ----------------------------------------------------------------------------- sorted gaussian
+def test_sorted_gaussian_errors_name_the_kernel_and_the_rounds():
+    one = torch.tensor([0.5], dtype=torch.float64)
+    msg = (
+        r"^row 0 has no admissible partner: every kernel weight is zero \(bank of one excluded label, "
+        r"or a bandwidth so small that exp underflows for every partner\)$"
+    )
+    with pytest.raises(ValueError, match=msg):
+        SortedLabelBank(one).sample(one, 1.0, exclude_index=torch.tensor([0]))
+    bank = SortedLabelBank(torch.linspace(0, 1, 50, dtype=torch.float64), block_size=5)
+    with pytest.raises(RuntimeError, match=r"^SortedLabelBank.sample: 3 rows not accepted after 0 rounds$"):
+        bank.sample(torch.tensor([0.1, 0.5, 0.9]), 0.2, max_rounds=0)
+
+
+def _replay_gaussian(bank, queries, bw, k, seed, exclude=None):
+    """The documented rejection sampler, row by row: three exactly scored blocks around the
+    query's insertion block (kept inside the bank), a bound ``count * w(nearest edge)`` for
+    every other block, Gumbel-max over that proposal, a uniform member of a chosen block
+    accepted with probability ``w / bound``; rejected rows draw again, together."""
+    values, order = torch.sort(bank, stable=True)
+    v, n = values.tolist(), len(bank)
+    rank = torch.argsort(order).tolist()
+    nb = -(-n // k)
+    width = min(3, nb)
+    tiny = torch.finfo(torch.float64).tiny
+
+    def logw(s, q):
+        return -0.5 * ((values[s] - q) / bw).square()
+
+    rows = []
+    for i, q in enumerate(queries.tolist()):
+        c = min(bisect.bisect_left(v, q), n - 1) // k
+        first = min(max(c - 1, 0), nb - width)
+        banned = None if exclude is None else rank[int(exclude[i])]
+        exact = [logw(s, q) if s < n and s != banned else torch.tensor(-math.inf, dtype=torch.float64)
+                 for s in range(first * k, (first + width) * k)]
+        bound = []
+        for blk in range(nb):
+            lo, hi = v[blk * k], v[min(blk * k + k, n) - 1]
+            gap = torch.tensor(max(lo - q, q - hi, 0.0), dtype=torch.float64)
+            bound.append(-0.5 * (gap / bw).square())
+        count = [min(k, n - blk * k) for blk in range(nb)]
+        blocks = [torch.tensor(-math.inf, dtype=torch.float64) if first <= blk < first + width
+                  else bound[blk] + torch.tensor(float(count[blk]), dtype=torch.float64).log() for blk in range(nb)]
+        rows.append((first, torch.stack(exact + blocks), bound, count, q, banned))
+    g = torch.Generator().manual_seed(seed)
+    out, pending = [None] * len(rows), list(range(len(rows)))
+    while pending:
+        noise = torch.rand((len(pending), width * k + nb), generator=g, dtype=torch.float64)
+        u = torch.rand((2, len(pending)), generator=g, dtype=torch.float64)
+        still = []
+        for p, i in enumerate(pending):
+            first, logits, bound, count, q, banned = rows[i]
+            choice = int((logits - torch.log(-torch.log(noise[p].clamp_min(tiny)))).argmax())
+            if choice < width * k:
+                out[i] = int(order[first * k + choice])
+                continue
+            blk = choice - width * k
+            member = blk * k + min(int(u[0, p] * count[blk]), count[blk] - 1)
+            if torch.log(u[1, p].clamp_min(tiny)) < logw(member, q) - bound[blk] and member != banned:
+                out[i] = int(order[member])
+            else:
+                still.append(i)
+        pending = still
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("block_size, bw", [(4, 0.05), (4, 0.3), (3, 0.02), (16, 0.1)])
+def test_sorted_gaussian_draws_equal_the_replayed_rejection_sampler(block_size, bw):
+    g = torch.Generator().manual_seed(block_size)
+    bank = torch.cat([torch.rand(37, generator=g), torch.full((4,), 0.5), torch.tensor([-1.0, 2.0])]).double()
+    queries = torch.cat([bank[:6], torch.tensor([-2.0, 0.5, 0.999, 3.0], dtype=torch.float64)]).repeat(20)
+    for exclude in (None, torch.arange(len(queries)) % 10):
+        sb = SortedLabelBank(bank, block_size=block_size)
+        got = sample_partners(queries, sb, bw, torch.Generator().manual_seed(7), exclude_index=exclude, method="sorted")
+        assert torch.equal(got, _replay_gaussian(bank, queries, bw, block_size, 7, exclude)), exclude
