@@ -302,3 +302,35 @@ def test_sorted_gaussian_draws_equal_the_replayed_rejection_sampler(block_size, 
         sb = SortedLabelBank(bank, block_size=block_size)
         got = sample_partners(queries, sb, bw, torch.Generator().manual_seed(7), exclude_index=exclude, method="sorted")
         assert torch.equal(got, _replay_gaussian(bank, queries, bw, block_size, 7, exclude)), exclude
+
+
+def test_sorted_bank_attributes_against_numpy():
+    g = torch.Generator().manual_seed(4)
+    bank = torch.cat([torch.full((40,), 0.5), torch.rand(260, generator=g)]).double()
+    bank = bank[torch.randperm(300, generator=g)]
+    sb = SortedLabelBank(bank)  # 300 labels: default block size sqrt(300 / 3) = 10
+    order = np.argsort(bank.numpy(), kind="stable")  # ties keep bank order
+    assert torch.equal(sb.order, torch.from_numpy(order)) and torch.equal(sb.values, bank[order])
+    assert torch.equal(sb.rank, torch.from_numpy(np.argsort(order)))
+    assert (sb.block_size, sb.num_blocks, len(sb)) == (10, 30, 300)
+    assert torch.equal(sb.block_start, torch.arange(0, 300, 10))
+    assert torch.equal(sb.block_lo, sb.values[::10]) and torch.equal(sb.block_hi, sb.values[9::10])
+    assert sb.block_count.dtype == torch.float64 and torch.equal(sb.block_count, torch.full((30,), 10.0, dtype=torch.float64))
+    assert SortedLabelBank(bank[:30]).block_size == 8  # at least 8 per block
+    assert SortedLabelBank(bank[:5]).block_size == 5  # never more than the bank
+    small = SortedLabelBank(bank[:7], block_size=1)
+    assert small.block_size == 1 and small.num_blocks == 7
+    uneven = SortedLabelBank(bank[:10].float(), block_size=4)
+    assert uneven.block_count.dtype == torch.float32 and uneven.block_count.tolist() == [4.0, 4.0, 2.0]
+
+
+def test_sorted_bank_errors_name_the_argument():
+    with pytest.raises(ValueError, match=r"^bank_labels contain NaN or inf \(first at row 1\)$"):
+        SortedLabelBank(torch.tensor([0.0, float("inf")]))
+    with pytest.raises(ValueError, match=r"^SortedLabelBank needs 1-D labels, got shape \(3, 2\)$"):
+        SortedLabelBank(torch.zeros(3, 2))
+    with pytest.raises(ValueError, match=r"^bank_labels is empty: there is no partner to draw$"):
+        SortedLabelBank(torch.zeros(0))
+    sb = SortedLabelBank(torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"^query_labels contain NaN or inf \(first at row 0\)$"):
+        sb.sample(torch.tensor([float("nan")]), 1.0)
