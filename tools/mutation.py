@@ -61,7 +61,7 @@ TARGETS: dict[str, tuple[str, str, list[str], list[str]]] = {
     # test_adautomix_no_repeat.py imports its config from test_adautomix_plugin.py
     "adautomix": ("plugins/adautomix/mixhub_adautomix", "functional.py", ["plugins/adautomix/tests/test_adautomix_functional.py", "plugins/adautomix/tests/test_adautomix_no_repeat.py", "plugins/adautomix/tests/test_adautomix_plugin.py"], []),
     "cmixup": ("plugins/cmixup/mixhub_cmixup", "functional.py", ["plugins/cmixup/tests/test_cmixup_functional.py", "plugins/cmixup/tests/test_cmixup_exact.py"], []),
-    "dualmix": ("plugins/dualmix/mixhub_dualmix", "functional.py", ["plugins/dualmix/tests/test_dualmix_functional.py", "plugins/dualmix/tests/test_dualmix_color_jitter.py"], []),
+    "dualmix": ("plugins/dualmix/mixhub_dualmix", "functional.py", ["plugins/dualmix/tests/test_dualmix_functional.py", "plugins/dualmix/tests/test_dualmix_color_jitter.py", "plugins/dualmix/tests/test_dualmix_exact.py"], []),
     "adamp": ("plugins/adamp/mixhub_adamp", "functional.py", ["plugins/adamp/tests/test_adamp_vectors.py"], []),
     "timm_mixup": ("plugins/timm_mixup/mixhub_timm_mixup", "functional.py", ["plugins/timm_mixup/tests/test_timm_mixup_functional.py"], []),
 }
