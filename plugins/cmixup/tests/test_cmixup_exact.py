@@ -334,3 +334,15 @@ def test_sorted_bank_errors_name_the_argument():
     sb = SortedLabelBank(torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match=r"^query_labels contain NaN or inf \(first at row 0\)$"):
         sb.sample(torch.tensor([float("nan")]), 1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gumbel_draws_are_the_argmax_of_log_probability_plus_replayed_noise(dtype):
+    """Gumbel-max: the noise is one ``[N, B]`` uniform stream in the labels' dtype."""
+    g0 = torch.Generator().manual_seed(12)
+    bank, q = torch.rand(9, 2, generator=g0, dtype=dtype), torch.rand(5, 2, generator=g0, dtype=dtype)
+    for chunk in (None, 4):
+        got = sample_partners(q, bank, 0.3, torch.Generator().manual_seed(2), method="gumbel", chunk_size=chunk)
+        u = torch.rand((9, 5), generator=torch.Generator().manual_seed(2), dtype=dtype).T
+        noise = -torch.log(-torch.log(u.clamp_min(torch.finfo(dtype).tiny)))
+        assert torch.equal(got, (torch.log(pair_probabilities(q, bank, 0.3)) + noise).argmax(1))
