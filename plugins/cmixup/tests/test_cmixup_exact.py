@@ -26,6 +26,7 @@ from mixhub_cmixup import (
 )
 
 BW = 0.7
+Y1 = torch.tensor([0.0, 1.0])
 # (query, label) with the label within an ulp of the query's tophat edge (bandwidth 0.7):
 LO_IN = (3.802, 3.1020000000000003)  # label <= query - bw in floating point, yet inside
 LO_OUT = (0.577, -0.12299999999999998)  # label > query - bw, yet outside
@@ -346,3 +347,47 @@ def test_gumbel_draws_are_the_argmax_of_log_probability_plus_replayed_noise(dtyp
         u = torch.rand((9, 5), generator=torch.Generator().manual_seed(2), dtype=dtype).T
         noise = -torch.log(-torch.log(u.clamp_min(torch.finfo(dtype).tiny)))
         assert torch.equal(got, (torch.log(pair_probabilities(q, bank, 0.3)) + noise).argmax(1))
+
+
+def test_auto_method_picks_the_sorted_sampler_above_the_budget():
+    g0 = torch.Generator().manual_seed(13)
+    bank, q = torch.rand(40, generator=g0, dtype=torch.float64), torch.rand(6, generator=g0, dtype=torch.float64)
+
+    def draw(**kw):
+        return sample_partners(q, bank, 0.2, torch.Generator().manual_seed(1), **kw)
+
+    sorted_, gumbel = draw(method="sorted"), draw(method="gumbel")
+    assert not torch.equal(sorted_, gumbel)  # the two samplers' draws tell them apart
+    assert torch.equal(draw(element_budget=239), sorted_)  # 6 x 40 labels above the budget
+    assert torch.equal(draw(element_budget=240), gumbel)
+    assert torch.equal(draw(), gumbel)  # the default budget
+    assert torch.equal(draw(element_budget=10, chunk_size=40), gumbel)  # a chunk size means Gumbel-max
+    q2, bank2 = torch.stack([q, q], 1), torch.stack([bank, bank], 1)
+    assert torch.equal(sample_partners(q2, bank2, 0.2, torch.Generator().manual_seed(1), element_budget=10),
+                       sample_partners(q2, bank2, 0.2, torch.Generator().manual_seed(1), method="gumbel"))
+
+
+def test_draws_without_a_generator_come_from_torch_global_stream():
+    bank, q = torch.tensor([0.0, 0.3, 0.5, 0.9], dtype=torch.float64), torch.tensor([0.2, 0.6], dtype=torch.float64)
+    with torch.random.fork_rng():
+        torch.manual_seed(21)
+        got = sample_partners(q, bank, 0.4, method="gumbel")
+        torch.manual_seed(21)
+        u = torch.rand((4, 2), dtype=torch.float64).T
+    noise = -torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float64).tiny)))
+    assert torch.equal(got, (torch.log(pair_probabilities(q, bank, 0.4)) + noise).argmax(1))
+
+
+def test_sample_partners_empty_queries_and_errors():
+    out = sample_partners(torch.zeros(0, dtype=torch.float64), torch.rand(5), 0.3)
+    assert out.shape == (0,) and out.dtype == torch.long
+    assert sample_partners(torch.zeros(0, device="meta"), torch.rand(5), 0.3).device.type == "meta"
+    with pytest.raises(ValueError, match=r"^method must be 'auto', 'gumbel' or 'sorted', got 'exact'$"):
+        sample_partners(Y1, Y1, 0.3, method="exact")
+    with pytest.raises(ValueError, match=r"^chunk_size must be >= 1, got 0$"):
+        sample_partners(Y1, Y1, 0.3, chunk_size=0)
+    msg = r"^row 3 has no admissible partner under the tophat kernel \(bandwidth too small\?\)$"
+    y4 = torch.tensor([0.0, 0.5, 1.0, 3.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match=msg):
+        pair_probabilities(y4, y4, 0.75, "tophat", exclude_index=torch.arange(4))
+
