@@ -363,8 +363,9 @@ def test_auto_method_picks_the_sorted_sampler_above_the_budget():
     assert torch.equal(draw(), gumbel)  # the default budget
     assert torch.equal(draw(element_budget=10, chunk_size=40), gumbel)  # a chunk size means Gumbel-max
     q2, bank2 = torch.stack([q, q], 1), torch.stack([bank, bank], 1)
-    assert torch.equal(sample_partners(q2, bank2, 0.2, torch.Generator().manual_seed(1), element_budget=10),
-                       sample_partners(q2, bank2, 0.2, torch.Generator().manual_seed(1), method="gumbel"))
+    whole = sample_partners(q2, bank2, 0.2, torch.Generator().manual_seed(1), method="gumbel")
+    for budget in (10, 30):  # 2-D labels: Gumbel-max, streamed in chunks of budget // (6 x 2) labels
+        assert torch.equal(sample_partners(q2, bank2, 0.2, torch.Generator().manual_seed(1), element_budget=budget), whole)
 
 
 def test_draws_without_a_generator_come_from_torch_global_stream():
