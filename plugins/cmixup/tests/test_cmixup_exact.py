@@ -392,3 +392,39 @@ def test_sample_partners_empty_queries_and_errors():
     with pytest.raises(ValueError, match=msg):
         pair_probabilities(y4, y4, 0.75, "tophat", exclude_index=torch.arange(4))
 
+
+
+def test_mixed_precision_labels_are_compared_in_float64():
+    g0 = torch.Generator().manual_seed(14)
+    q32, bank64 = torch.rand(5, generator=g0), torch.rand(30, generator=g0, dtype=torch.float64)
+    for q, bank in ((q32, bank64), (q32.double(), bank64.float())):
+        p = pair_probabilities(q, bank, 0.2, "uniform")
+        assert p.dtype == torch.float64 and torch.equal(p, torch.full((5, 30), 1 / 30, dtype=torch.float64))
+        for method in ("gumbel", "sorted"):
+            got = sample_partners(q, bank, 0.2, torch.Generator().manual_seed(3), method=method)
+            want = sample_partners(q.double(), bank.double(), 0.2, torch.Generator().manual_seed(3), method=method)
+            assert torch.equal(got, want), method
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4])
+def test_exclusion_across_chunks(chunk):
+    g0 = torch.Generator().manual_seed(15)
+    bank, q = torch.rand(10, generator=g0, dtype=torch.float64), torch.rand(6, generator=g0, dtype=torch.float64)
+    ex = torch.tensor([3, 4, 9, 0, 8, 6])  # bank positions at the ends and starts of chunks
+    got = sample_partners(q, bank, 0.5, torch.Generator().manual_seed(4), exclude_index=ex, chunk_size=chunk)
+    u = torch.rand((10, 6), generator=torch.Generator().manual_seed(4), dtype=torch.float64).T
+    noise = -torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float64).tiny)))
+    logp = torch.log(pair_probabilities(q, bank, 0.5, exclude_index=ex))
+    assert torch.equal(got, (logp + noise).argmax(1)) and not bool((got == ex).any())
+
+
+def test_label_errors_name_the_argument():
+    bad = torch.tensor([0.0, float("nan")])
+    with pytest.raises(ValueError, match=r"^query_labels contain NaN or inf \(first at row 1\)$"):
+        sample_partners(bad, Y1, 0.3)
+    with pytest.raises(ValueError, match=r"^bank_labels contain NaN or inf \(first at row 1\)$"):
+        pair_probabilities(Y1, bad, 0.3)
+    with pytest.raises(ValueError, match=r"^bank_labels is empty: there is no partner to draw$"):
+        pair_probabilities(Y1, torch.zeros(0), 0.3)
+    with pytest.raises(ValueError, match=r"^kernel must be one of gaussian, tophat, uniform, got 'box'$"):
+        pair_probabilities(Y1, Y1, 0.3, "box")
