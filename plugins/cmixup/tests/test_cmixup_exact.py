@@ -17,6 +17,7 @@ import pytest
 import torch
 from mixhub_cmixup import (
     SortedLabelBank,
+    as_label_matrix,
     cmixup_batch,
     effective_bandwidth,
     pair_probabilities,
@@ -428,3 +429,30 @@ def test_label_errors_name_the_argument():
         pair_probabilities(Y1, torch.zeros(0), 0.3)
     with pytest.raises(ValueError, match=r"^kernel must be one of gaussian, tophat, uniform, got 'box'$"):
         pair_probabilities(Y1, Y1, 0.3, "box")
+
+
+def test_as_label_matrix_shapes_dtypes_and_errors():
+    assert torch.equal(as_label_matrix([1.0, 2.0]), torch.tensor([[1.0], [2.0]]))  # lists too
+    assert torch.equal(pair_probabilities([0.0, 1.0], [0.0, 1.0], 1.0), pair_probabilities(Y1, Y1, 1.0))
+    for dtype, want in ((torch.long, torch.float32), (torch.float16, torch.float32), (torch.bfloat16, torch.float32),
+                        (torch.float32, torch.float32), (torch.float64, torch.float64)):
+        out = as_label_matrix(torch.tensor([1, 2], dtype=dtype))
+        assert out.dtype == want and torch.equal(out, torch.tensor([[1.0], [2.0]], dtype=want)), dtype
+    with pytest.raises(ValueError, match=r"^labels contain NaN or inf \(first at row 2\)$"):
+        as_label_matrix(torch.tensor([[0.0, 1.0], [1.0, 2.0], [3.0, float("-inf")]]))
+    with pytest.raises(ValueError, match=r"^query_labels must have shape \[n\] or \[n, d\], got \(2, 1, 1\)$"):
+        pair_probabilities(torch.zeros(2, 1, 1), Y1, 1.0)
+
+
+def test_bandwidth_and_exclusion_errors_are_exact():
+    with pytest.raises(ValueError, match=r"^bandwidth must be a finite number > 0, got 0.0$"):
+        pair_probabilities(Y1, Y1, 0.0)
+    for bad in ([0, 2], [-1, 0]):
+        with pytest.raises(ValueError, match=r"^exclude_index must lie in \[0, 2\)$"):
+            pair_probabilities(Y1, Y1, 1.0, exclude_index=torch.tensor(bad))
+    msg = (
+        r"^row 0 has no admissible partner: every kernel weight is zero \(bank of one excluded label, "
+        r"or a bandwidth so small that exp underflows for every partner\)$"
+    )
+    with pytest.raises(ValueError, match=msg):
+        sample_partners(Y1[:1], Y1[:1], 1.0, exclude_index=torch.tensor([0]), method="gumbel")
