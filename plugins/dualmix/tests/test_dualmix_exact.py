@@ -26,6 +26,7 @@ from mixhub_dualmix.functional import (
     enmix,
     one_hot,
     pair_old_with_stream,
+    rgb_to_hsv,
     soft_cross_entropy,
 )
 
@@ -265,3 +266,54 @@ def test_pair_old_with_stream_draws_and_labels():
         assert mp.shape == sp.shape == (0,) and mp.dtype == sp.dtype == torch.long
     mp, sp = pair_old_with_stream(torch.tensor([0, 1, 0], device="meta"), [], 4)
     assert mp.device.type == sp.device.type == "meta"  # pairs on the labels' device
+
+
+# ----------------------------------------------------------------------------- dtypes and devices
+def _factors(b, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    f = {k: 0.6 + 0.8 * torch.rand(b, generator=g) for k in ("brightness", "contrast", "saturation")}
+    f["hue"] = 0.2 * torch.rand(b, generator=g) - 0.1
+    return f, torch.stack([torch.randperm(4, generator=g) for _ in range(b)])
+
+
+def test_color_jitter_keeps_half_precision_and_the_device():
+    x = torch.rand(4, 3, 5, 5, generator=torch.Generator().manual_seed(3))
+    f, order = _factors(4)
+    half = color_jitter(x.half(), f, order)
+    assert half.dtype == torch.float16 and torch.allclose(half.float(), color_jitter(x, f, order), atol=1e-2)
+    assert color_jitter(x.to("meta"), f, order).device.type == "meta"  # host factors follow the images
+
+
+def test_gray_and_contrast_in_float64_and_with_a_fourth_channel():
+    x = torch.rand(3, 3, 4, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    gray = augment(x, torch.Generator().manual_seed(0), crop_scale=(1, 1), crop_ratio=(1, 1), hflip=False,
+                   jitter=(0, 0, 0, 0), grayscale_p=1.0)
+    want = (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None].expand(-1, 3, -1, -1)
+    assert gray.dtype == torch.float64 and torch.allclose(gray, want, rtol=0, atol=1e-12)
+    rgba = torch.cat([x, torch.ones(3, 1, 4, 4, dtype=torch.float64)], 1)  # contrast reads the first three
+    f = torch.tensor([0.5, 1.0, 1.5])
+    out = color_jitter(rgba, {"contrast": f}, torch.arange(4).repeat(3, 1))
+    mean = (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).mean(dim=(1, 2))
+    want = (f.double()[:, None, None, None] * rgba + (1 - f.double()[:, None, None, None]) * mean[:, None, None, None])
+    assert torch.allclose(out, want.clamp(0, 1), atol=1e-12)
+
+
+def test_rgb_to_hsv_hue_stays_in_the_unit_interval():
+    px = torch.tensor([[1.0, 0.0, 0.5], [0.0, 0.0, 0.0], [0.2, 0.4, 0.4]]).T.reshape(1, 3, 3, 1)
+    hsv = rgb_to_hsv(px)[0, :, :, 0].T  # rows: (h, s, v) per pixel
+    assert torch.allclose(hsv, torch.tensor([[11 / 12, 1.0, 1.0], [0.0, 0.0, 0.0], [0.5, 0.5, 0.4]]), atol=1e-6)
+
+
+def test_low_precision_images_and_float64_weights():
+    x = torch.rand(3, 2, generator=torch.Generator().manual_seed(5))
+    xm, _ = enmix(x.half(), torch.eye(3), lam=0.25, index=torch.tensor([1, 2, 0]))
+    assert xm.dtype == torch.float16
+    xm, _, _ = adpmix(x.bfloat16(), torch.tensor([0, 1, 0]), x.bfloat16(), torch.tensor([2, 3, 3]), W4, mu_x=0.3)
+    assert xm.dtype == torch.bfloat16
+    assert adapted_label_weight(0.6, torch.tensor(2.5, dtype=torch.float64)).dtype == torch.float32
+
+
+def test_one_hot_of_float_class_ids_and_one_row_soft_cross_entropy():
+    assert torch.equal(one_hot(torch.tensor([2.0, 0.0]), 3), torch.tensor([[0.0, 0, 1], [1, 0, 0]]))
+    z, t = torch.tensor([[0.3, -1.0, 2.0]]), torch.tensor([[0.2, 0.0, 0.8]])
+    assert float(soft_cross_entropy(z, t)) == pytest.approx(float(-(t * torch.log_softmax(z, 1)).sum()))
