@@ -25,9 +25,9 @@ Usage::
 ``--rerun-survivors`` confirms the kills of tests written after a measured run: it refreshes the
 copied tests (and the selection in ``pyproject.toml``) of ``mutation-out/<target>/`` from the
 checkout, keeps the measured copy of the module, and reruns only the survivors listed in its
-``summary.json`` (``mutmut run <names>``). It writes ``rerun.json`` (the commit, the former
-survivors still alive and those now killed) and ``survivors-rerun.txt``, and leaves
-``summary.json`` (the measured run) as it was.
+``summary.json`` (``mutmut run <names>``; a second rerun only those a first one left alive). It
+writes ``rerun.json`` (the commits of the reruns, the former survivors still alive and those now
+killed) and ``survivors-rerun.txt``, and leaves ``summary.json`` (the measured run) as it was.
 
 Each target names the fewest test files that exercise its module (mutmut runs, for every mutant,
 only the tests that call the mutated function).
@@ -164,19 +164,23 @@ def rerun_survivors(name: str, jobs: int) -> dict:
         raise SystemExit(f"mutation target {name!r}: no measured run in {work} (run it first)")
     measured = json.loads(summary_path.read_text())
     survivors = list(measured["survivors"])
+    earlier = json.loads((work / "rerun.json").read_text()) if (work / "rerun.json").is_file() else None
+    killed_before = list(earlier["killed_since"]) if earlier else []
+    pending = [m for m in survivors if m not in killed_before]
     pkg_dir, module, tests, extra = TARGETS[name]
     _copy_tests(name, work)
     (work / "pyproject.toml").write_text(_pyproject(Path(pkg_dir).name, module, tests, extra))
     # the test -> function map is rebuilt: tests changed since the measured run may call other functions
     (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     rc = 0
-    if survivors:
+    if pending:
         with (work / "mutmut-rerun.log").open("w") as fh:
-            rc = subprocess.call([sys.executable, "-c", LAUNCHER, "run", "--max-children", str(jobs), *survivors],
+            rc = subprocess.call([sys.executable, "-c", LAUNCHER, "run", "--max-children", str(jobs), *pending],
                                  cwd=work, env=_env(), stdout=fh, stderr=subprocess.STDOUT)
     status = _results(work)
-    alive = [m for m in survivors if status.get(m) in ("survived", "no tests")]
-    out = {"target": name, "commit": _commit(), "rc": rc, "measured_survivors": len(survivors),
+    alive = [m for m in pending if status.get(m) in ("survived", "no tests")]
+    commits = (earlier.get("commits", [earlier["commit"]]) if earlier else []) + [_commit()]
+    out = {"target": name, "commit": commits[-1], "commits": commits, "rc": rc, "measured_survivors": len(survivors),
            "killed_since": [m for m in survivors if m not in alive], "still_alive": alive}
     (work / "rerun.json").write_text(json.dumps(out, indent=1))
     (work / "survivors-rerun.txt").write_text(_diffs(work, alive))

@@ -456,3 +456,26 @@ def test_bandwidth_and_exclusion_errors_are_exact():
     )
     with pytest.raises(ValueError, match=msg):
         sample_partners(Y1[:1], Y1[:1], 1.0, exclude_index=torch.tensor([0]), method="gumbel")
+
+
+def test_sorted_bank_sample_casts_queries_to_the_bank_dtype_and_checks_dimension():
+    bank = torch.rand(30, generator=torch.Generator().manual_seed(16))  # a float32 bank
+    sb = SortedLabelBank(bank, block_size=4)
+    q = torch.tensor([0.1, 0.45, 0.9], dtype=torch.float64)
+    for kernel in ("gaussian", "tophat"):
+        got = sb.sample(q, 0.2, torch.Generator().manual_seed(2), kernel)
+        assert torch.equal(got, sb.sample(q.float(), 0.2, torch.Generator().manual_seed(2), kernel)), kernel
+    msg = r"^query_labels and bank_labels differ in label dimension: \(3, 2\) vs \(30, 1\)$"
+    with pytest.raises(ValueError, match=msg):
+        sb.sample(torch.zeros(3, 2), 0.2)
+
+
+@pytest.mark.parametrize("kernel", ["uniform", "tophat"])
+def test_pool_partners_passes_the_kernel_on(kernel):
+    g0 = torch.Generator().manual_seed(17)
+    anchors, randoms = torch.rand(5, generator=g0, dtype=torch.float64), torch.rand(5, generator=g0, dtype=torch.float64)
+    a_idx, r_idx = torch.arange(5), torch.arange(10, 15)
+    got = pool_partners(anchors, a_idx, randoms, r_idx, 0.3, torch.Generator().manual_seed(6), kernel)
+    pick = sample_partners(anchors, torch.cat([anchors, randoms]), 0.3, torch.Generator().manual_seed(6), kernel,
+                           method="gumbel")
+    assert torch.equal(got, torch.cat([a_idx, r_idx])[pick])
