@@ -168,6 +168,7 @@ def rerun_survivors(name: str, jobs: int) -> dict:
     killed_before = list(earlier["killed_since"]) if earlier else []
     pending = [m for m in survivors if m not in killed_before]
     pkg_dir, module, tests, extra = TARGETS[name]
+    commit = _commit()  # the tests are the checkout's at this commit (plus any uncommitted change)
     _copy_tests(name, work)
     (work / "pyproject.toml").write_text(_pyproject(Path(pkg_dir).name, module, tests, extra))
     # the test -> function map is rebuilt: tests changed since the measured run may call other functions
@@ -179,7 +180,7 @@ def rerun_survivors(name: str, jobs: int) -> dict:
                                  cwd=work, env=_env(), stdout=fh, stderr=subprocess.STDOUT)
     status = _results(work)
     alive = [m for m in pending if status.get(m) in ("survived", "no tests")]
-    commits = (earlier.get("commits", [earlier["commit"]]) if earlier else []) + [_commit()]
+    commits = (earlier.get("commits", [earlier["commit"]]) if earlier else []) + [commit]
     out = {"target": name, "commit": commits[-1], "commits": commits, "rc": rc, "measured_survivors": len(survivors),
            "killed_since": [m for m in survivors if m not in alive], "still_alive": alive}
     (work / "rerun.json").write_text(json.dumps(out, indent=1))
