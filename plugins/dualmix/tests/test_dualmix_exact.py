@@ -58,7 +58,7 @@ def _expected_crop(u, b, scale, ratio, hflip=True):
 
 
 def _resample(x, theta):
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -317,3 +317,90 @@ def test_one_hot_of_float_class_ids_and_one_row_soft_cross_entropy():
     assert torch.equal(one_hot(torch.tensor([2.0, 0.0]), 3), torch.tensor([[0.0, 0, 1], [1, 0, 0]]))
     z, t = torch.tensor([[0.3, -1.0, 2.0]]), torch.tensor([[0.2, 0.0, 0.8]])
     assert float(soft_cross_entropy(z, t)) == pytest.approx(float(-(t * torch.log_softmax(z, 1)).sum()))
+
+
+# ----------------------------------------------------------------------------- second round
+def test_augment_defaults_clamps_and_normalisation_options():
+    x = torch.rand(16, 3, 6, 6, generator=torch.Generator().manual_seed(7))
+    _, params = augment(x, torch.Generator().manual_seed(2), return_params=True)
+    u = _replay(2, 16)
+    assert torch.equal(params["jitter"], u["jit"] < 0.8) and torch.equal(params["gray"], u["gray"] < 0.2)
+    # inputs outside [0, 1] (no mean/std given): jitter sees them clamped; unjittered rows are not clamped
+    wide = x * 3 - 1
+    ident = dict(crop_scale=(1, 1), crop_ratio=(1, 1), hflip=False, grayscale_p=0.0)
+    assert torch.allclose(augment(wide, torch.Generator().manual_seed(0), jitter=(0, 0, 0, 0), jitter_p=1.0, **ident),
+                          wide, atol=1e-5)
+    out, params = augment(wide, torch.Generator().manual_seed(1), jitter_p=1.0, return_params=True, **ident)
+    want = color_jitter(_resample(wide, _expected_crop(_replay(1, 16, hflip=False), 16, (1, 1), (1, 1), False)).clamp(0, 1),
+                        params["factors"], params["order"])
+    assert torch.allclose(out, want, atol=1e-5)
+    # mean without std (or std without mean) is no normalisation
+    for kw in ({"mean": (0.5, 0.5, 0.5)}, {"std": (0.2, 0.2, 0.2)}):
+        assert torch.equal(augment(x, torch.Generator().manual_seed(3), **kw), augment(x, torch.Generator().manual_seed(3)))
+
+
+def test_augment_normalisation_in_float64_and_on_the_images_device():
+    x = torch.rand(4, 3, 5, 5, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    mean, std = (0.3, 0.4, 0.5), (0.2, 0.3, 0.25)
+    m, s = torch.tensor(mean, dtype=torch.float64).reshape(1, 3, 1, 1), torch.tensor(std, dtype=torch.float64).reshape(1, 3, 1, 1)
+    out, params = augment((x - m) / s, torch.Generator().manual_seed(4), crop_scale=(1, 1), crop_ratio=(1, 1), hflip=False,
+                          jitter=(0.5, 0, 0, 0), jitter_p=1.0, grayscale_p=0.0, mean=mean, std=std, return_params=True)
+    pix = _resample((x - m) / s, _expected_crop(_replay(4, 4, hflip=False), 4, (1, 1), (1, 1), False)) * s + m
+    f = params["factors"]["brightness"].double().reshape(-1, 1, 1, 1)
+    assert out.dtype == torch.float64
+    assert torch.allclose(out, ((f * pix.clamp(0, 1)).clamp(0, 1) - m) / s, rtol=0, atol=1e-12)
+    meta = augment(x.to("meta"), torch.Generator().manual_seed(0), mean=mean, std=std, grayscale_p=0.5)
+    assert meta.device.type == "meta" and meta.shape == x.shape
+
+
+def test_augment_crop_wider_than_the_image_is_clipped_to_it():
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(9))
+    out = augment(x, torch.Generator().manual_seed(5), crop_scale=(0.9, 1.0), crop_ratio=(1.3, 1.5), jitter=(0, 0, 0, 0),
+                  grayscale_p=0.0)
+    theta = _expected_crop(_replay(5, 6), 6, (0.9, 1.0), (1.3, 1.5))
+    assert bool((theta[:, 0, 0].abs() == 1).all())  # sqrt(area * ratio) > 1: the full width
+    assert torch.allclose(out, _resample(x, theta), atol=1e-6)
+
+
+def test_enmix_mixes_a_single_sample_with_itself():
+    x = torch.rand(1, 100, generator=torch.Generator().manual_seed(0)) * 10
+    xm, ym = enmix(x, torch.tensor([[1.0]]), lam=0.3, index=torch.tensor([0]))
+    lam = torch.tensor(0.3)  # lam x + (1 - lam) x rounds away from x for some entries
+    assert torch.equal(xm, lam * x + (1 - lam) * x) and not torch.equal(xm, x)
+    assert torch.equal(ym, torch.tensor([[1.0]]))
+
+
+def test_classifier_norm_ratio_checks_and_group_ratio():
+    with pytest.raises(ValueError, match=r"^y_old: class ids must lie in \[0, 4\) \(the classifier's rows\), got \[4\]$"):
+        classifier_norm_ratio(W4, torch.tensor([4]), torch.tensor([0]))
+    norms = W4.norm(dim=1)
+    # unchecked ids index the rows as Python does (-1: the last row)
+    r = classifier_norm_ratio(W4, torch.tensor([-1]), torch.tensor([-2]), check_ids=False)
+    assert torch.allclose(r, norms[2:3] / norms[3:4])
+    r = classifier_norm_ratio(W4, torch.tensor([0]), torch.tensor([1]), mode="group", old_classes=[2.0], new_classes=[3.0])
+    assert torch.allclose(r, torch.tensor([0.5 / 3.0]))  # mean new norm over mean old norm
+
+
+def test_adpmix_single_pair_default_draw_unchecked_ids_and_strict_gate():
+    xo, xn = torch.ones(1, 2), torch.zeros(1, 2)
+    x, y, w = adpmix(xo, torch.tensor([0]), xn, torch.tensor([2]), W4, mu_x=0.3)
+    assert x.shape == (1, 2) and torch.allclose(x, torch.full((1, 2), 0.3)) and torch.allclose(w, torch.tensor([0.3]))
+    g = torch.Generator().manual_seed(6)
+    _, _, _, info = adpmix(torch.ones(3, 2), torch.tensor([0, 1, 0]), xn.expand(3, -1), torch.tensor([2, 3, 2]), W4,
+                           generator=g, return_info=True)  # one mu_x per call by default
+    assert torch.equal(info["mu_x"], beta_sample(0.2, 1, torch.Generator().manual_seed(6)).expand(3))
+    for yo, yn in (([-1], [2]), ([0], [-1])):  # unchecked: torch's own error, not the host check's ValueError
+        with pytest.raises(RuntimeError):
+            adpmix(xo, torch.tensor(yo), xn, torch.tensor(yn), W4, mu_x=0.6, check_ids=False)
+    _, _, _, info = adpmix(xo.expand(2, -1), torch.tensor([0, 0]), xn.expand(2, -1), torch.tensor([2, 2]), W4,
+                           mu_x=torch.tensor([0.5, 0.6]), kappa=3.0, tau=0.5, return_info=True)
+    assert info["gate"].tolist() == [False, False]  # r == kappa and mu == tau keep the gate closed
+    out = adpmix(torch.zeros(2, 3, device="meta"), torch.tensor([0, 1]), torch.zeros(2, 3, device="meta"),
+                 torch.tensor([2, 3]), W4, mu_x=0.6, return_info=True)
+    assert all(t.device.type == "meta" for t in out[:3]) and all(t.device.type == "meta" for t in out[3].values())
+
+
+def test_pair_old_with_stream_sets_and_a_one_sample_stream():
+    y_mem = torch.tensor([0, 1, 4, 3])
+    mp, sp = pair_old_with_stream(y_mem, {0, 3}, 1, torch.Generator().manual_seed(0))
+    assert mp.tolist() == [0, 3] and sp.tolist() == [0, 0]
