@@ -394,7 +394,10 @@ def test_adpmix_single_pair_default_draw_unchecked_ids_and_strict_gate():
             adpmix(xo, torch.tensor(yo), xn, torch.tensor(yn), W4, mu_x=0.6, check_ids=False)
     _, _, _, info = adpmix(xo.expand(2, -1), torch.tensor([0, 0]), xn.expand(2, -1), torch.tensor([2, 2]), W4,
                            mu_x=torch.tensor([0.5, 0.6]), kappa=3.0, tau=0.5, return_info=True)
-    assert info["gate"].tolist() == [False, False]  # r == kappa and mu == tau keep the gate closed
+    assert info["gate"].tolist() == [False, False]  # r == kappa keeps the gate closed
+    _, _, w, info = adpmix(xo.expand(2, -1), torch.tensor([0, 0]), xn.expand(2, -1), torch.tensor([2, 2]), W4,
+                           mu_x=torch.tensor([0.5, 0.6]), kappa=2.0, tau=0.5, return_info=True)
+    assert info["gate"].tolist() == [False, True] and torch.allclose(w, torch.tensor([0.5, 0.75]))  # so does mu == tau
     out = adpmix(torch.zeros(2, 3, device="meta"), torch.tensor([0, 1]), torch.zeros(2, 3, device="meta"),
                  torch.tensor([2, 3]), W4, mu_x=0.6, return_info=True)
     assert all(t.device.type == "meta" for t in out[:3]) and all(t.device.type == "meta" for t in out[3].values())
