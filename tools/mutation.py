@@ -25,7 +25,8 @@ Usage::
 ``--rerun-survivors`` confirms the kills of tests written after a measured run: it refreshes the
 copied tests (and the selection in ``pyproject.toml``) of ``mutation-out/<target>/`` from the
 checkout, keeps the measured copy of the module, and reruns only the survivors listed in its
-``summary.json`` (``mutmut run <names>``; a second rerun only those a first one left alive). It
+``summary.json`` (``mutmut run <names>``; a second rerun only those a first one left alive;
+``--only PATTERN...`` only those whose names match). It
 writes ``rerun.json`` (the commits of the reruns, the former survivors still alive and those now
 killed) and ``survivors-rerun.txt``, and leaves ``summary.json`` (the measured run) as it was.
 
@@ -42,6 +43,7 @@ import re
 import shutil
 import subprocess
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,8 +158,9 @@ def _commit() -> str:
     return res.stdout.strip() or "unknown"
 
 
-def rerun_survivors(name: str, jobs: int) -> dict:
-    """Rerun the survivors of a measured run against the checkout's current tests."""
+def rerun_survivors(name: str, jobs: int, only: list[str] | None = None) -> dict:
+    """Rerun the survivors of a measured run against the checkout's current tests (``only``:
+    those whose names match one of these patterns)."""
     work = OUT / name
     summary_path = work / "summary.json"
     if not summary_path.is_file():
@@ -166,7 +169,7 @@ def rerun_survivors(name: str, jobs: int) -> dict:
     survivors = list(measured["survivors"])
     earlier = json.loads((work / "rerun.json").read_text()) if (work / "rerun.json").is_file() else None
     killed_before = list(earlier["killed_since"]) if earlier else []
-    pending = [m for m in survivors if m not in killed_before]
+    pending = [m for m in survivors if m not in killed_before and (not only or any(fnmatch(m, pat) for pat in only))]
     pkg_dir, module, tests, extra = TARGETS[name]
     commit = _commit()  # the tests are the checkout's at this commit (plus any uncommitted change)
     _copy_tests(name, work)
@@ -179,7 +182,7 @@ def rerun_survivors(name: str, jobs: int) -> dict:
             rc = subprocess.call([sys.executable, "-c", LAUNCHER, "run", "--max-children", str(jobs), *pending],
                                  cwd=work, env=_env(), stdout=fh, stderr=subprocess.STDOUT)
     status = _results(work)
-    alive = [m for m in pending if status.get(m) in ("survived", "no tests")]
+    alive = [m for m in survivors if m not in killed_before and status.get(m) in ("survived", "no tests")]
     commits = (earlier.get("commits", [earlier["commit"]]) if earlier else []) + [commit]
     out = {"target": name, "commit": commits[-1], "commits": commits, "rc": rc, "measured_survivors": len(survivors),
            "killed_since": [m for m in survivors if m not in alive], "still_alive": alive}
@@ -195,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("MUTATION_JOBS", "1")), help="mutants run in parallel")
     ap.add_argument("--rerun-survivors", action="store_true",
                     help="rerun only the survivors of the measured run, with the checkout's current tests")
+    ap.add_argument("--only", nargs="+", metavar="PATTERN",
+                    help="with --rerun-survivors: only the survivors whose names match (fnmatch)")
     args = ap.parse_args(argv)
     if args.list:
         for name, (pkg, module, tests, extra) in TARGETS.items():
@@ -207,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = 0
     if args.rerun_survivors:
         for name in args.targets or list(TARGETS):
-            r = rerun_survivors(name, args.jobs)
+            r = rerun_survivors(name, args.jobs, args.only)
             print(f"{name}\trerun at {r['commit']}\tsurvivors={r['measured_survivors']}\t"
                   f"killed_since={len(r['killed_since'])}\tstill_alive={len(r['still_alive'])}", flush=True)
             bad += r["rc"] != 0

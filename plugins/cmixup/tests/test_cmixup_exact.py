@@ -479,3 +479,14 @@ def test_pool_partners_passes_the_kernel_on(kernel):
     pick = sample_partners(anchors, torch.cat([anchors, randoms]), 0.3, torch.Generator().manual_seed(6), kernel,
                            method="gumbel")
     assert torch.equal(got, torch.cat([a_idx, r_idx])[pick])
+
+
+@pytest.mark.parametrize("chunk", [2, 3])
+def test_excluded_self_is_never_drawn_in_any_chunk(chunk):
+    """Each query is a bank label excluded for its row, with a bandwidth so small that the label
+    itself would win every draw: rows whose label falls in a later chunk see it masked too."""
+    bank = torch.arange(8, dtype=torch.float64)
+    ex = torch.arange(8)
+    got = sample_partners(bank, bank, 0.3, torch.Generator().manual_seed(5), exclude_index=ex, chunk_size=chunk)
+    assert not bool((got == ex).any())
+    assert bool(((got - ex).abs() == 1).all())  # the neighbours one label away
