@@ -231,3 +231,14 @@ def test_pearson_r_averages_the_varying_target_dimensions_as_the_official_code()
     assert metrics.pearson_r(pred, y) == pytest.approx(float(per_dim.mean()))
     assert math.isnan(metrics.pearson_r(torch.ones(3), torch.ones(3)))  # no target varies
     assert math.isnan(metrics.pearson_r(torch.ones(3), torch.tensor([1.0, 2.0, 3.0])))  # constant predictions
+
+
+def test_pearson_r_is_shift_invariant_far_from_zero():
+    """Centring each dimension before the product keeps r exact for labels far from 0 (the
+    covariance from uncentred factors cancels catastrophically)."""
+    pred = torch.tensor([[1.0, 5.0], [2.0, 1.0], [4.0, 0.0]], dtype=torch.float64)
+    y = torch.tensor([[1.2, 2.0], [2.0, 1.0], [1.1, 3.3]], dtype=torch.float64)  # means not exact in binary
+    r = metrics.pearson_r(pred, y)
+    shift_p, shift_y = torch.tensor([1e9, -3e9], dtype=torch.float64), torch.tensor([2e9, 5e8], dtype=torch.float64)
+    assert metrics.pearson_r(pred + shift_p, y + shift_y) == pytest.approx(r, abs=1e-5)
+    assert metrics.pearson_r(pred[:, 0] + 1e9, y[:, 0] - 1e9) == pytest.approx(metrics.pearson_r(pred[:, 0], y[:, 0]), abs=1e-5)

@@ -214,3 +214,57 @@ def test_n_source_regression_target_is_float32_for_any_weight_dtype():
     n.resolve(Batch(inputs=torch.zeros(2, 1), targets=torch.tensor([0.0, 4.0]), index=torch.arange(2)))
     out = n.mixed_regression_target()
     assert out.dtype == torch.float32 and torch.allclose(out, torch.tensor([3.0, 4.0]))
+
+
+def test_plan_lam_value_from_a_float_or_kept_when_given():
+    assert MixPlan.identity(3).lam_value == 1.0
+    assert MixPlan.pairs(torch.arange(3), 0.25).lam_value == 0.25
+    assert MixPlan.pairs(torch.arange(3), 1).lam_value == 1.0
+    assert MixPlan.pairs(torch.arange(3), 0.25, lam_value=0.3).lam_value == 0.3  # a given value is kept
+    assert MixPlan.pairs(torch.arange(3), torch.tensor(0.25)).lam_value is None
+
+
+def test_validate_messages_and_boundaries():
+    idx = torch.arange(3)
+    with pytest.raises(TypeError, match=r"^sampler: MixPlan.index must be an integer tensor, got torch.bool$"):
+        MixPlan(index=torch.zeros(3, dtype=torch.bool), lam=torch.ones(3)).validate(3)
+    with pytest.raises(TypeError, match=r"^sampler: MixPlan.lam must be a floating-point tensor, got torch.int64$"):
+        MixPlan(index=idx, lam=torch.ones(3, dtype=torch.long)).validate(3)
+    with pytest.raises(ValueError, match=r"^sampler: MixPlan.partner_source must be 'batch' or 'dataset', got 'bank'$"):
+        MixPlan.pairs(idx, 0.5, partner_source="bank").validate(3)
+    # lam_value: a difference of exactly 1e-5 (float32) is tolerated, a larger one is not
+    MixPlan(index=idx, lam=torch.full((3,), 1e-5), lam_value=0.0).validate(3)
+    with pytest.raises(ValueError, match=r"^sampler: MixPlan.lam differs from MixPlan.lam_value=0.0$"):
+        MixPlan(index=idx, lam=torch.full((3,), 0.5), lam_value=0.0).validate(3)
+    MixPlan.pairs(idx, 0.5, mask=torch.ones(3)).validate(3)  # a mask of one value per sample
+
+
+def test_validate_sources_and_their_lams():
+    idx = torch.arange(3)
+    w1 = torch.full((3,), 1e-5)
+    w0 = 1 - w1
+    good = [(idx, w0), (idx.flip(0), w1)]
+    MixPlan(index=idx, lam=w0, sources=good, source_lams=[float(w0[0]), 0.0]).validate(3)  # exactly 1e-5 off: tolerated
+    with pytest.raises(ValueError, match=r"^sampler: MixPlan.sources must be a non-empty list of \(index, weight\) pairs$"):
+        MixPlan(index=idx, lam=w0, sources=[]).validate(3)
+    with pytest.raises(ValueError, match=r"^sampler: MixPlan.source_lams has 1 values for 2 sources$"):
+        MixPlan(index=idx, lam=w0, sources=good, source_lams=[1.0]).validate(3)
+    half = [(idx, torch.full((3,), 0.5)), (idx, torch.full((3,), 0.5))]
+    MixPlan(index=idx, lam=torch.full((3,), 0.5), sources=half, source_lams=[0.5, 0.5]).validate(3)
+    with pytest.raises(ValueError, match=r"^sampler: MixPlan.sources\[1\] weights differ from MixPlan.source_lams\[1\]=0.0$"):
+        MixPlan(index=idx, lam=torch.full((3,), 0.5), sources=half, source_lams=[0.5, 0.0]).validate(3)
+
+
+def test_validate_with_device_checks_defers_every_value_check():
+    from mixhub.checks import DeviceChecks
+
+    checks = DeviceChecks()
+    idx = torch.arange(3)
+    half = [(idx, torch.full((3,), 0.5)), (idx, torch.full((3,), 0.6))]
+    MixPlan(index=idx, lam=torch.full((3,), 0.5), sources=half).validate(3, owner="cutmix", checks=checks,
+                                                                        error=RuntimeError)
+    assert len(checks) == 7  # lam and index ranges, each source's index and weight ranges, the sum
+    with pytest.raises(RuntimeError, match=r"^cutmix: MixPlan.sources weights must sum to 1 per sample$"):
+        checks.verify()
+    MixPlan.pairs(idx, 0.5).validate(3, checks=checks)
+    checks.verify()  # nothing failed

@@ -104,3 +104,19 @@ def test_decay_after_warmup_counts_from_step_zero():
     assert s.lr_at(10, 1.0, 0.0) == pytest.approx(0.25)
     m = GroupScheduler(_opt({"lr": 1.0}), 100, kind="multistep", warmup_steps=4, milestones=[2])
     assert m.lr_at(4, 1.0, 0.0) == pytest.approx(0.1)
+
+
+def test_lr_scale_multiplies_the_schedule_and_curve_lists_what_step_sets():
+    """A group's ``lr_scale`` (timm's layer decay) multiplies the scheduled value, floor included."""
+    opt = _opt({"lr": 1.0, "lr_scale": 0.25, "min_lr": 0.2}, {"lr": 0.5})
+    s = GroupScheduler(opt, 10, kind="cosine", warmup_steps=2, min_lr=0.1)
+    want = [[0.25 * _expected_cosine(k, 1.0, 0.2, 10, 2) for k in range(12)],
+            [_expected_cosine(k, 0.5, 0.1, 10, 2) for k in range(12)]]
+    curve = s.curve(12)
+    assert [len(c) for c in curve] == [12, 12]
+    for got, ref in zip(curve, want):
+        assert got == pytest.approx(ref, abs=1e-12)
+    for k in range(12):
+        s.step(k)
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([want[0][k], want[1][k]], abs=1e-12)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.25 * 0.2)  # the floor is scaled too

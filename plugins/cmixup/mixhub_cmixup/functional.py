@@ -26,6 +26,7 @@ Nothing here builds the official N x N table. Two exact samplers draw from these
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -332,6 +333,20 @@ class SortedLabelBank:
         u = _rand(tuple(high.shape), generator, self.device, torch.float64)
         return torch.minimum((u * high.double()).long(), (high - 1).clamp_min(0))
 
+    def _first_position(self, pred: Callable[[Tensor], Tensor], q: Tensor, bw: float) -> Tensor:
+        """Per query, the first sorted position whose ``(v - q) / bw`` satisfies ``pred`` (a
+        predicate monotone in ``v``: False, then True), or ``N`` if none does; by bisection."""
+        n = len(self)
+        lo = torch.zeros(q.shape, dtype=torch.long, device=q.device)
+        hi = torch.full_like(lo, n)
+        for _ in range(n.bit_length()):
+            active = lo < hi
+            mid = (lo + hi) // 2
+            ok = pred((self.values[mid.clamp(max=n - 1)] - q) / bw)
+            hi = torch.where(active & ok, mid, hi)
+            lo = torch.where(active & ~ok, mid + 1, lo)
+        return lo
+
     def _sample_uniform(self, q: Tensor, ex: Tensor | None, generator: torch.Generator | None) -> Tensor:
         n = len(self)
         if ex is None:
@@ -344,17 +359,12 @@ class SortedLabelBank:
     def _sample_tophat(
         self, q: Tensor, bw: float, ex: Tensor | None, generator: torch.Generator | None
     ) -> Tensor:
-        v, n = self.values, len(self)
-        inside = lambda pos: ((v[pos.clamp(0, n - 1)] - q) / bw).abs() < 1.0  # noqa: E731 - the exact predicate
-        lo = torch.searchsorted(v, q - bw, right=True)
-        hi = torch.searchsorted(v, q + bw, right=False)
-        for _ in range(
-            3
-        ):  # align the range with the predicate used by the brute-force kernel (ulp boundaries)
-            lo = torch.where((lo > 0) & inside(lo - 1), lo - 1, lo)
-            lo = torch.where((lo < hi) & ~inside(lo), lo + 1, lo)
-            hi = torch.where((hi < n) & inside(hi), hi + 1, hi)
-            hi = torch.where((hi > lo) & ~inside(hi - 1), hi - 1, hi)
+        # The partners are the sorted positions where the brute-force kernel's predicate
+        # |v - q| / bw < 1 holds. (v - q) / bw is monotone in v, so they form one run, found by
+        # bisecting on that predicate itself: q -+ bw can disagree with it by an ulp, for any
+        # number of labels (ties, or labels packed within the rounding error).
+        lo = self._first_position(lambda d: d > -1.0, q, bw)
+        hi = self._first_position(lambda d: d >= 1.0, q, bw)
         count = hi - lo
         if ex is not None:
             ex_pos = self.rank[ex]
