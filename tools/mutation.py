@@ -20,6 +20,14 @@ Usage::
     python tools/mutation.py plan mixup      # some targets
     python tools/mutation.py --list
     MUTATION_JOBS=2 python tools/mutation.py tent
+    python tools/mutation.py --rerun-survivors adautomix   # after adding tests: rerun the survivors only
+
+``--rerun-survivors`` confirms kills: it reads the survivors of the last full run of each target
+(``mutation-out/<target>/summary.json``), builds a fresh work folder ``mutation-out/<target>-rerun/``
+with the current tests (the module must be unchanged since that run, so that the mutants keep their
+names), runs ``mutmut run <survivors...>`` there, and writes ``rerun.json`` (killed and still
+surviving mutants) and the still-surviving diffs to ``survivors.txt`` in that folder, plus one line
+per target to ``mutation-out/scores.tsv``.
 
 Each target names the fewest test files that exercise its module (mutmut runs, for every mutant,
 only the tests that call the mutated function).
@@ -77,12 +85,12 @@ def _pyproject(pkg: str, module: str, tests: list[str], extra: list[str]) -> str
     ])
 
 
-def prepare(name: str) -> Path:
+def prepare(name: str, folder: str | None = None) -> Path:
     pkg_dir, module, tests, extra = TARGETS[name]
     src = ROOT / pkg_dir
     if not (src / module).is_file():
         raise SystemExit(f"mutation target {name!r}: {pkg_dir}/{module} does not exist")
-    work = OUT / name
+    work = OUT / (folder or name)
     shutil.rmtree(work, ignore_errors=True)
     (work / "tests").mkdir(parents=True)
     shutil.copytree(src, work / "src" / src.name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -95,30 +103,38 @@ def prepare(name: str) -> Path:
     return work
 
 
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+LAUNCHER = "import sys; from mutmut.__main__ import cli; sys.argv[0] = 'mutmut'; cli()"
+
+
+def _mutmut(work: Path, *args: str, log: Path | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-c", LAUNCHER, *args]
+    if log is None:
+        return subprocess.run(cmd, cwd=work, env=ENV, capture_output=True, text=True)
+    with log.open("w") as fh:
+        return subprocess.run(cmd, cwd=work, env=ENV, stdout=fh, stderr=subprocess.STDOUT, text=True)
+
+
+def _statuses(work: Path) -> dict[str, str]:
+    """mutant name -> mutmut's status (killed, survived, no tests, timeout, ...)."""
+    res = _mutmut(work, "results", "--all", "true")
+    return {m.group(1): m.group(2).strip() for m in map(STATUS.match, res.stdout.splitlines()) if m}
+
+
+def _write_survivor_diffs(work: Path, survivors: list[str]) -> None:
+    diffs = [_mutmut(work, "show", mutant).stdout.strip() for mutant in survivors]
+    (work / "survivors.txt").write_text("\n\n".join(diffs) + "\n")
+
+
 def run(name: str, jobs: int) -> dict:
     work = prepare(name)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    launcher = "import sys; from mutmut.__main__ import cli; sys.argv[0] = 'mutmut'; cli()"
-    log = work / "mutmut.log"
-    with log.open("w") as fh:
-        rc = subprocess.call([sys.executable, "-c", launcher, "run", "--max-children", str(jobs)], cwd=work, env=env,
-                             stdout=fh, stderr=subprocess.STDOUT)
-    res = subprocess.run([sys.executable, "-c", launcher, "results", "--all", "true"], cwd=work, env=env,
-                         capture_output=True, text=True)
+    rc = _mutmut(work, "run", "--max-children", str(jobs), log=work / "mutmut.log").returncode
+    statuses = _statuses(work)
     counts: dict[str, int] = {}
-    survivors: list[str] = []
-    for line in res.stdout.splitlines():
-        m = STATUS.match(line)
-        if m:
-            status = m.group(2).strip()
-            counts[status] = counts.get(status, 0) + 1
-            if status in ("survived", "no tests"):
-                survivors.append(m.group(1))
-    diffs = []
-    for mutant in survivors:
-        show = subprocess.run([sys.executable, "-c", launcher, "show", mutant], cwd=work, env=env, capture_output=True, text=True)
-        diffs.append(show.stdout.strip())
-    (work / "survivors.txt").write_text("\n\n".join(diffs) + "\n")
+    for status in statuses.values():
+        counts[status] = counts.get(status, 0) + 1
+    survivors = [m for m, status in statuses.items() if status in ("survived", "no tests")]
+    _write_survivor_diffs(work, survivors)
     killed = counts.get("killed", 0) + counts.get("timeout", 0) + counts.get("caught by type check", 0)
     total = sum(counts.values())
     summary = {"target": name, "module": f"{TARGETS[name][0]}/{TARGETS[name][1]}", "rc": rc, "counts": counts,
@@ -128,10 +144,40 @@ def run(name: str, jobs: int) -> dict:
     return summary
 
 
+def rerun_survivors(name: str, jobs: int) -> dict:
+    """Run the survivors of ``name``'s last full run again, against the current tests."""
+    pkg_dir, module, _, _ = TARGETS[name]
+    measured = OUT / name
+    summary_file = measured / "summary.json"
+    if not summary_file.is_file():
+        raise SystemExit(f"mutation target {name!r}: no full run to rerun ({summary_file} is missing)")
+    package = Path(pkg_dir).name
+    if (measured / "src" / package / module).read_bytes() != (ROOT / pkg_dir / module).read_bytes():
+        raise SystemExit(
+            f"mutation target {name!r}: {pkg_dir}/{module} changed since its full run, so its mutants "
+            "have other names: run the target again in full"
+        )
+    survivors = json.loads(summary_file.read_text())["survivors"]
+    work = prepare(name, f"{name}-rerun")
+    result: dict = {"target": name, "module": f"{pkg_dir}/{module}", "rerun": len(survivors), "rc": 0,
+                    "killed": [], "survivors": []}
+    if survivors:
+        result["rc"] = _mutmut(work, "run", "--max-children", str(jobs), *survivors, log=work / "mutmut.log").returncode
+        statuses = _statuses(work)
+        for mutant in survivors:
+            status = statuses.get(mutant, "missing")
+            result["killed" if status in ("killed", "timeout", "caught by type check") else "survivors"].append(mutant)
+    _write_survivor_diffs(work, result["survivors"])
+    (work / "rerun.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("targets", nargs="*", help=f"targets (default: all): {', '.join(TARGETS)}")
     ap.add_argument("--list", action="store_true", help="list the targets and their tests")
+    ap.add_argument("--rerun-survivors", action="store_true",
+                    help="rerun only the survivors of each target's last full run, against the current tests")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("MUTATION_JOBS", "1")), help="mutants run in parallel")
     args = ap.parse_args(argv)
     if args.list:
@@ -143,6 +189,16 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown mutation target(s) {unknown}; known: {', '.join(TARGETS)}")
     OUT.mkdir(exist_ok=True)
     bad = 0
+    if args.rerun_survivors:
+        for name in args.targets or list(TARGETS):
+            r = rerun_survivors(name, args.jobs)
+            line = (f"{name}\t{r['module']}\trerun={r['rerun']}\tkilled={len(r['killed'])}"
+                    f"\tstill_surviving={len(r['survivors'])}")
+            print(line, flush=True)
+            with (OUT / "scores.tsv").open("a") as fh:
+                fh.write(line + "\n")
+            bad += r["rc"] != 0
+        return 1 if bad else 0
     for name in args.targets or list(TARGETS):
         s = run(name, args.jobs)
         line = f"{name}\t{s['module']}\tkilled={s['killed']}\ttotal={s['total']}\tscore={s['score']}\t{json.dumps(s['counts'])}"
