@@ -323,3 +323,49 @@ def test_mask_statistics() -> None:
     assert abs(s["mask_mean_0"] - 0.5) < 1e-6
     assert abs(s["mask_spatial_std"] - 0.25) < 1e-6  # image 0: std 0.5, image 1: 0
     assert s["mask_image_std"] == 0.0
+
+
+def _momentum_reference(t: int, t_min: int, t_max: int, base: float, end: float, smooth: bool) -> float:
+    """The cosine schedule written out for a window [t_min, t_max] (no clamping logic)."""
+    frac = (t - t_min) / max(t_max - t_min, 1) if smooth else t / t_max
+    return end - (end - base) * (math.cos(math.pi * frac) + 1) / 2
+
+
+def test_momentum_schedule_inside_a_partial_scope() -> None:
+    """scope = (0.2, 0.6) of T = 1000: the window is [200, 600]; after it m = end."""
+    base, end = 0.99, 0.9999
+    for t in (200, 300, 450, 600):
+        for smooth in (False, True):
+            got = ema_momentum(t, 1000, base, end, (0.2, 0.6), schedule="smooth" if smooth else "official")
+            assert abs(got - _momentum_reference(t, 200, 600, base, end, smooth)) < 1e-12, (t, smooth)
+    assert ema_momentum(601, 1000, base, end, (0.2, 0.6)) == end
+    assert ema_momentum(100, 1000, base, end, (0.2, 0.6)) == base
+    assert abs(ema_momentum(100, 1000, base, end, (0.2, 0.6), warmup="linear") - (end - (end - base) * 0.5)) < 1e-12
+    # a scope end beyond 1 is the whole run
+    for t in (0, 500, 999, 1000):
+        assert ema_momentum(t, 1000, base, end, (0.0, 1.5)) == ema_momentum(t, 1000, base, end, (0.0, 1.0)), t
+    assert ema_momentum(1001, 1000, base, end, (0.0, 1.5)) == end
+
+
+def test_momentum_schedule_window_edges() -> None:
+    base, end = 0.9, 0.99
+    # no run length: the base momentum; a one-step run: base at t = 0, end at t = 1
+    assert ema_momentum(0, 0, base, end) == base
+    assert ema_momentum(0, 1, base, end) == base
+    assert ema_momentum(1, 1, base, end) == end
+    # a scope starting at 0 (or before) is the whole run from t = 0: the smooth variant moves at t = 1
+    for scope in ((0.0, 1.0), (-0.5, 1.0)):
+        got = ema_momentum(1, 10, base, end, scope, schedule="smooth")
+        assert abs(got - _momentum_reference(1, 0, 10, base, end, True)) < 1e-12, scope
+    # a one-step window [5, 6] reaches end at its last step
+    assert abs(ema_momentum(6, 10, base, end, (0.5, 0.6), schedule="smooth") - end) < 1e-12
+    # an empty window [5, 5]: the smooth variant is still at its start value there
+    assert abs(ema_momentum(5, 10, base, end, (0.5, 0.5), schedule="smooth") - base) < 1e-12
+    assert ema_momentum(6, 10, base, end, (0.5, 0.5), schedule="smooth") == end
+
+
+def test_momentum_schedule_errors_name_the_option() -> None:
+    with pytest.raises(ValueError, match=r"^ema_momentum: warmup must be 'constant' or 'linear', got 'cos'$"):
+        ema_momentum(0, 10, scope=(0.5, 1.0), warmup="cos")
+    with pytest.raises(ValueError, match=r"^ema_momentum: schedule must be 'official' or 'smooth', got 'step'$"):
+        ema_momentum(5, 10, schedule="step")
