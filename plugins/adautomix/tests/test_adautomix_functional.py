@@ -369,3 +369,33 @@ def test_momentum_schedule_errors_name_the_option() -> None:
         ema_momentum(0, 10, scope=(0.5, 1.0), warmup="cos")
     with pytest.raises(ValueError, match=r"^ema_momentum: schedule must be 'official' or 'smooth', got 'step'$"):
         ema_momentum(5, 10, schedule="step")
+
+
+def test_losses_take_per_sample_and_0d_tensor_weights() -> None:
+    """A ``[B]`` lam weighs each row's CE / cosine; a 0-d lam acts as the float it holds."""
+    torch.manual_seed(4)
+    logits = torch.randn(5, 3)
+    ys = [torch.randint(0, 3, (5,)) for _ in range(2)]
+    srcs = [torch.randn(5, 3) for _ in range(2)]
+    lam_b = torch.rand(5, dtype=torch.float64)
+    lams = [lam_b, 1 - lam_b]
+    logp = torch.log_softmax(logits.double(), 1)
+    ce_ref = sum((w * -logp[torch.arange(5), y]).mean() for y, w in zip(ys, lams))
+    torch.testing.assert_close(mix_ce(logits, ys, lams).double(), ce_ref, atol=1e-6, rtol=0)
+    lf = logits.double()
+    cos_ref = sum(w * F.cosine_similarity(lf, s.double(), dim=-1) for s, w in zip(srcs, lams)).mean()
+    torch.testing.assert_close(cosine_consistency(logits, srcs, lams).double(), cos_ref, atol=1e-6, rtol=0)
+    zero_d = [torch.tensor(0.3), torch.tensor(0.7)]
+    assert torch.equal(mix_ce(logits, ys, zero_d), mix_ce(logits, ys, [0.3, 0.7]))
+    # a per-sample lam on the CPU follows logits on another device (meta: no kernel runs)
+    out = mix_ce(logits.to("meta"), [y.to("meta") for y in ys], lams)
+    assert out.device.type == "meta" and out.shape == ()
+    cos = cosine_consistency(logits.to("meta"), [s.to("meta") for s in srcs], lams)
+    assert cos.device.type == "meta" and cos.shape == ()
+
+
+def test_generator_objective_default_beta_and_error() -> None:
+    lk, cos = torch.tensor(2.0), torch.tensor(0.5)
+    assert abs(float(generator_objective(lk, cos, True)) - (-0.3 * 2.0 + 0.7 * 0.5)) < 1e-7
+    with pytest.raises(ValueError, match=r"^generator_objective: cos_term must be 'official' or 'anchor', got 'x'$"):
+        generator_objective(lk, cos, True, cos_term="x")
