@@ -399,3 +399,21 @@ def test_generator_objective_default_beta_and_error() -> None:
     assert abs(float(generator_objective(lk, cos, True)) - (-0.3 * 2.0 + 0.7 * 0.5)) < 1e-7
     with pytest.raises(ValueError, match=r"^generator_objective: cos_term must be 'official' or 'anchor', got 'x'$"):
         generator_objective(lk, cos, True, cos_term="x")
+
+
+def test_mask_statistics_against_numpy() -> None:
+    """Random masks (N = 3, non-square, channels not summing to 1) against numpy's moments."""
+    import numpy as np
+
+    m = torch.rand(3, 3, 2, 5, generator=torch.Generator().manual_seed(7))
+    a = m.double().numpy()
+    s = mask_statistics(m)
+    per_image = a.mean(axis=(2, 3))
+    for i in range(3):
+        assert abs(float(s[f"mask_mean_{i}"]) - per_image[:, i].mean()) < 1e-6
+    spatial = np.mean([a[b, i].std() for b in range(3) for i in range(3)])  # population std per image and channel
+    assert abs(float(s["mask_spatial_std"]) - spatial) < 1e-6
+    assert abs(float(s["mask_image_std"]) - per_image[:, 0].std()) < 1e-6  # population std over images
+    assert float(s["mask_image_std"]) > 0
+    one = mask_statistics(m[:1])
+    assert float(one["mask_image_std"]) == 0.0 and one["mask_image_std"].shape == ()
