@@ -381,10 +381,14 @@ def test_losses_take_per_sample_and_0d_tensor_weights() -> None:
     lams = [lam_b, 1 - lam_b]
     logp = torch.log_softmax(logits.double(), 1)
     ce_ref = sum((w * -logp[torch.arange(5), y]).mean() for y, w in zip(ys, lams))
-    torch.testing.assert_close(mix_ce(logits, ys, lams).double(), ce_ref, atol=1e-6, rtol=0)
+    ce = mix_ce(logits, ys, lams)
+    assert ce.dtype == torch.float32  # float64 weights are cast to the loss's float32
+    torch.testing.assert_close(ce.double(), ce_ref, atol=1e-6, rtol=0)
     lf = logits.double()
     cos_ref = sum(w * F.cosine_similarity(lf, s.double(), dim=-1) for s, w in zip(srcs, lams)).mean()
-    torch.testing.assert_close(cosine_consistency(logits, srcs, lams).double(), cos_ref, atol=1e-6, rtol=0)
+    cos = cosine_consistency(logits, srcs, lams)
+    assert cos.dtype == torch.float32
+    torch.testing.assert_close(cos.double(), cos_ref, atol=1e-6, rtol=0)
     zero_d = [torch.tensor(0.3), torch.tensor(0.7)]
     assert torch.equal(mix_ce(logits, ys, zero_d), mix_ce(logits, ys, [0.3, 0.7]))
     # a per-sample lam on the CPU follows logits on another device (meta: no kernel runs)
