@@ -421,3 +421,53 @@ def test_mask_statistics_against_numpy() -> None:
     assert float(s["mask_image_std"]) > 0
     one = mask_statistics(m[:1])
     assert float(one["mask_image_std"]) == 0.0 and one["mask_image_std"].shape == ()
+
+
+def test_mix_with_masks_casts_each_mask_to_its_input() -> None:
+    """bf16 inputs with float32 masks give a bf16 mix, product by product in bf16; a float32
+    second input promotes only its own term."""
+    g = torch.Generator().manual_seed(8)
+    xs = [torch.randn(2, 3, 4, 4, generator=g).bfloat16() for _ in range(2)]
+    masks = torch.rand(2, 2, 4, 4, generator=g).softmax(1)
+    out = mix_with_masks(xs, masks)
+    m_bf = masks.bfloat16()
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, m_bf[:, 0:1] * xs[0] + m_bf[:, 1:2] * xs[1])
+    x1 = xs[1].float()
+    out2 = mix_with_masks([xs[0], x1], masks)
+    assert out2.dtype == torch.float32
+    assert torch.equal(out2, (m_bf[:, 0:1] * xs[0]).float() + masks[:, 1:2] * x1)
+
+
+def test_mix_with_masks_errors_name_the_sizes() -> None:
+    xs = [torch.zeros(2, 3, 4, 5)] * 2
+    with pytest.raises(ValueError, match=r"^mix_with_masks: batch sizes differ: inputs 2, masks 1$"):
+        mix_with_masks(xs, torch.zeros(1, 2, 4, 5))
+    with pytest.raises(ValueError, match=r"^mix_with_masks: mask size \(4, 6\) does not match input size \(4, 5\)$"):
+        mix_with_masks(xs, torch.zeros(2, 2, 4, 6))
+
+
+def test_lam_margin_boundaries_and_layouts() -> None:
+    masks = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(9)).softmax(1)
+    # margin 0 disables the fallback, even for a lam of exactly 0
+    assert apply_lam_margin(masks, [0.0, 0.5, 0.5], 0.0) is masks
+    m2 = masks[:, :2].contiguous()
+    assert apply_lam_margin(m2, [1.0, 0.0], 0.0) is m2
+    # N = 3, official rule: lam_0 above 1 - margin falls back
+    out = apply_lam_margin(masks, [0.875, 0.0625, 0.0625], 0.25)
+    assert torch.equal(out, torch.tensor([0.875, 0.0625, 0.0625]).reshape(1, 3, 1, 1).expand(2, 3, 4, 4))
+    # rule "all", inclusive at both ends (lams need not sum to 1 here: raw Beta draws)
+    for lams in ([0.5, 0.25, 0.5], [0.5, 0.75, 0.5]):
+        assert apply_lam_margin(masks, lams, 0.25, rule="all") is not masks, lams
+    assert apply_lam_margin(masks, [0.5, 0.375, 0.5], 0.25, rule="all") is masks
+    with pytest.raises(ValueError, match=r"^apply_lam_margin: rule must be 'official' or 'all', got 'any'$"):
+        apply_lam_margin(masks, [0.5, 0.25, 0.25], 0.25, rule="any")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_lam_margin_constants_keep_the_masks_dtype_and_device(dtype: torch.dtype) -> None:
+    masks = torch.full((2, 2, 3, 3), 0.5, dtype=dtype)
+    out = apply_lam_margin(masks, [0.1, 0.9], 0.2)
+    assert out.dtype == dtype and torch.equal(out[:, 0], torch.full((2, 3, 3), 0.1, dtype=dtype))
+    meta = apply_lam_margin(masks.to("meta"), [0.1, 0.9], 0.2)
+    assert meta.device.type == "meta" and meta.dtype == dtype and meta.shape == masks.shape
