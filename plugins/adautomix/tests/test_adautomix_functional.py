@@ -340,7 +340,10 @@ def test_momentum_schedule_inside_a_partial_scope() -> None:
             assert abs(got - _momentum_reference(t, 200, 600, base, end, smooth)) < 1e-12, (t, smooth)
     assert ema_momentum(601, 1000, base, end, (0.2, 0.6)) == end
     assert ema_momentum(100, 1000, base, end, (0.2, 0.6)) == base
-    assert abs(ema_momentum(100, 1000, base, end, (0.2, 0.6), warmup="linear") - (end - (end - base) * 0.5)) < 1e-12
+    assert (
+        abs(ema_momentum(100, 1000, base, end, (0.2, 0.6), warmup="linear") - (end - (end - base) * 0.5))
+        < 1e-12
+    )
     # a scope end beyond 1 is the whole run
     for t in (0, 500, 999, 1000):
         assert ema_momentum(t, 1000, base, end, (0.0, 1.5)) == ema_momentum(t, 1000, base, end, (0.0, 1.0)), t
@@ -367,7 +370,9 @@ def test_momentum_schedule_window_edges() -> None:
 def test_momentum_schedule_errors_name_the_option() -> None:
     with pytest.raises(ValueError, match=r"^ema_momentum: warmup must be 'constant' or 'linear', got 'cos'$"):
         ema_momentum(0, 10, scope=(0.5, 1.0), warmup="cos")
-    with pytest.raises(ValueError, match=r"^ema_momentum: schedule must be 'official' or 'smooth', got 'step'$"):
+    with pytest.raises(
+        ValueError, match=r"^ema_momentum: schedule must be 'official' or 'smooth', got 'step'$"
+    ):
         ema_momentum(5, 10, schedule="step")
 
 
@@ -401,7 +406,9 @@ def test_losses_take_per_sample_and_0d_tensor_weights() -> None:
 def test_generator_objective_default_beta_and_error() -> None:
     lk, cos = torch.tensor(2.0), torch.tensor(0.5)
     assert abs(float(generator_objective(lk, cos, True)) - (-0.3 * 2.0 + 0.7 * 0.5)) < 1e-7
-    with pytest.raises(ValueError, match=r"^generator_objective: cos_term must be 'official' or 'anchor', got 'x'$"):
+    with pytest.raises(
+        ValueError, match=r"^generator_objective: cos_term must be 'official' or 'anchor', got 'x'$"
+    ):
         generator_objective(lk, cos, True, cos_term="x")
 
 
@@ -415,7 +422,9 @@ def test_mask_statistics_against_numpy() -> None:
     per_image = a.mean(axis=(2, 3))
     for i in range(3):
         assert abs(float(s[f"mask_mean_{i}"]) - per_image[:, i].mean()) < 1e-6
-    spatial = np.mean([a[b, i].std() for b in range(3) for i in range(3)])  # population std per image and channel
+    spatial = np.mean(
+        [a[b, i].std() for b in range(3) for i in range(3)]
+    )  # population std per image and channel
     assert abs(float(s["mask_spatial_std"]) - spatial) < 1e-6
     assert abs(float(s["mask_image_std"]) - per_image[:, 0].std()) < 1e-6  # population std over images
     assert float(s["mask_image_std"]) > 0
@@ -443,7 +452,9 @@ def test_mix_with_masks_errors_name_the_sizes() -> None:
     xs = [torch.zeros(2, 3, 4, 5)] * 2
     with pytest.raises(ValueError, match=r"^mix_with_masks: batch sizes differ: inputs 2, masks 1$"):
         mix_with_masks(xs, torch.zeros(1, 2, 4, 5))
-    with pytest.raises(ValueError, match=r"^mix_with_masks: mask size \(4, 6\) does not match input size \(4, 5\)$"):
+    with pytest.raises(
+        ValueError, match=r"^mix_with_masks: mask size \(4, 6\) does not match input size \(4, 5\)$"
+    ):
         mix_with_masks(xs, torch.zeros(2, 2, 4, 6))
 
 
@@ -471,3 +482,135 @@ def test_lam_margin_constants_keep_the_masks_dtype_and_device(dtype: torch.dtype
     assert out.dtype == dtype and torch.equal(out[:, 0], torch.full((2, 3, 3), 0.1, dtype=dtype))
     meta = apply_lam_margin(masks.to("meta"), [0.1, 0.9], 0.2)
     assert meta.device.type == "meta" and meta.dtype == dtype and meta.shape == masks.shape
+
+
+def _raw_reference(
+    g: MaskGenerator, feats: list[torch.Tensor], lams, *, use_scale: bool, bn: bool = False
+) -> torch.Tensor:
+    """Pre-upsampling masks ``[B, N, h, w]`` in float64, written per image; ``bn`` applies the
+    eval-mode BatchNorm of the q/k branches by its formula (running statistics, affine)."""
+    n = len(feats)
+    b, _, h, w = feats[0].shape
+    d = g.inter_channels
+
+    def branch(conv, norm, z):
+        y = conv.weight[:, :, 0, 0].double() @ z
+        if conv.bias is not None:
+            y = y + conv.bias.double()[:, None]
+        if bn:
+            rm, rv = norm.running_mean.double(), norm.running_var.double()
+            y = (y - rm[:, None]) / torch.sqrt(rv[:, None] + norm.eps) * norm.weight.double()[:, None]
+            y = y + norm.bias.double()[:, None]
+        return y
+
+    out = torch.zeros(b, n, h, w, dtype=torch.float64)
+    for bi in range(b):
+        zs = [f[bi].double().reshape(f.shape[1], -1) for f in feats]
+        if g.lam_concat:
+            zs = [
+                torch.cat([z, torch.full((1, h * w), lam, dtype=torch.float64)]) for z, lam in zip(zs, lams)
+            ]
+        q = [torch.relu(branch(g.conv_q, g.norm_q, z)) for z in zs]
+        k = [torch.relu(branch(g.conv_k, g.norm_k, z)) for z in zs]
+        v = [g.conv_v.weight[0, :, 0, 0].double() @ z + g.conv_v.bias.double() for z in zs]
+        for i in range(n):
+            logits = sum(q[i].T @ k[j] for j in range(n) if j != i)
+            if use_scale:
+                logits = logits / math.sqrt(d)
+            out[bi, i] = (torch.softmax(logits, dim=-1) @ v[i]).reshape(h, w)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bicubic", "bilinear"])
+def test_mask_generator_modes_scale_and_logits(mode: str) -> None:
+    """Each upsampling mode (align_corners=False; unset for nearest), without the sqrt(d) scale,
+    and the pre-softmax logits, against the reference."""
+    g = _fixed_generator(False, scale=3)
+    g.upsample_mode, g.use_scale = mode, False
+    feats = _fixed_features(3, h=2, w=3)
+    raw = _raw_reference(g, feats, LAMS[3], use_scale=False)
+    kw = {} if mode == "nearest" else {"align_corners": False}
+    up = F.interpolate(raw, scale_factor=3, mode=mode, **kw)
+    logits = g(feats, LAMS[3], return_logits=True)
+    assert logits.shape == (2, 3, 6, 9)
+    torch.testing.assert_close(logits, up.float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(g(feats, LAMS[3]), up.softmax(1).float(), atol=1e-6, rtol=0)
+    assert MaskGenerator(4, upsample_mode=mode, use_scale=False).use_scale is False
+
+
+def test_mask_generator_with_batchnorm_in_eval() -> None:
+    torch.manual_seed(11)
+    g = MaskGenerator(C, 2, norm="bn", scale_factor=1, init_std=0.5)
+    with torch.no_grad():
+        for norm in (g.norm_q, g.norm_k):
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.2, 0.2)
+        g.conv_v.bias.fill_(0.1)
+    g.eval()
+    feats = _fixed_features(2)
+    ref = _raw_reference(g, feats, LAMS[2], use_scale=True, bn=True)
+    torch.testing.assert_close(g(feats, LAMS[2], return_logits=True), ref.float(), atol=1e-5, rtol=0)
+    assert isinstance(g.norm_k, nn.BatchNorm2d) and g.conv_k.bias is None and g.conv_v.bias is not None
+
+
+@torch.no_grad()
+def test_mask_generator_init_options() -> None:
+    torch.manual_seed(12)
+    g = MaskGenerator(64, reduction=4, init_std=0.05)
+    assert g.inter_channels == 16 and g.reduction == 4 and g.init_std == 0.05
+    assert abs(float(g.conv_k.weight.std()) - 0.05) < 0.01 and abs(float(g.conv_v.weight.std()) - 0.05) < 0.02
+    assert float(g.conv_k.bias.abs().max()) == 0 and float(g.conv_v.bias.abs().max()) == 0
+    assert MaskGenerator(3, reduction=8).inter_channels == 1  # at least one channel
+    g.reset_parameters("kaiming")  # fan-in, ReLU gain: std sqrt(2 / 64)
+    assert abs(float(g.conv_q.weight.std()) - math.sqrt(2 / 64)) < 0.03
+    assert float(g.conv_q.bias.abs().max()) == 0
+    gb = MaskGenerator(8, norm="bn")
+    with torch.no_grad():
+        gb.norm_q.weight.fill_(3.0), gb.norm_q.bias.fill_(2.0)
+    gb.reset_parameters()
+    assert torch.equal(gb.norm_q.weight, torch.ones(4)) and torch.equal(gb.norm_q.bias, torch.zeros(4))
+    with pytest.raises(ValueError, match=r"^unknown init 'xavier' \(normal or kaiming\)$"):
+        g.reset_parameters("xavier")
+
+
+def test_mask_generator_errors_name_the_option() -> None:
+    with pytest.raises(
+        ValueError, match=r"^MaskGenerator: upsample_mode must be bilinear, nearest or bicubic, got 'area'$"
+    ):
+        MaskGenerator(4, upsample_mode="area")
+    with pytest.raises(ValueError, match=r"^MaskGenerator: norm must be None or 'bn', got 'ln'$"):
+        MaskGenerator(4, norm="ln")
+    with pytest.raises(
+        ValueError, match=r"^MaskGenerator: nan_policy must be 'official' or 'raise', got 'zero'$"
+    ):
+        MaskGenerator(4, nan_policy="zero")
+    g = MaskGenerator(4)
+    with pytest.raises(ValueError, match=r"^MaskGenerator needs at least 2 feature maps, got 1$"):
+        g([torch.zeros(1, 4, 2, 2)], [1.0])
+    with pytest.raises(ValueError, match=r"^MaskGenerator: expected 4 channels, got 3$"):
+        g([torch.zeros(1, 3, 2, 2)] * 2, [0.5, 0.5])
+    with pytest.raises(ValueError, match=r"one shape, got \[\(1, 4, 2\), \(1, 4, 2\)\]$"):
+        g([torch.zeros(1, 4, 2)] * 2, [0.5, 0.5])
+    with pytest.raises(ValueError, match=r"^expected 2 lambda values \(one per source\), got 3$"):
+        g([torch.zeros(1, 4, 2, 2)] * 2, torch.tensor([0.2, 0.3, 0.5]))
+
+
+@pytest.mark.parametrize("n,fill", [(2, [1e-4, 1e4]), (3, [0.3, 0.3, 0.3])])
+def test_nan_masks_take_the_official_fill_values(n: int, fill: list[float]) -> None:
+    g = MaskGenerator(4, scale_factor=2)
+    feats = [torch.full((2, 4, 2, 2), float("nan"))] + [torch.zeros(2, 4, 2, 2)] * (n - 1)
+    logits = g(feats, [1.0 / n] * n, return_logits=True)
+    expect = torch.tensor(fill).reshape(1, n, 1, 1).expand(2, n, 4, 4)
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, expect, rtol=1e-6, atol=0)
+    torch.testing.assert_close(g(feats, [1.0 / n] * n), expect.softmax(1))
+
+
+def test_finite_masks_are_not_replaced_by_the_float64_recompute() -> None:
+    g = _fixed_generator(False)
+    feats = _fixed_features(2)
+    official = g(feats, LAMS[2], return_logits=True)
+    g.nan_policy = "raise"
+    assert torch.equal(official, g(feats, LAMS[2], return_logits=True))
