@@ -614,3 +614,23 @@ def test_finite_masks_are_not_replaced_by_the_float64_recompute() -> None:
     official = g(feats, LAMS[2], return_logits=True)
     g.nan_policy = "raise"
     assert torch.equal(official, g(feats, LAMS[2], return_logits=True))
+
+
+def test_overflowing_attention_logits_are_clamped_not_nan() -> None:
+    """Features of 1e20 give float32 logits of ~1e40 (inf): clamped to 1e25 the softmax stays
+    finite, so nan_policy="raise" does not raise; the masks still sum to one."""
+    g = _fixed_generator(False)
+    g.nan_policy = "raise"
+    feats = [1e20 * f for f in _fixed_features(2)]
+    m = g(feats, LAMS[2])
+    assert torch.isfinite(m).all()
+    torch.testing.assert_close(m.sum(1), torch.ones(2, 4, 4))
+
+
+def test_nan_policy_raise_message() -> None:
+    g = MaskGenerator(4, scale_factor=1, nan_policy="raise")
+    feats = [torch.full((1, 4, 2, 2), float("nan")), torch.zeros(1, 4, 2, 2)]
+    with pytest.raises(
+        FloatingPointError, match=r"^adautomix: the mask generator produced NaN masks \(nan_policy='raise'\)$"
+    ):
+        g(feats, [0.5, 0.5])
