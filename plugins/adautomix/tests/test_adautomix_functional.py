@@ -428,6 +428,8 @@ def test_mask_statistics_against_numpy() -> None:
     assert abs(float(s["mask_spatial_std"]) - spatial) < 1e-6
     assert abs(float(s["mask_image_std"]) - per_image[:, 0].std()) < 1e-6  # population std over images
     assert float(s["mask_image_std"]) > 0
+    two = mask_statistics(m[:2])  # two images: their population std, not zero
+    assert abs(float(two["mask_image_std"]) - per_image[:2, 0].std()) < 1e-6
     one = mask_statistics(m[:1])
     assert float(one["mask_image_std"]) == 0.0 and one["mask_image_std"].shape == ()
 
