@@ -636,3 +636,43 @@ def test_nan_policy_raise_message() -> None:
         FloatingPointError, match=r"^adautomix: the mask generator produced NaN masks \(nan_policy='raise'\)$"
     ):
         g(feats, [0.5, 0.5])
+
+
+def test_sample_mix_lambdas_is_numpy_seeded_from_the_torch_generator() -> None:
+    """The draws: a seed in [0, 2^62) from the torch generator, then numpy's Beta / Dirichlet."""
+    import numpy as np
+
+    for sampler in ("normalized_beta", "raw_beta", "dirichlet"):
+        seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(21)))
+        rng = np.random.default_rng(seed)
+        if sampler == "dirichlet":
+            expect = rng.dirichlet([1.0] * 3).tolist()
+        else:
+            b = rng.beta(1.0, 1.0, 3)
+            expect = (b if sampler == "raw_beta" else b / b.sum()).tolist()
+        got = sample_mix_lambdas(3, generator=torch.Generator().manual_seed(21), sampler=sampler)
+        assert got == pytest.approx(expect, abs=1e-15), sampler
+    assert sample_mix_lambdas(1, 0.5) == [1.0]
+    with pytest.raises(ValueError, match=r"^sample_mix_lambdas: n must be >= 1$"):
+        sample_mix_lambdas(0)
+    with pytest.raises(ValueError, match=r"^sample_mix_lambdas: alpha must be > 0$"):
+        sample_mix_lambdas(2, 0.0)
+    with pytest.raises(
+        ValueError,
+        match=r"^sample_mix_lambdas: unknown sampler 'uniform' \(normalized_beta, dirichlet, raw_beta\)$",
+    ):
+        sample_mix_lambdas(2, sampler="uniform")
+
+
+def test_adversarial_interval_error() -> None:
+    with pytest.raises(ValueError, match=r"^adv_interval must be >= 0$"):
+        is_adversarial_step(3, -1)
+    assert [is_adversarial_step(t, 3) for t in range(7)] == [True, False, False, True, False, False, True]
+
+
+def test_mask_generator_takes_tensor_lams() -> None:
+    g = _fixed_generator(True)
+    feats = _fixed_features(3)
+    ref = g(feats, LAMS[3])
+    assert torch.equal(g(feats, torch.tensor(LAMS[3], dtype=torch.float64)), ref)
+    assert torch.equal(g(feats, torch.tensor([LAMS[3]], dtype=torch.float64)), ref)  # [1, N]
