@@ -565,6 +565,10 @@ def test_mask_generator_init_options() -> None:
     assert abs(float(g.conv_k.weight.std()) - 0.05) < 0.01 and abs(float(g.conv_v.weight.std()) - 0.05) < 0.02
     assert float(g.conv_k.bias.abs().max()) == 0 and float(g.conv_v.bias.abs().max()) == 0
     assert MaskGenerator(3, reduction=8).inter_channels == 1  # at least one channel
+    default = MaskGenerator(8)  # reduction 2, upsampling by 4, no norm
+    assert default.inter_channels == 4 and default.scale_factor == 4 and default.norm is None
+    assert default([torch.zeros(1, 8, 2, 3)] * 2, [0.5, 0.5]).shape == (1, 2, 8, 12)
+    assert MaskGenerator(8, norm="bn").norm == "bn"
     g.reset_parameters("kaiming")  # fan-in, ReLU gain: std sqrt(2 / 64)
     assert abs(float(g.conv_q.weight.std()) - math.sqrt(2 / 64)) < 0.03
     assert float(g.conv_q.bias.abs().max()) == 0
