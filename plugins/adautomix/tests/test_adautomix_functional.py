@@ -680,3 +680,22 @@ def test_mask_generator_takes_tensor_lams() -> None:
     ref = g(feats, LAMS[3])
     assert torch.equal(g(feats, torch.tensor(LAMS[3], dtype=torch.float64)), ref)
     assert torch.equal(g(feats, torch.tensor([LAMS[3]], dtype=torch.float64)), ref)  # [1, N]
+
+
+def test_normalized_beta_divides_by_any_positive_sum_and_falls_back_at_zero() -> None:
+    """Sums below and above 1 are both normalised; when every Beta draw underflows to 0 (a tiny
+    alpha), the weights are equal."""
+    import numpy as np
+
+    sums = []
+    for s in range(8):
+        seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(s)))
+        b = np.random.default_rng(seed).beta(1.0, 1.0, 2)
+        sums.append(float(b.sum()))
+        assert sample_mix_lambdas(2, 1.0, torch.Generator().manual_seed(s)) == pytest.approx(
+            b / b.sum(), abs=1e-15
+        )
+    assert min(sums) < 1 < max(sums)
+    seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(25)))
+    assert float(np.random.default_rng(seed).beta(1e-3, 1e-3, 2).sum()) == 0.0  # both draws underflow
+    assert sample_mix_lambdas(2, 1e-3, torch.Generator().manual_seed(25)) == [0.5, 0.5]
