@@ -277,3 +277,83 @@ def test_fused_sgdp_matches_the_reference(dtype, nesterov, alias, dampening, wd)
     tol = 1e-6 if dtype == torch.float32 else 1e-13
     for a, b in zip(got + bufs, ref + b_ref):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_both_projections_use_their_eps() -> None:
+    """Rows of norm 0.01 with parallel gradients: cosine 1 with eps 1e-8 (no projection), but
+    1e-4 / eps^2 = 4e-4 with eps = 0.5 (channel projection)."""
+    w = torch.tensor([[0.01, 0.0], [0.0, 0.01]], dtype=torch.float64)
+    for eps, kind in ((1e-8, "none"), (0.5, "channel")):
+        _, _, got = Fn.projection(w, w.clone(), torch.ones(2, 2, dtype=torch.float64), 0.1, 0.1, eps)
+        _, _, code = Fn.projection_branchless(
+            w, w.clone(), torch.ones(2, 2, dtype=torch.float64), 0.1, 0.1, eps
+        )
+        assert got == Fn.KINDS[int(code)] == kind, eps
+
+
+def test_a_cosine_exactly_at_the_threshold_does_not_project() -> None:
+    """One row of 4 (channel view = layer view, sqrt(4) = 2 exactly): with delta = 2 * cos the
+    test ``cos < delta / 2`` fails in both views."""
+    w = torch.tensor([[1.0, 2.0, -0.5, 0.25]], dtype=torch.float64)
+    g = torch.tensor([[0.3, -0.1, 0.7, 0.2]], dtype=torch.float64)
+    cos = float(torch.nn.functional.cosine_similarity(g, w, dim=1, eps=1e-8).abs().max())
+    for delta, kind in ((2 * cos, "none"), (2 * cos * (1 + 1e-12), "channel")):
+        _, _, got = Fn.projection(w, g, g.clone(), delta, 0.1, 1e-8)
+        _, _, code = Fn.projection_branchless(w, g, g.clone(), delta, 0.1, 1e-8)
+        assert got == Fn.KINDS[int(code)] == kind, delta
+
+
+def _channel_case():
+    ws, gs = _tensors(torch.float64)
+    return ws[0], gs[0]
+
+
+def test_sgdp_steps_alias_the_buffer_by_default() -> None:
+    """Without nesterov the official step projects the momentum buffer itself: the default."""
+    w, g = _channel_case()
+    kw = {**SGDP_KW, "nesterov": False}
+    results = {}
+    for alias in (None, True, False):
+        extra = {} if alias is None else {"buffer_alias": alias}
+        p, buf = w.clone(), torch.zeros_like(w)
+        assert Fn.sgdp_update_(p, g, buf, **kw, **extra) == "channel"
+        pf, buff = [w.clone()], [torch.zeros_like(w)]
+        Fn.sgdp_foreach_update_(pf, [g], buff, **kw, **extra)
+        results[alias] = (p, buf, pf[0], buff[0])
+    for a, b in zip(results[None], results[True]):
+        assert torch.equal(a, b)
+    assert not torch.equal(results[None][1], results[False][1])  # the copy leaves the buffer unprojected
+    assert torch.equal(results[False][1], 0.9 * 0 + g)
+
+
+def test_fused_sgdp_aliases_by_default_and_ignores_a_negative_decay() -> None:
+    from conftest import fused_or_skip
+
+    fused_or_skip()
+    w, g = _channel_case()
+    p, buf = w.clone(), torch.zeros_like(w)
+    Fn.fused_sgdp_update_(p, g, buf, **{**SGDP_KW, "nesterov": False})
+    p_ref, buf_ref = w.clone(), torch.zeros_like(w)
+    Fn.sgdp_update_(p_ref, g, buf_ref, **{**SGDP_KW, "nesterov": False}, buffer_alias=True)
+    torch.testing.assert_close(buf, buf_ref, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(p, p_ref, rtol=1e-13, atol=1e-13)
+    # weight_decay <= 0 is no decay in the fused step, as in the reference
+    for wd in (0.0, -0.1):
+        pf, bf = w.clone(), torch.zeros_like(w)
+        Fn.fused_sgdp_update_(pf, g, bf, **{**SGDP_KW, "weight_decay": wd, "nesterov": False})
+        pr, br = w.clone(), torch.zeros_like(w)
+        Fn.sgdp_update_(pr, g, br, **{**SGDP_KW, "weight_decay": wd, "nesterov": False})
+        torch.testing.assert_close(pf, pr, rtol=1e-13, atol=1e-13)
+        pa, ma, va = w.clone(), torch.zeros_like(w), torch.zeros_like(w)
+        Fn.fused_adamp_update_(pa, g, ma, va, 1, **{**ADAMP_KW, "weight_decay": wd}, nesterov=False)
+        pr2, mr, vr = w.clone(), torch.zeros_like(w), torch.zeros_like(w)
+        Fn.adamp_update_(pr2, g, mr, vr, 1, **{**ADAMP_KW, "weight_decay": wd}, nesterov=False)
+        torch.testing.assert_close(pa, pr2, rtol=1e-13, atol=1e-13)
+    # the fused steps require state in the parameter's layout
+    p4 = w.clone().contiguous(memory_format=torch.channels_last)
+    with pytest.raises(AssertionError):
+        Fn.fused_sgdp_update_(p4, g, torch.zeros_like(w), **SGDP_KW, nesterov=False)
+    with pytest.raises(AssertionError):
+        Fn.fused_adamp_update_(
+            p4, g, torch.zeros_like(w), torch.zeros_like(p4), 1, **ADAMP_KW, nesterov=False
+        )
