@@ -186,6 +186,7 @@ def test_fused_supported_layouts_and_dtypes(monkeypatch: pytest.MonkeyPatch) -> 
     assert not Fn.fused_supported(torch.zeros(4, 3, dtype=torch.bfloat16))
     assert not Fn.fused_supported(torch.zeros(4, 3, device="meta"))
     assert not Fn.fused_supported(torch.zeros(0, 3))
+    assert Fn.fused_supported(torch.zeros(1))  # one element is a tensor like any other
     assert not Fn.fused_supported(torch.zeros(4, 3).to_sparse())
     assert not Fn.fused_supported(torch.zeros(3, 4).t())  # 2-D, not contiguous
     assert Fn.fused_supported(torch.zeros(2, 3, 4, 4).contiguous(memory_format=torch.channels_last))
@@ -357,3 +358,28 @@ def test_fused_sgdp_aliases_by_default_and_ignores_a_negative_decay() -> None:
         Fn.fused_adamp_update_(
             p4, g, torch.zeros_like(w), torch.zeros_like(p4), 1, **ADAMP_KW, nesterov=False
         )
+
+
+def test_multi_tensor_steps_with_a_bias_first() -> None:
+    """A 1-D tensor ahead of the matrices: the others are still projected."""
+    ws, gs = _tensors(torch.float32)
+    ws, gs = ws[::-1], gs[::-1]
+    ref, m_ref, v_ref, kinds_ref = _reference_adamp(ws, gs, 1, **ADAMP_KW)
+    got = [w.clone() for w in ws]
+    m, v = [torch.zeros_like(w) for w in ws], [torch.zeros_like(w) for w in ws]
+    kinds = Fn.adamp_foreach_update_(got, gs, m, v, 1, nesterov=False, **ADAMP_KW)
+    assert kinds == kinds_ref[0] == KINDS[::-1]
+    assert all(torch.equal(a, b) for a, b in zip(got, ref))
+
+
+def test_off_the_cpu_the_default_decision_is_branch_free() -> None:
+    """On another device (meta: shapes only) the default multi-tensor step takes the
+    branch-free projection, which never reads a value on the host."""
+    ws = [torch.empty(4, 3, device="meta"), torch.empty(5, device="meta")]
+    gs = [torch.empty_like(w) for w in ws]
+    m, v = [torch.empty_like(w) for w in ws], [torch.empty_like(w) for w in ws]
+    kinds = Fn.adamp_foreach_update_(ws, gs, m, v, 1, nesterov=False, **ADAMP_KW)
+    assert isinstance(kinds[0], torch.Tensor) and kinds[0].device.type == "meta" and kinds[1] == "1d"
+    bufs = [torch.empty_like(w) for w in ws]
+    kinds = Fn.sgdp_foreach_update_(ws, gs, bufs, nesterov=False, **SGDP_KW)
+    assert isinstance(kinds[0], torch.Tensor) and kinds[1] == "1d"
