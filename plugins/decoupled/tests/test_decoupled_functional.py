@@ -329,3 +329,22 @@ def test_low_precision_logits_computed_in_float32():
     loss = decoupled_mixup_loss(Z.to(torch.bfloat16), YA, YB, 0.7)
     assert loss.dtype == torch.float32
     assert close(loss, decoupled_mixup_loss(Z.to(torch.bfloat16).float(), YA, YB, 0.7), 1e-6)
+
+
+def test_regularizer_takes_per_row_weights():
+    """``[B]`` float64 weights weigh each row's two terms and give a float32 result; same-class
+    rows stay 0. Reference: the per-row loop over decoupled_log_softmax's formula."""
+    w_a = torch.tensor([0.05, 0.01, 0.2, 0.07], dtype=torch.float64)
+    w_b = torch.tensor([0.02, 0.09, 0.3, 0.03], dtype=torch.float64)
+    got = decoupled_regularizer(Z, YA, YB, w_a, w_b)
+    assert got.dtype == torch.float32 and got.shape == (4,)
+    for r in range(4):
+        a, b = int(YA[r]), int(YB[r])
+        if a == b:
+            assert float(got[r]) == 0.0
+            continue
+        keep_a = [k for k in range(5) if k != b]
+        keep_b = [k for k in range(5) if k != a]
+        nll_a = -(Z[r, a].double() - torch.logsumexp(Z[r, keep_a].double(), 0))
+        nll_b = -(Z[r, b].double() - torch.logsumexp(Z[r, keep_b].double(), 0))
+        assert close(got[r], w_a[r] * nll_a + w_b[r] * nll_b)
