@@ -290,6 +290,14 @@ def test_both_projections_use_their_eps() -> None:
             w, w.clone(), torch.ones(2, 2, dtype=torch.float64), 0.1, 0.1, eps
         )
         assert got == Fn.KINDS[int(code)] == kind, eps
+    # the layer view's eps: products of norms below eps = 1 (delta = 1): a row fails the channel
+    # test either way, the layer test only passes with the large eps
+    w = torch.tensor([[0.498, -0.093, -0.640], [0.146, 0.006, -0.141]], dtype=torch.float64)
+    g = torch.tensor([[-0.614, -0.190, 0.635], [0.799, -0.358, -0.459]], dtype=torch.float64)
+    for eps, kind in ((1e-8, "none"), (1.0, "layer")):
+        _, _, got = Fn.projection(w, g, torch.ones(2, 3, dtype=torch.float64), 1.0, 0.1, eps)
+        _, _, code = Fn.projection_branchless(w, g, torch.ones(2, 3, dtype=torch.float64), 1.0, 0.1, eps)
+        assert got == Fn.KINDS[int(code)] == kind, eps
 
 
 def test_a_cosine_exactly_at_the_threshold_does_not_project() -> None:
