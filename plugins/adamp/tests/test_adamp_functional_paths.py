@@ -6,6 +6,7 @@ The fused kernels build on first use; their tests skip where they cannot (see co
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import mixhub_adamp.functional as Fn
@@ -324,15 +325,16 @@ def test_sgdp_steps_alias_the_buffer_by_default() -> None:
     results = {}
     for alias in (None, True, False):
         extra = {} if alias is None else {"buffer_alias": alias}
-        p, buf = w.clone(), torch.zeros_like(w)
+        # a radial momentum (the weight itself): projecting the buffer removes it
+        p, buf = w.clone(), w.clone()
         assert Fn.sgdp_update_(p, g, buf, **kw, **extra) == "channel"
-        pf, buff = [w.clone()], [torch.zeros_like(w)]
+        pf, buff = [w.clone()], [w.clone()]
         Fn.sgdp_foreach_update_(pf, [g], buff, **kw, **extra)
         results[alias] = (p, buf, pf[0], buff[0])
     for a, b in zip(results[None], results[True]):
         assert torch.equal(a, b)
-    assert not torch.equal(results[None][1], results[False][1])  # the copy leaves the buffer unprojected
-    assert torch.equal(results[False][1], 0.9 * 0 + g)
+    assert torch.equal(results[False][1], 0.9 * w + g)  # the copy leaves the buffer unprojected
+    assert float((results[True][1] - (0.9 * w + g)).abs().max()) > 0.1
 
 
 def test_fused_sgdp_aliases_by_default_and_ignores_a_negative_decay() -> None:
@@ -340,23 +342,24 @@ def test_fused_sgdp_aliases_by_default_and_ignores_a_negative_decay() -> None:
 
     fused_or_skip()
     w, g = _channel_case()
-    p, buf = w.clone(), torch.zeros_like(w)
+    p, buf = w.clone(), w.clone()  # a radial momentum, removed from the aliased buffer
     Fn.fused_sgdp_update_(p, g, buf, **{**SGDP_KW, "nesterov": False})
-    p_ref, buf_ref = w.clone(), torch.zeros_like(w)
+    p_ref, buf_ref = w.clone(), w.clone()
     Fn.sgdp_update_(p_ref, g, buf_ref, **{**SGDP_KW, "nesterov": False}, buffer_alias=True)
     torch.testing.assert_close(buf, buf_ref, rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(p, p_ref, rtol=1e-13, atol=1e-13)
-    # weight_decay <= 0 is no decay in the fused step, as in the reference
-    for wd in (0.0, -0.1):
-        pf, bf = w.clone(), torch.zeros_like(w)
-        Fn.fused_sgdp_update_(pf, g, bf, **{**SGDP_KW, "weight_decay": wd, "nesterov": False})
-        pr, br = w.clone(), torch.zeros_like(w)
-        Fn.sgdp_update_(pr, g, br, **{**SGDP_KW, "weight_decay": wd, "nesterov": False})
+    # weight_decay <= 0 is no decay in the fused step, as in the reference, projected or not
+    ws, gs = _tensors(torch.float64)
+    for (w_i, g_i), wd in itertools.product(zip(ws, gs), (0.0, -0.1)):
+        pf, bf = w_i.clone(), torch.zeros_like(w_i)
+        Fn.fused_sgdp_update_(pf, g_i, bf, **{**SGDP_KW, "weight_decay": wd, "nesterov": False})
+        pr, br = w_i.clone(), torch.zeros_like(w_i)
+        Fn.sgdp_update_(pr, g_i, br, **{**SGDP_KW, "weight_decay": wd, "nesterov": False})
         torch.testing.assert_close(pf, pr, rtol=1e-13, atol=1e-13)
-        pa, ma, va = w.clone(), torch.zeros_like(w), torch.zeros_like(w)
-        Fn.fused_adamp_update_(pa, g, ma, va, 1, **{**ADAMP_KW, "weight_decay": wd}, nesterov=False)
-        pr2, mr, vr = w.clone(), torch.zeros_like(w), torch.zeros_like(w)
-        Fn.adamp_update_(pr2, g, mr, vr, 1, **{**ADAMP_KW, "weight_decay": wd}, nesterov=False)
+        pa, ma, va = w_i.clone(), torch.zeros_like(w_i), torch.zeros_like(w_i)
+        Fn.fused_adamp_update_(pa, g_i, ma, va, 1, **{**ADAMP_KW, "weight_decay": wd}, nesterov=False)
+        pr2, mr, vr = w_i.clone(), torch.zeros_like(w_i), torch.zeros_like(w_i)
+        Fn.adamp_update_(pr2, g_i, mr, vr, 1, **{**ADAMP_KW, "weight_decay": wd}, nesterov=False)
         torch.testing.assert_close(pa, pr2, rtol=1e-13, atol=1e-13)
     # the fused steps require state in the parameter's layout
     p4 = w.clone().contiguous(memory_format=torch.channels_last)
