@@ -348,3 +348,13 @@ def test_regularizer_takes_per_row_weights():
         nll_a = -(Z[r, a].double() - torch.logsumexp(Z[r, keep_a].double(), 0))
         nll_b = -(Z[r, b].double() - torch.logsumexp(Z[r, keep_b].double(), 0))
         assert close(got[r], w_a[r] * nll_a + w_b[r] * nll_b)
+
+
+def test_eta_weights_defaults():
+    """eta 0.1, mode "both", threshold 0.5 (for "less"/"more"), power 1."""
+    assert eta_weights(0.3) == pytest.approx((0.1 * 0.3, 0.1 * 0.7), abs=1e-15)
+    assert eta_weights(0.7, mode="less") == pytest.approx((0.0, 0.1 * 0.3), abs=1e-15)
+    assert eta_weights(0.7, mode="more") == pytest.approx((0.1 * 0.7, 0.0), abs=1e-15)
+    w_a, w_b = eta_weights(torch.tensor([0.3, 0.7], dtype=torch.float64), mode="less")
+    assert torch.allclose(w_a, torch.tensor([0.03, 0.0], dtype=torch.float64), atol=1e-15)
+    assert torch.allclose(w_b, torch.tensor([0.0, 0.03], dtype=torch.float64), atol=1e-15)
