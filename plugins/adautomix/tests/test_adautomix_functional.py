@@ -699,3 +699,11 @@ def test_normalized_beta_divides_by_any_positive_sum_and_falls_back_at_zero() ->
     seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(25)))
     assert float(np.random.default_rng(seed).beta(1e-3, 1e-3, 2).sum()) == 0.0  # both draws underflow
     assert sample_mix_lambdas(2, 1e-3, torch.Generator().manual_seed(25)) == [0.5, 0.5]
+
+
+def test_loss_length_errors_name_the_counts() -> None:
+    logits, ys = torch.zeros(2, 3), [torch.zeros(2, dtype=torch.long)] * 2
+    with pytest.raises(ValueError, match=r"^mix_ce: 2 target sets but 3 weights$"):
+        mix_ce(logits, ys, [0.2, 0.3, 0.5])
+    with pytest.raises(ValueError, match=r"^cosine_consistency: 2 sources but 1 weights$"):
+        cosine_consistency(logits, [logits, logits], [1.0])
