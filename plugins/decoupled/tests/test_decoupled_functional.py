@@ -358,3 +358,32 @@ def test_eta_weights_defaults():
     w_a, w_b = eta_weights(torch.tensor([0.3, 0.7], dtype=torch.float64), mode="less")
     assert torch.allclose(w_a, torch.tensor([0.03, 0.0], dtype=torch.float64), atol=1e-15)
     assert torch.allclose(w_b, torch.tensor([0.0, 0.03], dtype=torch.float64), atol=1e-15)
+
+
+def test_eta_weights_tensor_and_zero_d_paths():
+    # a 0-d tensor is a batch lam: floats back
+    w = eta_weights(torch.tensor(0.3))
+    assert all(isinstance(x, float) for x in w) and w == pytest.approx((0.03, 0.07), abs=1e-8)
+    # per-row weights are float64 whatever the lam's dtype; lam == thr is not "below"
+    w_a, w_b = eta_weights(torch.tensor([0.5, 0.25], dtype=torch.float32), mode="less")
+    assert w_a.dtype == w_b.dtype == torch.float64
+    assert w_a.tolist() == pytest.approx([0.0, 0.025], abs=1e-15)
+    assert w_b.tolist() == pytest.approx([0.05, 0.0], abs=1e-15)
+    # a gated-off (zero) weight stays 0 even where the scaled weight of 0 is not (power 0, "none")
+    for kw in ({"lam_pow": 0.0}, {"lam_scale_mode": "none"}):
+        w_a, w_b = eta_weights(torch.tensor([0.3, 0.8], dtype=torch.float64), mode="less", **kw)
+        assert w_a.tolist() == [0.1, 0.0] and w_b.tolist() == [0.0, 0.1], kw
+
+
+def test_soft_ce_per_row_lam_dtype_and_device():
+    lam = torch.tensor([0.2, 0.7, 0.5, 0.9], dtype=torch.float64)
+    ce = mixup_soft_cross_entropy(Z, YA, YB, lam)
+    assert ce.dtype == torch.float32
+    logp = torch.log_softmax(Z.double(), -1)
+    ref = -(lam * logp[torch.arange(4), YA] + (1 - lam) * logp[torch.arange(4), YB])
+    torch.testing.assert_close(ce.double(), ref, atol=1e-6, rtol=0)
+    # logits on another device (meta: no values): a CPU lam follows them; a [B] lam on that
+    # device is taken as per-row weights without reading it on the host
+    zm, ya, yb = Z.to("meta"), YA.to("meta"), YB.to("meta")
+    assert mixup_soft_cross_entropy(zm, ya, yb, lam).device.type == "meta"
+    assert mixup_soft_cross_entropy(zm, ya, yb, torch.full((4,), 0.3, device="meta")).shape == (4,)
