@@ -387,3 +387,28 @@ def test_soft_ce_per_row_lam_dtype_and_device():
     zm, ya, yb = Z.to("meta"), YA.to("meta"), YB.to("meta")
     assert mixup_soft_cross_entropy(zm, ya, yb, lam).device.type == "meta"
     assert mixup_soft_cross_entropy(zm, ya, yb, torch.full((4,), 0.3, device="meta")).shape == (4,)
+
+
+def test_loss_moves_targets_and_lams_to_the_logits_device():
+    """Logits on another device (meta: shapes only): CPU targets and a CPU per-row lam follow
+    them, and a per-row lam already there is used without a host read (official flags off)."""
+    zm = Z.to("meta")
+    off = {"official_eta_order": False, "official_skip": False}
+    assert decoupled_mixup_loss(zm, YA, YB, 0.3, official_eta_order=False).device.type == "meta"
+    lam = torch.tensor([0.2, 0.3, 0.4, 0.6])
+    assert decoupled_mixup_loss(zm, YA, YB, lam, **off).device.type == "meta"
+    lam_m = torch.full((4,), 0.3, device="meta")
+    assert decoupled_mixup_loss(zm, YA.to("meta"), YB.to("meta"), lam_m, **off).device.type == "meta"
+
+
+def test_constant_per_row_lam_with_either_official_flag_is_the_batch_lam():
+    lam = torch.full((4,), 0.3)
+    for order, skip in ((True, False), (False, True), (True, True)):
+        got = decoupled_mixup_loss(Z, YA, YB, lam, official_eta_order=order, official_skip=skip)
+        assert torch.equal(got, decoupled_mixup_loss(Z, YA, YB, 0.3, official_eta_order=order, official_skip=skip))
+
+
+def test_empty_batch_is_a_zero_loss():
+    empty = torch.zeros(0, dtype=torch.long)
+    loss, parts = decoupled_mixup_loss(torch.zeros(0, 5), empty, empty, 0.3, return_parts=True)
+    assert float(loss) == 0.0 and bool(parts["skipped"]) and parts["reg"].shape == (0,)
