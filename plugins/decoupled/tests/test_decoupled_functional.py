@@ -405,7 +405,9 @@ def test_constant_per_row_lam_with_either_official_flag_is_the_batch_lam():
     lam = torch.full((4,), 0.3)
     for order, skip in ((True, False), (False, True), (True, True)):
         got = decoupled_mixup_loss(Z, YA, YB, lam, official_eta_order=order, official_skip=skip)
-        assert torch.equal(got, decoupled_mixup_loss(Z, YA, YB, 0.3, official_eta_order=order, official_skip=skip))
+        assert torch.equal(
+            got, decoupled_mixup_loss(Z, YA, YB, 0.3, official_eta_order=order, official_skip=skip)
+        )
 
 
 def test_empty_batch_is_a_zero_loss():
