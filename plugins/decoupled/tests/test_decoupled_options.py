@@ -104,13 +104,9 @@ def dense_label(ys, lams, c):
 def test_lambda_adjust_matches_the_head(mode, thr, idx):
     grid = np.linspace(0.0, 1.0, 41)
     for lam in grid:
-        assert lambda_adjust(float(lam), mode, thr, idx) == pytest.approx(
-            head_lambda_adjust(lam, mode, thr, idx), rel=1e-9, abs=1e-12
-        )
+        assert lambda_adjust(float(lam), mode, thr, idx) == pytest.approx(head_lambda_adjust(lam, mode, thr, idx), rel=1e-9, abs=1e-12)
     tensor = lambda_adjust(torch.tensor(grid), mode, thr, idx)
-    assert torch.allclose(
-        tensor, torch.tensor([head_lambda_adjust(v, mode, thr, idx) for v in grid], dtype=torch.float64)
-    )
+    assert torch.allclose(tensor, torch.tensor([head_lambda_adjust(v, mode, thr, idx) for v in grid], dtype=torch.float64))
 
 
 @pytest.mark.parametrize("mode", ["both", "less", "more"])
@@ -122,9 +118,7 @@ def test_eta_weights_and_loss_follow_the_head_with_exp_and_lam_thr(mode, scale, 
     got = eta_weights(lam, 0.2, mode, 0.5, idx, lam_scale_mode=scale_mode, lam_thr=lam_thr)
     assert got == pytest.approx(tuple(expect), abs=1e-12)
     y_a, y_b = torch.tensor([0, 1, 2, 3, 4]), torch.tensor([3, 2, 2, 0, 1])  # first mixed row ascending
-    loss = decoupled_mixup_loss(
-        Z, y_a, y_b, lam, 0.2, mode, 0.5, idx, lam_scale_mode=scale_mode, lam_thr=lam_thr
-    )
+    loss = decoupled_mixup_loss(Z, y_a, y_b, lam, 0.2, mode, 0.5, idx, lam_scale_mode=scale_mode, lam_thr=lam_thr)
     label = dense_label(torch.stack([y_a, y_b], 1), [lam, 1 - lam], 6)
     assert float(loss) == pytest.approx(float(official_k_mix(Z, label, expect)), abs=1e-5)
 
@@ -151,9 +145,7 @@ def test_class_weight_two_sources_matches_the_official_weighted_loss(lam):
     y_a, y_b = torch.tensor([4, 1, 2, 3, 0]), torch.tensor([3, 2, 2, 0, 1])  # first mixed row descending
     loss = decoupled_mixup_loss(Z, y_a, y_b, lam, 0.1, class_weight=CW)
     label = dense_label(torch.stack([y_a, y_b], 1), [lam, 1 - lam], 6)
-    assert float(loss) == pytest.approx(
-        float(official_k_mix(Z, label, [0.1 * lam, 0.1 * (1 - lam)], CW)), abs=1e-5
-    )
+    assert float(loss) == pytest.approx(float(official_k_mix(Z, label, [0.1 * lam, 0.1 * (1 - lam)], CW)), abs=1e-5)
     # the soft CE part alone is the official soft_cross_entropy with class weights
     no_reg = decoupled_mixup_loss(Z, y_a, y_b, lam, 0.0, class_weight=CW)
     soft = -(label * F.log_softmax(Z, -1) * torch.tensor(CW)).sum(1).mean()
@@ -172,9 +164,7 @@ def test_class_weight_with_official_smoothing_weights_every_kept_class():
 
 def test_class_weight_of_the_wrong_length_is_rejected():
     with pytest.raises(ValueError, match="one weight per class"):
-        decoupled_mixup_loss(
-            Z, torch.zeros(5, dtype=torch.long), torch.ones(5, dtype=torch.long), 0.3, class_weight=[1.0]
-        )
+        decoupled_mixup_loss(Z, torch.zeros(5, dtype=torch.long), torch.ones(5, dtype=torch.long), 0.3, class_weight=[1.0])
 
 
 # ----------------------------------------------------------------------------- k-source mixes
@@ -189,12 +179,8 @@ def test_three_source_mix_matches_the_official_k_hot_loss(lams, cw):
     eta = multi_eta_weights(lams, 0.3, 1.0)
     assert eta == pytest.approx([0.3 * v for v in lams])
     got = decoupled_multimix_loss(Z, ys, lams, 0.3, class_weight=cw)
-    if (
-        len({float(np.float32(v)) for v in lams}) < 3
-    ):  # equal weights: the official "distinct values" test fails
-        assert float(got) == pytest.approx(
-            float(decoupled_multimix_loss(Z, ys, lams, 0.0, class_weight=cw)), abs=1e-6
-        )
+    if len({float(np.float32(v)) for v in lams}) < 3:  # equal weights: the official "distinct values" test fails
+        assert float(got) == pytest.approx(float(decoupled_multimix_loss(Z, ys, lams, 0.0, class_weight=cw)), abs=1e-6)
     # the official loss receives the eta list in source order and pairs it with the classes of the
     # first mixed row in class-index order
     assert float(got) == pytest.approx(float(official_k_mix(Z, label, eta, cw)), abs=1e-5)
@@ -218,9 +204,7 @@ def test_two_sources_in_the_k_source_form_equal_the_two_source_loss():
     ys = YS3[:, :2]
     for lam in (0.3, 0.5, 0.8, 0.0005):
         got = decoupled_multimix_loss(Z, ys, [lam, 1 - lam], 0.1, 2.0, lam_scale_mode="exp", lam_thr=0.9)
-        expect = decoupled_mixup_loss(
-            Z, ys[:, 0], ys[:, 1], lam, 0.1, lam_pow=2.0, lam_scale_mode="exp", lam_thr=0.9
-        )
+        expect = decoupled_mixup_loss(Z, ys[:, 0], ys[:, 1], lam, 0.1, lam_pow=2.0, lam_scale_mode="exp", lam_thr=0.9)
         assert float(got) == pytest.approx(float(expect), abs=1e-6)
 
 
@@ -238,9 +222,7 @@ def test_three_source_skip_rules():
 def test_three_source_regulariser_removes_only_the_other_mixed_classes():
     ys = torch.tensor([[0, 3, 5]])
     z = Z[:1]
-    _, parts = decoupled_multimix_loss(
-        z, ys, [0.5, 0.3, 0.2], eta_weights=[1.0, 0.0, 0.0], official_eta_order=False, return_parts=True
-    )
+    _, parts = decoupled_multimix_loss(z, ys, [0.5, 0.3, 0.2], eta_weights=[1.0, 0.0, 0.0], official_eta_order=False, return_parts=True)
     keep = [0, 1, 2, 4]  # class 0 and every class outside the mix
     assert float(parts["reg"][0]) == pytest.approx(float(-torch.log_softmax(z[0, keep], -1)[0]), abs=1e-6)
 
@@ -260,14 +242,7 @@ BASE: dict[str, Any] = {
     "plugins": ["threemix", "decoupled"],
     "data": {"name": "digits", "image_size": 16, "train_frac": 0.3},
     "model": {"name": "smallcnn", "kwargs": {"widths": [8, 16]}},
-    "train": {
-        "epochs": 1,
-        "batch_size": 16,
-        "lr": 0.05,
-        "max_steps_per_epoch": 2,
-        "plots": False,
-        "checkpoint": False,
-    },
+    "train": {"epochs": 1, "batch_size": 16, "lr": 0.05, "max_steps_per_epoch": 2, "plots": False, "checkpoint": False},
     "optimizer": {"name": "momentum"},
 }
 
@@ -284,11 +259,7 @@ class ThreeMix:
     @hookimpl
     def mixhub_sample_pairs(self, batch, state):
         b = batch.size
-        perms = [
-            torch.arange(b),
-            torch.randperm(b, generator=state.generator),
-            torch.randperm(b, generator=state.generator),
-        ]
+        perms = [torch.arange(b), torch.randperm(b, generator=state.generator), torch.randperm(b, generator=state.generator)]
         sources = [(p, torch.full((b,), w)) for p, w in zip(perms, (0.5, 0.3, 0.2))]
         return MixPlan.pairs(perms[1], 0.5, sources=sources, source_lams=self.source_lams)
 
@@ -302,25 +273,12 @@ class ThreeMix:
 def test_plugin_three_source_plan_uses_the_k_source_loss(source_lams):
     """Weights read from the plan's tensors, or given on the host by the sampler (no device read)."""
     sampler = ThreeMix(source_lams)
-    options = {
-        "eta": 0.2,
-        "lam_scale_mode": "exp",
-        "lam_pow": 2.0,
-        "lam_thr": 0.8,
-        "class_weight": [1.0 + 0.1 * c for c in range(10)],
-    }
+    options = {"eta": 0.2, "lam_scale_mode": "exp", "lam_pow": 2.0, "lam_thr": 0.8, "class_weight": [1.0 + 0.1 * c for c in range(10)]}
     trainer = Trainer({**BASE, "decoupled": options}, extra_plugins={"threemix": sampler}, write=False)
     out = trainer.train_step(next(iter(trainer.loader)))
     seen = sampler.seen[-1]
     expect = decoupled_multimix_loss(
-        seen["logits"],
-        seen["ys"],
-        [0.5, 0.3, 0.2],
-        0.2,
-        2.0,
-        lam_scale_mode="exp",
-        lam_thr=0.8,
-        class_weight=options["class_weight"],
+        seen["logits"], seen["ys"], [0.5, 0.3, 0.2], 0.2, 2.0, lam_scale_mode="exp", lam_thr=0.8, class_weight=options["class_weight"]
     )
     assert float(out["loss"]) == pytest.approx(float(expect), abs=1e-5)
 
@@ -328,21 +286,13 @@ def test_plugin_three_source_plan_uses_the_k_source_loss(source_lams):
 def test_source_lams_that_disagree_with_the_weights_are_an_error():
     from mixhub import PluginHookError
 
-    trainer = Trainer(
-        {**BASE, "train": {**BASE["train"], "check_every": 1}},
-        extra_plugins={"threemix": ThreeMix([0.5, 0.2, 0.3])},
-        write=False,
-    )
-    with pytest.raises(
-        PluginHookError, match=r"sources\[1\] weights differ from MixPlan.source_lams\[1\]=0.2"
-    ):
+    trainer = Trainer({**BASE, "train": {**BASE["train"], "check_every": 1}}, extra_plugins={"threemix": ThreeMix([0.5, 0.2, 0.3])}, write=False)
+    with pytest.raises(PluginHookError, match=r"sources\[1\] weights differ from MixPlan.source_lams\[1\]=0.2"):
         trainer.train_step(next(iter(trainer.loader)))
 
 
 def test_plugin_three_sources_reject_less_and_more():
-    trainer = Trainer(
-        {**BASE, "decoupled": {"mode": "less"}}, extra_plugins={"threemix": ThreeMix()}, write=False
-    )
+    trainer = Trainer({**BASE, "decoupled": {"mode": "less"}}, extra_plugins={"threemix": ThreeMix()}, write=False)
     with pytest.raises(Exception, match="decoupled.mode") as info:
         trainer.train_step(next(iter(trainer.loader)))
     assert isinstance(info.value, ConfigError) or isinstance(info.value.__cause__, ConfigError)
@@ -350,16 +300,8 @@ def test_plugin_three_sources_reject_less_and_more():
 
 def test_plugin_option_validation():
     with pytest.raises((ConfigError, ValidationError), match="lam_pow"):
-        Trainer(
-            {**BASE, "decoupled": {"lam_scale_mode": "exp", "lam_pow": 1.0}},
-            extra_plugins={"threemix": ThreeMix()},
-            write=False,
-        )
-    trainer = Trainer(
-        {**BASE, "decoupled": {"class_weight": [1.0, 2.0]}},
-        extra_plugins={"threemix": ThreeMix()},
-        write=False,
-    )
+        Trainer({**BASE, "decoupled": {"lam_scale_mode": "exp", "lam_pow": 1.0}}, extra_plugins={"threemix": ThreeMix()}, write=False)
+    trainer = Trainer({**BASE, "decoupled": {"class_weight": [1.0, 2.0]}}, extra_plugins={"threemix": ThreeMix()}, write=False)
     with pytest.raises(Exception, match="decoupled.class_weight: 2 weights for 10 classes"):
         trainer.train_step(next(iter(trainer.loader)))
 
@@ -382,13 +324,9 @@ def test_multimix_label_smoothing_smooths_the_soft_ce_only():
 def test_multimix_defaults_one_row_and_float64():
     lams = [0.5, 0.3, 0.2]
     default = decoupled_multimix_loss(Z, YS3, lams)  # eta 0.1, the official default
-    assert float(default) == pytest.approx(
-        float(official_k_mix(Z, dense_label(YS3, lams, 6), multi_eta_weights(lams, 0.1))), abs=1e-5
-    )
+    assert float(default) == pytest.approx(float(official_k_mix(Z, dense_label(YS3, lams, 6), multi_eta_weights(lams, 0.1))), abs=1e-5)
     one = decoupled_multimix_loss(Z[:1], YS3[:1], lams, 0.3)
-    assert float(one) == pytest.approx(
-        float(official_k_mix(Z[:1], dense_label(YS3[:1], lams, 6), multi_eta_weights(lams, 0.3))), abs=1e-5
-    )
+    assert float(one) == pytest.approx(float(official_k_mix(Z[:1], dense_label(YS3[:1], lams, 6), multi_eta_weights(lams, 0.3))), abs=1e-5)
     lams64 = [0.3, 0.45, 0.25]  # not float32 numbers: a float32 lam or weight would show at 1e-8
     got = decoupled_multimix_loss(Z.double(), YS3, lams64, 0.3)
     want = official_k_mix(Z.double(), _dense64(YS3, lams64, 6), multi_eta_weights(lams64, 0.3))
@@ -398,12 +336,8 @@ def test_multimix_defaults_one_row_and_float64():
 def test_multimix_regulariser_on_and_off():
     lams = [0.5, 0.3, 0.2]
     _, off = decoupled_multimix_loss(Z, YS3, lams, 0.0, return_parts=True)
-    assert (
-        bool(off["skipped"]) and off["skipped"].dtype == torch.bool and float(off["reg"].abs().sum()) == 0.0
-    )
-    _, ones = decoupled_multimix_loss(
-        Z, YS3, lams, eta_weights=[1.0, 1.0, 1.0], official_eta_order=False, return_parts=True
-    )
+    assert bool(off["skipped"]) and off["skipped"].dtype == torch.bool and float(off["reg"].abs().sum()) == 0.0
+    _, ones = decoupled_multimix_loss(Z, YS3, lams, eta_weights=[1.0, 1.0, 1.0], official_eta_order=False, return_parts=True)
     assert float(ones["reg"].abs().sum()) > 0 and not bool(ones["skipped"])
     # lam at the ends of [0, 1] is accepted (the official skip then drops the regulariser)
     _, ends = decoupled_multimix_loss(Z, YS3[:, :2], [1.0, 0.0], 0.3, return_parts=True)
@@ -417,25 +351,11 @@ def _message(func, *args, **kwargs) -> str:
 
 
 def test_multimix_errors_say_what_is_wrong():
-    assert (
-        _message(decoupled_multimix_loss, Z[0], YS3, [0.5, 0.5]) == "logits must have shape [B, C], got (6,)"
-    )
-    assert (
-        _message(decoupled_multimix_loss, Z, YS3, [0.5, 0.5])
-        == "ys must have shape [B, k] = [5, 2], got (5, 3)"
-    )
-    assert (
-        _message(decoupled_multimix_loss, Z, YS3[:, :1], [1.0])
-        == "decoupled_multimix_loss needs at least two sources, got 1"
-    )
-    assert (
-        _message(decoupled_multimix_loss, Z, YS3[:, :2], [1.00005, 0.0])
-        == "lams must lie in [0, 1] and sum to 1, got [1.00005, 0.0]"
-    )
-    assert (
-        _message(decoupled_multimix_loss, Z, YS3[:, :2], [0.6, 0.6])
-        == "lams must lie in [0, 1] and sum to 1, got [0.6, 0.6]"
-    )
+    assert _message(decoupled_multimix_loss, Z[0], YS3, [0.5, 0.5]) == "logits must have shape [B, C], got (6,)"
+    assert _message(decoupled_multimix_loss, Z, YS3, [0.5, 0.5]) == "ys must have shape [B, k] = [5, 2], got (5, 3)"
+    assert _message(decoupled_multimix_loss, Z, YS3[:, :1], [1.0]) == "decoupled_multimix_loss needs at least two sources, got 1"
+    assert _message(decoupled_multimix_loss, Z, YS3[:, :2], [1.00005, 0.0]) == "lams must lie in [0, 1] and sum to 1, got [1.00005, 0.0]"
+    assert _message(decoupled_multimix_loss, Z, YS3[:, :2], [0.6, 0.6]) == "lams must lie in [0, 1] and sum to 1, got [0.6, 0.6]"
     assert _message(decoupled_multimix_loss, Z, YS3, [0.5, 0.3, 0.2], eta_weights=[0.1]) == (
         "eta_weights must hold one weight per source (3), got 1"
     )
@@ -448,13 +368,9 @@ YA, YB = torch.tensor([0, 3, 2, 5, 1]), torch.tensor([4, 1, 2, 0, 3])  # row 2 i
 def test_two_source_parts_default_eta_one_row_and_float64():
     lam = 0.7
     loss, parts = decoupled_mixup_loss(Z, YA, YB, lam, return_parts=True)
-    assert float(loss) == pytest.approx(
-        float(decoupled_mixup_loss(Z, YA, YB, lam, 0.1)), abs=0
-    )  # eta 0.1 by default
+    assert float(loss) == pytest.approx(float(decoupled_mixup_loss(Z, YA, YB, lam, 0.1)), abs=0)  # eta 0.1 by default
     assert float(loss) != pytest.approx(float(decoupled_mixup_loss(Z, YA, YB, lam, 1.1)), abs=1e-4)
-    assert (
-        parts["skipped"].dtype == torch.bool and not bool(parts["skipped"]) and float(parts["reg"][2]) == 0.0
-    )
+    assert parts["skipped"].dtype == torch.bool and not bool(parts["skipped"]) and float(parts["reg"][2]) == 0.0
     one = decoupled_mixup_loss(Z[:1], YA[:1], YB[:1], lam)  # row 0 is the first mixed row in both batches
     assert float(one) == pytest.approx(float(parts["ce"][0] + parts["reg"][0]), abs=1e-6)
     # k = 2 mixes are the two-source loss (documented); in float64 the weights stay float64
@@ -466,9 +382,7 @@ def test_two_source_parts_default_eta_one_row_and_float64():
 
 def test_two_source_skips_and_the_smoothed_skip_rule():
     _, off = decoupled_mixup_loss(Z, YA, YB, 0.7, 0.0, return_parts=True)
-    assert (
-        bool(off["skipped"]) and off["skipped"].dtype == torch.bool and float(off["reg"].abs().sum()) == 0.0
-    )
+    assert bool(off["skipped"]) and off["skipped"].dtype == torch.bool and float(off["reg"].abs().sum()) == 0.0
     _, one = decoupled_mixup_loss(Z, YA, YB, 0.7, 1.0, return_parts=True)
     assert not bool(one["skipped"]) and float(one["reg"].abs().sum()) > 0
     _, same = decoupled_mixup_loss(Z, YA, YA, 0.7, return_parts=True)
@@ -477,22 +391,14 @@ def test_two_source_skips_and_the_smoothed_skip_rule():
     # the label values; the one-hot smoothing target leaves the skip rule alone
     lam = 0.00105
     _, official = decoupled_mixup_loss(Z, YA, YB, lam, label_smoothing=0.1, return_parts=True)
-    _, onehot = decoupled_mixup_loss(
-        Z, YA, YB, lam, label_smoothing=0.1, smoothing_target="onehot", return_parts=True
-    )
+    _, onehot = decoupled_mixup_loss(Z, YA, YB, lam, label_smoothing=0.1, smoothing_target="onehot", return_parts=True)
     assert bool(official["skipped"]) and not bool(onehot["skipped"])
 
 
 def test_two_source_errors_say_what_is_wrong():
     assert _message(decoupled_mixup_loss, Z[0], YA, YB, 0.7) == "logits must have shape [B, C], got (6,)"
-    assert (
-        _message(decoupled_mixup_loss, Z, YA, YB[:4], 0.7)
-        == "y_a and y_b must have shape [5], got (5,) and (4,)"
-    )
-    assert (
-        _message(decoupled_mixup_loss, Z, YA[:3], YB, 0.7)
-        == "y_a and y_b must have shape [5], got (3,) and (5,)"
-    )
+    assert _message(decoupled_mixup_loss, Z, YA, YB[:4], 0.7) == "y_a and y_b must have shape [5], got (5,) and (4,)"
+    assert _message(decoupled_mixup_loss, Z, YA[:3], YB, 0.7) == "y_a and y_b must have shape [5], got (3,) and (5,)"
 
 
 # ----------------------------------------------------------------------------- the official skip rule
@@ -522,9 +428,7 @@ def test_official_skip_reason_follows_the_float32_label_values(lam, s, ys, reaso
     # independent: the official float32 label values of a two-class row (lam on one class, 1 - lam
     # on another) and its active values above eps + s/C; then whether any row mixes two classes
     onehot = lambda y: F.one_hot(torch.tensor([y]), 6).float()[0]  # noqa: E731
-    row = torch.tensor(lam, dtype=torch.float32) * onehot(0) + torch.tensor(
-        1 - lam, dtype=torch.float32
-    ) * onehot(1)
+    row = torch.tensor(lam, dtype=torch.float32) * onehot(0) + torch.tensor(1 - lam, dtype=torch.float32) * onehot(1)
     if s > 0:
         row = row * (1 - s) + s / 6
     values = [float(v) for v in row if float(v) > 1e-3 + s / 6]
@@ -553,10 +457,7 @@ def test_scale_options_are_checked_with_exact_messages():
             f"lam_scale_mode='exp' needs lam_pow (the base) other than 0 and 1, got {base!r} "
             "(the rescaling divides by 1 - lam_pow**(-2 * lam_thr))"
         )
-    assert (
-        _message(decoupled_mixup_loss, Z, YA, YB, torch.full((3,), 0.5))
-        == "lam must be a scalar or have shape [5], got (3,)"
-    )
+    assert _message(decoupled_mixup_loss, Z, YA, YB, torch.full((3,), 0.5)) == "lam must be a scalar or have shape [5], got (3,)"
 
 
 def test_multi_eta_weights_default_and_gated_zero_source():
