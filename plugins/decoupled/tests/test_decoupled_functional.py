@@ -414,3 +414,15 @@ def test_empty_batch_is_a_zero_loss():
     empty = torch.zeros(0, dtype=torch.long)
     loss, parts = decoupled_mixup_loss(torch.zeros(0, 5), empty, empty, 0.3, return_parts=True)
     assert float(loss) == 0.0 and bool(parts["skipped"]) and parts["reg"].shape == (0,)
+
+
+def test_soft_ce_label_smoothing_per_row():
+    """Smoothed targets (1 - s) t + s / C, row by row on four rows."""
+    s, lam = 0.2, 0.7
+    got = mixup_soft_cross_entropy(Z, YA, YB, lam, label_smoothing=s)
+    logp = torch.log_softmax(Z.double(), -1)
+    for r in range(4):
+        t = torch.full((5,), s / 5, dtype=torch.float64)
+        t[int(YA[r])] += (1 - s) * lam
+        t[int(YB[r])] += (1 - s) * (1 - lam)
+        assert close(got[r], -(t * logp[r]).sum(), 1e-5)

@@ -477,3 +477,15 @@ def test_multimix_targets_follow_the_logits_device_and_skipped_is_there_too():
         z, y, y.flip(0), 0.3, eta=0.0, official_eta_order=False, return_parts=True
     )
     assert parts["skipped"].device.type == "meta"  # not applied: a constant on the logits' device
+
+
+def test_multimix_without_smoothing_tolerates_a_masked_class():
+    """A class no source uses at -inf (masked out): without smoothing its log-probability is
+    never weighted, so the loss stays finite."""
+    z = torch.randn(3, 6, generator=torch.Generator().manual_seed(1))
+    z[:, 5] = float("-inf")
+    ys = torch.tensor([[0, 1, 2], [1, 2, 3], [4, 0, 1]])
+    loss = decoupled_multimix_loss(z, ys, [0.2, 0.3, 0.5])
+    assert torch.isfinite(loss)
+    finite = decoupled_multimix_loss(z[:, :5], ys, [0.2, 0.3, 0.5])
+    torch.testing.assert_close(loss, finite)
