@@ -494,12 +494,13 @@ def test_multimix_without_smoothing_tolerates_a_masked_class():
 def test_lambda_adjust_defaults_modes_and_threshold():
     # defaults: mode "pow", thr 1, idx 1: the identity below 1
     assert lambda_adjust(0.5) == 0.5 and lambda_adjust(1.0) == 1.0
-    w = torch.tensor([0.25, 0.3, 0.9], dtype=torch.float32)
-    got = lambda_adjust(w, "pow", 0.3, 1.5)
+    w = torch.tensor([0.25, 0.7, 0.9], dtype=torch.float64)
+    got = lambda_adjust(w.float(), "pow", 0.7, 2.0)
     assert got.dtype == torch.float64  # computed in float64 whatever the input
-    # at the threshold exactly 1 (0.3**-1.5 * 0.3**1.5 is not 1.0 in floating point)
-    assert got.tolist()[1:] == [1.0, 1.0] and lambda_adjust(0.3, "pow", 0.3, 1.5) == 1.0
-    assert got.tolist()[0] == pytest.approx((0.25 / 0.3) ** 1.5, rel=1e-7)
+    # at the threshold exactly 1 (0.7**-2 * 0.7**2 is 0.9999999999999999 in floating point)
+    assert (0.7**-2.0) * (0.7**2.0) != 1.0
+    assert lambda_adjust(w, "pow", 0.7, 2.0).tolist()[1:] == [1.0, 1.0] and lambda_adjust(0.7, "pow", 0.7, 2.0) == 1.0
+    assert got.tolist()[0] == pytest.approx((0.25 / 0.7) ** 2.0, rel=1e-7)
     assert torch.equal(lambda_adjust(w, "none", 0.5, 2.0), torch.ones(3, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"^lam_scale_mode must be one of .*, got 'log'$"):
         lambda_adjust(0.5, "log")
