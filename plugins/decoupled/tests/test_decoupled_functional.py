@@ -426,3 +426,11 @@ def test_soft_ce_label_smoothing_per_row():
         t[int(YA[r])] += (1 - s) * lam
         t[int(YB[r])] += (1 - s) * (1 - lam)
         assert close(got[r], -(t * logp[r]).sum(), 1e-5)
+
+
+def test_soft_ce_without_smoothing_tolerates_a_masked_class():
+    z = Z.clone()
+    z[:, 4] = float("-inf")  # no target uses class 4
+    ce = mixup_soft_cross_entropy(z, YA, YB, 0.3)
+    assert torch.isfinite(ce).all()
+    torch.testing.assert_close(ce, mixup_soft_cross_entropy(Z[:, :4], YA, YB, 0.3))
