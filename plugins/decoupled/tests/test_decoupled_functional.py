@@ -434,3 +434,12 @@ def test_soft_ce_without_smoothing_tolerates_a_masked_class():
     ce = mixup_soft_cross_entropy(z, YA, YB, 0.3)
     assert torch.isfinite(ce).all()
     torch.testing.assert_close(ce, mixup_soft_cross_entropy(Z[:, :4], YA, YB, 0.3))
+
+
+def test_eta_weights_per_row_complement_in_float64():
+    """``1 - lam`` is taken in float64: for float32 lams of 0.1 and 0.35 it differs from float32's."""
+    lam32 = torch.tensor([0.1, 0.35], dtype=torch.float32)
+    w_a, w_b = eta_weights(lam32)
+    lam64 = lam32.double()
+    assert torch.equal(w_a, 0.1 * lam64) and torch.equal(w_b, 0.1 * (1 - lam64))
+    assert not torch.equal(w_b, 0.1 * (1 - lam32).double())
