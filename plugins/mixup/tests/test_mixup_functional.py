@@ -262,3 +262,9 @@ def test_sample_lam_uses_the_generator():
     a = sample_lam(1.0, 4, per_sample=True, generator=torch.Generator().manual_seed(7))
     b = sample_lam(1.0, 4, per_sample=True, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b) and len(set(a.tolist())) == 4
+
+
+def test_no_mixing_lams_are_float32_ones():
+    for per_sample in (False, True):
+        lam = sample_lam(0.0, 3, per_sample=per_sample)
+        assert lam.dtype == torch.float32 and torch.equal(lam, torch.ones(3))
