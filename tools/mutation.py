@@ -64,7 +64,8 @@ TARGETS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "adautomix": ("plugins/adautomix/mixhub_adautomix", "functional.py", ["plugins/adautomix/tests/test_adautomix_functional.py", "plugins/adautomix/tests/test_adautomix_no_repeat.py", "plugins/adautomix/tests/test_adautomix_plugin.py"], []),
     "cmixup": ("plugins/cmixup/mixhub_cmixup", "functional.py", ["plugins/cmixup/tests/test_cmixup_functional.py", "plugins/cmixup/tests/test_cmixup_exact.py"], []),
     "dualmix": ("plugins/dualmix/mixhub_dualmix", "functional.py", ["plugins/dualmix/tests/test_dualmix_functional.py", "plugins/dualmix/tests/test_dualmix_color_jitter.py", "plugins/dualmix/tests/test_dualmix_exact.py"], []),
-    "adamp": ("plugins/adamp/mixhub_adamp", "functional.py", ["plugins/adamp/tests/test_adamp_vectors.py"], []),
+    # test_adamp_functional_paths.py imports fused_or_skip from the plugin's conftest.py
+    "adamp": ("plugins/adamp/mixhub_adamp", "functional.py", ["plugins/adamp/tests/test_adamp_vectors.py", "plugins/adamp/tests/test_adamp_functional_paths.py"], []),
     "timm_mixup": ("plugins/timm_mixup/mixhub_timm_mixup", "functional.py", ["plugins/timm_mixup/tests/test_timm_mixup_functional.py"], []),
 }
 
@@ -96,6 +97,9 @@ def _copy_tests(name: str, work: Path) -> None:
     _, _, tests, _ = TARGETS[name]
     for t in tests:
         shutil.copy2(ROOT / t, work / "tests" / Path(t).name)
+        # a plugin's own conftest.py (fixtures and helpers its tests import) goes with its tests
+        if (ROOT / t).with_name("conftest.py").is_file() and not (work / "tests" / "conftest.py").exists():
+            shutil.copy2((ROOT / t).with_name("conftest.py"), work / "tests" / "conftest.py")
     for helper in ("conftest.py", "helpers_plugins.py"):
         if (ROOT / "tests" / helper).exists() and not (work / "tests" / helper).exists():
             shutil.copy2(ROOT / "tests" / helper, work / "tests" / helper)

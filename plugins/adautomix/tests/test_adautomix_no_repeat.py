@@ -84,3 +84,37 @@ def test_plugin_partners_move_every_sample(n):
         bb = official_no_repeat(batch.size, g, True)
         mb = official_no_repeat(batch.size, g, False)
         assert torch.equal(plan.extras["bb_index"][1], bb) and torch.equal(plan.extras["mb_index"][1], mb)
+
+
+def _all_checked_draws_fail(n, seed):
+    """Whether the 10 checked draws of ``seed`` all have a fixed point (the failure branch)."""
+    g = torch.Generator().manual_seed(seed)
+    return all(bool((torch.randperm(n, generator=g) == torch.arange(n)).any()) for _ in range(10))
+
+
+@pytest.mark.parametrize("n,seed", [(2, 1635), (3, 119)])
+def test_failure_branch_result_and_generator_state(n, seed):
+    """Seeds whose checked draws all fail: the default (strict) call shifts, consumes the
+    official ``randint`` only for n > 2, and leaves the generator where the official loop does."""
+    assert _all_checked_draws_fail(n, seed)
+    g = torch.Generator().manual_seed(seed)
+    got = no_repeat_permutation(n, g)
+    g_ref = torch.Generator().manual_seed(seed)
+    expect = torch.arange(n).roll(-1) if n == 2 else official_no_repeat(n, g_ref, False)
+    if n == 2:  # the official range is empty for n = 2: the plugin uses the one derangement
+        for _ in range(11):
+            torch.randperm(n, generator=g_ref)
+    assert got.tolist() == expect.tolist() == ([1, 0] if n == 2 else [1, 2, 0])
+    assert torch.equal(g.get_state(), g_ref.get_state())
+
+
+def test_zero_tries_keeps_the_first_draw_unchecked():
+    for seed in range(20):
+        first = torch.randperm(4, generator=torch.Generator().manual_seed(seed))
+        got = no_repeat_permutation(4, torch.Generator().manual_seed(seed), tries=0)
+        assert torch.equal(got, first), seed
+
+
+def test_size_error_names_the_function():
+    with pytest.raises(ValueError, match=r"^no_repeat_permutation: n must be >= 1, got 0$"):
+        no_repeat_permutation(0)

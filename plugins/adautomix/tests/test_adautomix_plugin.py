@@ -208,7 +208,14 @@ def test_quick_suite_cell(tmp_path: Path) -> None:
     c["model"]["kwargs"]["widths"] = [8, 16, 32]
     c["train"]["max_steps_per_epoch"] = 2
     metrics = run_cell(c, tmp_path)
-    checks = {"mech.masks", "mech.gradient_routing", "mech.teacher_ema", "mech.alternation", "mech.lam_margin", "mech.eval_heads"}
+    checks = {
+        "mech.masks",
+        "mech.gradient_routing",
+        "mech.teacher_ema",
+        "mech.alternation",
+        "mech.lam_margin",
+        "mech.eval_heads",
+    }
     assert checks <= set(metrics), f"mechanics checks missing from the cell: {checks - set(metrics)}"
     assert {k: metrics[k] for k in checks} == dict.fromkeys(checks, 1.0), metrics
     assert "mech.mask_init_uniform_err" in metrics
@@ -243,7 +250,9 @@ def test_best_and_export_hold_the_network_whose_metric_is_recorded(tmp_path, eva
     key = "adautomix.teacher" if evaluated == "teacher" else "model"
     assert best["evaluated"] == key and export["module"] == key
     weights = best["modules"][key] if evaluated == "teacher" else best["model"]
-    net = build_model(ModelConfig(**run.config.model.model_dump()), run.bundle.input_shape, run.bundle.num_classes)
+    net = build_model(
+        ModelConfig(**run.config.model.model_dump()), run.bundle.input_shape, run.bundle.num_classes
+    )
     net.load_state_dict(weights)  # a plain model's keys: no plugin head inside
     net.eval()
     x, y = zip(*(run.bundle.val[i] for i in range(len(run.bundle.val))))

@@ -329,3 +329,117 @@ def test_low_precision_logits_computed_in_float32():
     loss = decoupled_mixup_loss(Z.to(torch.bfloat16), YA, YB, 0.7)
     assert loss.dtype == torch.float32
     assert close(loss, decoupled_mixup_loss(Z.to(torch.bfloat16).float(), YA, YB, 0.7), 1e-6)
+
+
+def test_regularizer_takes_per_row_weights():
+    """``[B]`` float64 weights weigh each row's two terms and give a float32 result; same-class
+    rows stay 0. Reference: the per-row loop over decoupled_log_softmax's formula."""
+    w_a = torch.tensor([0.05, 0.01, 0.2, 0.07], dtype=torch.float64)
+    w_b = torch.tensor([0.02, 0.09, 0.3, 0.03], dtype=torch.float64)
+    got = decoupled_regularizer(Z, YA, YB, w_a, w_b)
+    assert got.dtype == torch.float32 and got.shape == (4,)
+    for r in range(4):
+        a, b = int(YA[r]), int(YB[r])
+        if a == b:
+            assert float(got[r]) == 0.0
+            continue
+        keep_a = [k for k in range(5) if k != b]
+        keep_b = [k for k in range(5) if k != a]
+        nll_a = -(Z[r, a].double() - torch.logsumexp(Z[r, keep_a].double(), 0))
+        nll_b = -(Z[r, b].double() - torch.logsumexp(Z[r, keep_b].double(), 0))
+        assert close(got[r], w_a[r] * nll_a + w_b[r] * nll_b)
+
+
+def test_eta_weights_defaults():
+    """eta 0.1, mode "both", threshold 0.5 (for "less"/"more"), power 1."""
+    assert eta_weights(0.3) == pytest.approx((0.1 * 0.3, 0.1 * 0.7), abs=1e-15)
+    assert eta_weights(0.7, mode="less") == pytest.approx((0.0, 0.1 * 0.3), abs=1e-15)
+    assert eta_weights(0.7, mode="more") == pytest.approx((0.1 * 0.7, 0.0), abs=1e-15)
+    w_a, w_b = eta_weights(torch.tensor([0.3, 0.7], dtype=torch.float64), mode="less")
+    assert torch.allclose(w_a, torch.tensor([0.03, 0.0], dtype=torch.float64), atol=1e-15)
+    assert torch.allclose(w_b, torch.tensor([0.0, 0.03], dtype=torch.float64), atol=1e-15)
+
+
+def test_eta_weights_tensor_and_zero_d_paths():
+    # a 0-d tensor is a batch lam: floats back
+    w = eta_weights(torch.tensor(0.3))
+    assert all(isinstance(x, float) for x in w) and w == pytest.approx((0.03, 0.07), abs=1e-8)
+    # per-row weights are float64 whatever the lam's dtype; lam == thr is not "below"
+    w_a, w_b = eta_weights(torch.tensor([0.5, 0.25], dtype=torch.float32), mode="less")
+    assert w_a.dtype == w_b.dtype == torch.float64
+    assert w_a.tolist() == pytest.approx([0.0, 0.025], abs=1e-15)
+    assert w_b.tolist() == pytest.approx([0.05, 0.0], abs=1e-15)
+    # a gated-off (zero) weight stays 0 even where the scaled weight of 0 is not (power 0, "none")
+    for kw in ({"lam_pow": 0.0}, {"lam_scale_mode": "none"}):
+        w_a, w_b = eta_weights(torch.tensor([0.3, 0.8], dtype=torch.float64), mode="less", **kw)
+        assert w_a.tolist() == [0.1, 0.0] and w_b.tolist() == [0.0, 0.1], kw
+
+
+def test_soft_ce_per_row_lam_dtype_and_device():
+    lam = torch.tensor([0.2, 0.7, 0.5, 0.9], dtype=torch.float64)
+    ce = mixup_soft_cross_entropy(Z, YA, YB, lam)
+    assert ce.dtype == torch.float32
+    logp = torch.log_softmax(Z.double(), -1)
+    ref = -(lam * logp[torch.arange(4), YA] + (1 - lam) * logp[torch.arange(4), YB])
+    torch.testing.assert_close(ce.double(), ref, atol=1e-6, rtol=0)
+    # logits on another device (meta: no values): a CPU lam follows them; a [B] lam on that
+    # device is taken as per-row weights without reading it on the host
+    zm, ya, yb = Z.to("meta"), YA.to("meta"), YB.to("meta")
+    assert mixup_soft_cross_entropy(zm, ya, yb, lam).device.type == "meta"
+    assert mixup_soft_cross_entropy(zm, ya, yb, torch.full((4,), 0.3, device="meta")).shape == (4,)
+
+
+def test_loss_moves_targets_and_lams_to_the_logits_device():
+    """Logits on another device (meta: shapes only): CPU targets and a CPU per-row lam follow
+    them, and a per-row lam already there is used without a host read (official flags off)."""
+    zm = Z.to("meta")
+    off = {"official_eta_order": False, "official_skip": False}
+    assert decoupled_mixup_loss(zm, YA, YB, 0.3, official_eta_order=False).device.type == "meta"
+    lam = torch.tensor([0.2, 0.3, 0.4, 0.6])
+    assert decoupled_mixup_loss(zm, YA, YB, lam, **off).device.type == "meta"
+    lam_m = torch.full((4,), 0.3, device="meta")
+    assert decoupled_mixup_loss(zm, YA.to("meta"), YB.to("meta"), lam_m, **off).device.type == "meta"
+
+
+def test_constant_per_row_lam_with_either_official_flag_is_the_batch_lam():
+    lam = torch.full((4,), 0.3)
+    for order, skip in ((True, False), (False, True), (True, True)):
+        got = decoupled_mixup_loss(Z, YA, YB, lam, official_eta_order=order, official_skip=skip)
+        assert torch.equal(
+            got, decoupled_mixup_loss(Z, YA, YB, 0.3, official_eta_order=order, official_skip=skip)
+        )
+
+
+def test_empty_batch_is_a_zero_loss():
+    empty = torch.zeros(0, dtype=torch.long)
+    loss, parts = decoupled_mixup_loss(torch.zeros(0, 5), empty, empty, 0.3, return_parts=True)
+    assert float(loss) == 0.0 and bool(parts["skipped"]) and parts["reg"].shape == (0,)
+
+
+def test_soft_ce_label_smoothing_per_row():
+    """Smoothed targets (1 - s) t + s / C, row by row on four rows."""
+    s, lam = 0.2, 0.7
+    got = mixup_soft_cross_entropy(Z, YA, YB, lam, label_smoothing=s)
+    logp = torch.log_softmax(Z.double(), -1)
+    for r in range(4):
+        t = torch.full((5,), s / 5, dtype=torch.float64)
+        t[int(YA[r])] += (1 - s) * lam
+        t[int(YB[r])] += (1 - s) * (1 - lam)
+        assert close(got[r], -(t * logp[r]).sum(), 1e-5)
+
+
+def test_soft_ce_without_smoothing_tolerates_a_masked_class():
+    z = Z.clone()
+    z[:, 4] = float("-inf")  # no target uses class 4
+    ce = mixup_soft_cross_entropy(z, YA, YB, 0.3)
+    assert torch.isfinite(ce).all()
+    torch.testing.assert_close(ce, mixup_soft_cross_entropy(Z[:, :4], YA, YB, 0.3))
+
+
+def test_eta_weights_per_row_complement_in_float64():
+    """``1 - lam`` is taken in float64: for float32 lams of 0.1 and 0.35 it differs from float32's."""
+    lam32 = torch.tensor([0.1, 0.35], dtype=torch.float32)
+    w_a, w_b = eta_weights(lam32)
+    lam64 = lam32.double()
+    assert torch.equal(w_a, 0.1 * lam64) and torch.equal(w_b, 0.1 * (1 - lam64))
+    assert not torch.equal(w_b, 0.1 * (1 - lam32).double())

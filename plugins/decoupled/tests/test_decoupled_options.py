@@ -458,3 +458,77 @@ def test_scale_options_are_checked_with_exact_messages():
             "(the rescaling divides by 1 - lam_pow**(-2 * lam_thr))"
         )
     assert _message(decoupled_mixup_loss, Z, YA, YB, torch.full((3,), 0.5)) == "lam must be a scalar or have shape [5], got (3,)"
+
+
+def test_multi_eta_weights_default_and_gated_zero_source():
+    assert multi_eta_weights([0.25, 0.75]) == pytest.approx([0.025, 0.075], abs=1e-15)
+    # a source of weight 0 gets no regulariser weight, even where lambda_adjust(0) is 1 (power 0)
+    assert multi_eta_weights([0.0, 0.4, 0.6], 0.1, 0.0) == [0.0, 0.1, 0.1]
+    assert multi_eta_weights([0.0, 1.0], 0.1, 1.0) == [0.0, 0.1]
+
+
+def test_multimix_targets_follow_the_logits_device_and_skipped_is_there_too():
+    z = torch.randn(3, 5, generator=torch.Generator().manual_seed(0)).to("meta")
+    ys = torch.tensor([[0, 1, 2], [1, 2, 3], [4, 0, 1]])
+    loss, parts = decoupled_multimix_loss(z, ys, [0.2, 0.3, 0.5], official_eta_order=False, return_parts=True)
+    assert loss.device.type == "meta" and parts["reg"].device.type == "meta"
+    y = torch.tensor([0, 1, 2])
+    _, parts = decoupled_mixup_loss(
+        z, y, y.flip(0), 0.3, eta=0.0, official_eta_order=False, return_parts=True
+    )
+    assert parts["skipped"].device.type == "meta"  # not applied: a constant on the logits' device
+
+
+def test_multimix_without_smoothing_tolerates_a_masked_class():
+    """A class no source uses at -inf (masked out): without smoothing its log-probability is
+    never weighted, so the loss stays finite."""
+    z = torch.randn(3, 6, generator=torch.Generator().manual_seed(1))
+    z[:, 5] = float("-inf")
+    ys = torch.tensor([[0, 1, 2], [1, 2, 3], [4, 0, 1]])
+    loss = decoupled_multimix_loss(z, ys, [0.2, 0.3, 0.5])
+    assert torch.isfinite(loss)
+    finite = decoupled_multimix_loss(z[:, :5], ys, [0.2, 0.3, 0.5])
+    torch.testing.assert_close(loss, finite)
+
+
+def test_lambda_adjust_defaults_modes_and_threshold():
+    # defaults: mode "pow", thr 1, idx 1: the identity below 1
+    assert lambda_adjust(0.5) == 0.5 and lambda_adjust(1.0) == 1.0
+    w = torch.tensor([0.25, 0.7, 0.9], dtype=torch.float64)
+    got = lambda_adjust(w.float(), "pow", 0.7, 2.0)
+    assert got.dtype == torch.float64  # computed in float64 whatever the input
+    # at the threshold exactly 1 (0.7**-2 * 0.7**2 is 0.9999999999999999 in floating point)
+    assert (0.7**-2.0) * (0.7**2.0) != 1.0
+    assert lambda_adjust(w, "pow", 0.7, 2.0).tolist()[1:] == [1.0, 1.0] and lambda_adjust(0.7, "pow", 0.7, 2.0) == 1.0
+    assert got.tolist()[0] == pytest.approx((0.25 / 0.7) ** 2.0, rel=1e-7)
+    assert torch.equal(lambda_adjust(w, "none", 0.5, 2.0), torch.ones(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^lam_scale_mode must be one of .*, got 'log'$"):
+        lambda_adjust(0.5, "log")
+
+
+def test_class_weights_take_the_logits_dtype_and_device():
+    z = torch.randn(4, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y_a, y_b = torch.tensor([0, 1, 2, 3]), torch.tensor([3, 2, 2, 0])
+    cw = [0.1, 0.7, 1.3, 0.9, 2.1]  # not float32-exact
+    ce = decoupled_mixup_loss(z, y_a, y_b, 0.3, eta=0.0, class_weight=cw, return_parts=True)[1]["ce"]
+    logp = torch.log_softmax(z, -1)
+    w = torch.tensor(cw, dtype=torch.float64)
+    ref = -(0.3 * w[y_a] * logp[torch.arange(4), y_a] + 0.7 * w[y_b] * logp[torch.arange(4), y_b])
+    torch.testing.assert_close(ce, ref, rtol=1e-14, atol=0)
+    zm = z.float().to("meta")
+    assert decoupled_mixup_loss(zm, y_a, y_b, 0.3, official_eta_order=False, class_weight=cw).device.type == "meta"
+
+
+def test_multimix_skip_rule_inclusive_at_eps_and_empty_batch():
+    z = torch.randn(2, 5, generator=torch.Generator().manual_seed(3))
+    ys = torch.tensor([[0, 1], [2, 3]])
+    _, parts = decoupled_multimix_loss(z, ys, [0.25, 0.75], eps=0.25, return_parts=True)
+    assert bool(parts["skipped"]) and float(parts["reg"].abs().sum()) == 0.0
+    _, parts = decoupled_multimix_loss(z, ys, [0.25, 0.75], eps=0.2, return_parts=True)
+    assert not bool(parts["skipped"])
+    empty = torch.zeros(0, 2, dtype=torch.long)
+    loss, parts = decoupled_multimix_loss(torch.zeros(0, 5), empty, [0.25, 0.75], return_parts=True)
+    assert float(loss) == 0.0 and bool(parts["skipped"])
+    zm = z.to("meta")
+    _, parts = decoupled_multimix_loss(zm, ys, [0.25, 0.75], eta=0.0, official_eta_order=False, return_parts=True)
+    assert parts["skipped"].device.type == "meta"

@@ -241,3 +241,30 @@ def test_cutmix_per_sample_draws_one_lam_per_sample_then_one_box_each():
         expect = torch.ones(h, w)
         expect[y0:y1, x0:x1] = 0
         assert torch.equal(plan.mask[i, 0], expect), i
+
+
+def test_plans_keep_the_batch_lam_on_the_host():
+    """``lam_value``: the per-batch lam as a Python float (losses read it without a device read);
+    ``None`` for per-sample lams."""
+    assert mixup_plan(4, lam=0.3).lam_value == 0.3
+    plan = mixup_plan(4, 1.0, generator=torch.Generator().manual_seed(5))
+    assert plan.lam_value == float(plan.lam[0]) and 0 < plan.lam_value < 1
+    assert mixup_plan(4, 1.0, per_sample=True, generator=torch.Generator().manual_seed(5)).lam_value is None
+    for lam in (0.7, 0.35):
+        cut = cutmix_plan(4, 8, 6, lam=lam, generator=torch.Generator().manual_seed(6))
+        keep = float(cut.mask[0].sum()) / (8 * 6)  # the anchor's share of the image, in double
+        assert cut.lam_value == pytest.approx(keep, abs=1e-12) and keep < 1
+        assert cut.lam_value == pytest.approx(float(cut.lam[0]), abs=1e-6)
+    assert cutmix_plan(4, 8, 6, 1.0, per_sample=True, generator=torch.Generator().manual_seed(6)).lam_value is None
+
+
+def test_sample_lam_uses_the_generator():
+    a = sample_lam(1.0, 4, per_sample=True, generator=torch.Generator().manual_seed(7))
+    b = sample_lam(1.0, 4, per_sample=True, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b) and len(set(a.tolist())) == 4
+
+
+def test_no_mixing_lams_are_float32_ones():
+    for per_sample in (False, True):
+        lam = sample_lam(0.0, 3, per_sample=per_sample)
+        assert lam.dtype == torch.float32 and torch.equal(lam, torch.ones(3))

@@ -264,3 +264,17 @@ def test_corner_boxes_with_a_side_of_zero_equal_timms(hw: tuple[int, int], monke
         (y0, y1, x0, x1), got = _box(MixupConfig(cutmix_alpha=1.0), lam, *hw, _Corner())
         (ty0, ty1, tx0, tx1), want = mixup_module.cutmix_bbox_and_lam((1, 1, *hw), lam)
         assert (y0, y1, x0, x1) == (ty0, ty1, tx0, tx1) and got == want, lam
+
+
+@pytest.mark.parametrize("mode", ["batch", "pair", "elem"])
+def test_plan_keeps_the_batch_lam_on_the_host(mode):
+    """``lam_value``: timm's per-batch lam as a Python float in batch mode, ``None`` otherwise."""
+    cfg = MixupConfig(mixup_alpha=0.8, cutmix_alpha=1.0, mode=mode)
+    rng = np.random.RandomState(3)
+    for _ in range(6):
+        draw = sample(cfg, 8, (8, 8), rng)
+        plan = to_plan(draw, (8, 8))
+        if mode == "batch":
+            assert isinstance(plan.lam_value, float) and plan.lam_value == float(draw.lam)
+        else:
+            assert plan.lam_value is None

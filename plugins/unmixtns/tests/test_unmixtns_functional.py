@@ -529,3 +529,13 @@ def test_sixteen_components_by_default():
     assert UnMixTNS2d.from_batchnorm(m[1]).num_components == 16 and UnMixTNS1d(m[5]).num_components == 16
     swapped = replace_batchnorm(_bn_model())
     assert swapped[1].num_components == 16 and swapped[5].num_components == 16
+
+
+def test_a_batchnorm_act_layers_dropout_is_carried_over():
+    """timm's ``BatchNormAct2d`` keeps a ``drop`` module; the UnMix-TNS layer applies the same one."""
+    bn = nn.BatchNorm2d(3)
+    bn.drop = nn.Dropout(0.5)
+    layer = UnMixTNS2d(bn, num_components=2, generator=torch.Generator().manual_seed(0))
+    assert layer.drop is bn.drop
+    plain = UnMixTNS2d(nn.BatchNorm2d(3), num_components=2, generator=torch.Generator().manual_seed(0))
+    assert isinstance(plain.drop, nn.Identity)
