@@ -17,17 +17,20 @@ workers with the anchors), alternating; prints the C-Mixup / mixup step-time rat
 Each mixhub round also prints the main process's CPU time per step (the step with all its
 intra-op threads), and the run starts by timing the loading of one training sample (decode and
 augmentation, one core): the loader workers spend that per anchor, and C-Mixup as much again per
-partner. On a GPU the workers have the host's cores to themselves; here they share the cores
-with the step, so their extra time shows in the step ratio (``--threads 1 --workers 1`` on a
-2-core machine gives each its own core).
+partner. By default the workers get half the cores and the step's threads the rest (on 2 cores:
+``--workers 1 --threads 1``), as on a GPU machine, where the host's cores feed the loader while
+the step runs on the device. With more threads + workers than cores (``--threads 2 --workers 2``
+on 2 cores) the workers' decoding competes with the step, and C-Mixup's doubled loading shows up
+in its step time.
 
-    python benchmarks/data_throughput.py [--steps 30] [--rounds 3] [--threads 2] [--device cpu]
+    python benchmarks/data_throughput.py [--steps 30] [--rounds 3] [--threads T] [--workers W] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import sys
 import tempfile
@@ -160,10 +163,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=None, help="loader workers (default: half the cores, at least 1)")
+    ap.add_argument("--threads", type=int, default=None, help="the step's intra-op threads (default: the cores the workers leave, at least 1)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if args.workers is None:
+        args.workers = max(1, cores // 2)
+    if args.threads is None:
+        args.threads = max(1, cores - args.workers)
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(HERE))
     from image_data import make_regression_csv, make_train_val
