@@ -26,6 +26,14 @@ def fused_or_skip() -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture
+def fused_kernels() -> None:
+    """Request it in a test that needs the fused kernels (skip, or fail under
+    ``MIXHUB_REQUIRE_FUSED=1``, where they are unavailable). A fixture, not an import: a plain
+    ``from conftest import ...`` finds whichever ``conftest`` module the whole suite loaded first."""
+    fused_or_skip()
+
+
 @pytest.fixture(autouse=True)
 def _fused_parameter(request: pytest.FixtureRequest) -> None:
     """Tests parametrised with ``impl="fused"`` need the kernels."""

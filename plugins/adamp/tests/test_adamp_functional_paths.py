@@ -177,10 +177,7 @@ def test_projection_uses_its_eps() -> None:
 
 
 # ---------------------------------------------------------------------------- fused (CPU)
-def test_fused_supported_layouts_and_dtypes(monkeypatch: pytest.MonkeyPatch) -> None:
-    from conftest import fused_or_skip
-
-    fused_or_skip()
+def test_fused_supported_layouts_and_dtypes(monkeypatch: pytest.MonkeyPatch, fused_kernels: None) -> None:
     assert Fn.fused_supported(torch.zeros(4, 3))
     assert Fn.fused_supported(torch.zeros(4, 3, dtype=torch.float64))
     assert not Fn.fused_supported(torch.zeros(4, 3, dtype=torch.float16))
@@ -214,10 +211,7 @@ def test_like_copies_only_when_layout_or_dtype_differs() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("wd", [0.0, 0.1])
-def test_fused_adamp_matches_the_reference(dtype, nesterov, wd) -> None:
-    from conftest import fused_or_skip
-
-    fused_or_skip()
+def test_fused_adamp_matches_the_reference(dtype, nesterov, wd, fused_kernels) -> None:
     ws, gs = _tensors(dtype)
     kw = {**ADAMP_KW, "weight_decay": wd}
     ref, m_ref, v_ref, kinds_ref = _reference_adamp(ws, gs, 3, nesterov, **kw)
@@ -248,10 +242,7 @@ def test_fused_adamp_matches_the_reference(dtype, nesterov, wd) -> None:
     "nesterov,alias,dampening", [(False, True, 0.0), (False, False, 0.0), (True, True, 0.2)]
 )
 @pytest.mark.parametrize("wd", [0.0, 0.1])
-def test_fused_sgdp_matches_the_reference(dtype, nesterov, alias, dampening, wd) -> None:
-    from conftest import fused_or_skip
-
-    fused_or_skip()
+def test_fused_sgdp_matches_the_reference(dtype, nesterov, alias, dampening, wd, fused_kernels) -> None:
     ws, gs = _tensors(dtype)
     kw = {**SGDP_KW, "weight_decay": wd, "dampening": dampening}
     ref, b_ref, kinds_ref = _reference_sgdp(ws, gs, 3, nesterov, alias, **kw)
@@ -337,10 +328,7 @@ def test_sgdp_steps_alias_the_buffer_by_default() -> None:
     assert float((results[True][1] - (0.9 * w + g)).abs().max()) > 0.1
 
 
-def test_fused_sgdp_aliases_by_default_and_ignores_a_negative_decay() -> None:
-    from conftest import fused_or_skip
-
-    fused_or_skip()
+def test_fused_sgdp_aliases_by_default_and_ignores_a_negative_decay(fused_kernels) -> None:
     w, g = _channel_case()
     p, buf = w.clone(), w.clone()  # a radial momentum, removed from the aliased buffer
     Fn.fused_sgdp_update_(p, g, buf, **{**SGDP_KW, "nesterov": False})
