@@ -233,10 +233,7 @@ class RunFolder:
         self.append_jsonl("steps.jsonl", record)
 
     def steps(self) -> list[dict[str, Any]]:
-        p = self.path / "steps.jsonl"
-        if not p.is_file():
-            return []
-        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.path / "steps.jsonl")
 
     def truncate_steps(self, after_step: int) -> None:
         """Keep only step records up to ``after_step`` (resume: later steps are redone)."""
@@ -263,10 +260,7 @@ class RunFolder:
             raise write_error(path, exc) from exc
 
     def records(self) -> list[dict[str, Any]]:
-        p = self.path / "metrics.jsonl"
-        if not p.is_file():
-            return []
-        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.path / "metrics.jsonl")
 
     def truncate_log(self, epochs_done: int) -> None:
         """Keep only the records of the first ``epochs_done`` epochs (resume; the records' epochs
