@@ -289,9 +289,11 @@ def test_best_weights_kept_in_memory_without_a_run_folder(tmp_path):
 
 
 def test_select_mode_overrides_the_guess(tmp_path):
-    t = Trainer(tiny_config(train={"select": "nll", "select_mode": "min"}), out=tmp_path / "a")
+    from mixhub.protocols.supervised import SupervisedProtocol
+
+    t = SupervisedProtocol(Trainer(tiny_config(train={"select": "nll", "select_mode": "min"}), out=tmp_path / "a"))
     assert t.select_key == "nll" and t.select_high is False
-    t = Trainer(tiny_config(train={"select": "f1", "select_mode": "max"}), out=tmp_path / "b")
+    t = SupervisedProtocol(Trainer(tiny_config(train={"select": "f1", "select_mode": "max"}), out=tmp_path / "b"))
     assert t.select_high is True
 
 

@@ -42,7 +42,7 @@ from .guards import Guards, NonFiniteError
 from .keeper import CheckpointKeeper
 from .parallel import Parallel
 from .recorder import RunLog, RunRecords
-from .startup import check_bundle, class_labels, default_out, seed_everything, selection
+from .startup import check_bundle, class_labels, default_out, seed_everything
 from .step_meter import StepMeter, grad_norm
 
 __all__ = ["Run"]
@@ -161,7 +161,6 @@ class Run:
         self.checkpoints.register("data", *self._data_state)  # the sampler position and the data's identity
         tally = self.records.tally
         self.checkpoints.register("epoch_tally", tally.state_dict, tally.load_state_dict)
-        self.select_key, self.select_high = selection(cfg.train.select, cfg.train.select_mode, task_kind)
 
     @classmethod
     def from_checkpoint(

@@ -1,4 +1,4 @@
-"""Starting a run: seeds, the data checks, the default folder, the selection metric, the labels of
+"""Starting a run: seeds, the data checks, the default folder, the labels of
 the model's outputs and the lines a run prints at its start."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ..config import RunConfig
 from ..data import DataBundle
 from ..errors import DataError
 
-__all__ = ["seed_everything", "default_out", "selection", "check_bundle", "class_labels", "main_thread", "start_lines", "format_count"]
+__all__ = ["seed_everything", "default_out", "check_bundle", "class_labels", "main_thread", "start_lines", "format_count"]
 
 
 def seed_everything(seed: int) -> None:
@@ -27,17 +27,6 @@ def default_out(cfg: RunConfig) -> str:
     """``runs/<data>-<model>-<plugins>-s<seed>``; ``open_run_folder`` numbers it (``-1``, ``-2``, ...) when taken."""
     plugins = "-".join(cfg.plugins) or "erm"
     return str(Path("runs") / f"{cfg.data.name.replace(':', '_').replace('/', '_')}-{cfg.model.name}-{plugins}-s{cfg.seed}")
-
-
-def selection(select: str, select_mode: str, task_kind: str) -> tuple[str, bool]:
-    """The validation metric that picks ``best.pt`` and whether higher is better."""
-    if select == "auto":
-        key, high = ("rmse", False) if task_kind == "regression" else ("acc", True)
-    else:
-        key, high = select, select.endswith("acc") or select in ("r", "top2")
-    if select_mode != "auto":
-        high = select_mode == "max"
-    return key, high
 
 
 def check_bundle(bundle: DataBundle) -> None:
